@@ -1,0 +1,11 @@
+"""The ``mixopt`` command line. Each sub-command family lives in a module of its own."""
+
+from __future__ import annotations
+
+import typer
+
+from . import bench, corpus
+
+app = typer.Typer(help="mixopt: data-mixture search for LLM pretraining.", no_args_is_help=True)
+app.add_typer(corpus.app, name="corpus")
+app.add_typer(bench.app, name="bench")
