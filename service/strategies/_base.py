@@ -36,6 +36,8 @@ class TrialRecord:
         losses: final per-domain validation losses (completed trials only).
         pool_index: the row of ``SearchSpace.pool`` this trial runs, in pool mode.
         meta: what the proposing strategy attached to the proposal.
+        segments: for online trials, the segments handed out so far, in order, with the losses
+            reported at their ends (empty for static trials).
     """
 
     trial_id: int
@@ -46,6 +48,7 @@ class TrialRecord:
     losses: Mapping[str, float] = field(default_factory=dict)
     pool_index: int | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    segments: tuple[SegmentRecord, ...] = ()
 
 
 @dataclass(frozen=True)
