@@ -168,6 +168,13 @@ class BaseStrategy(ABC):
         self.params = params if isinstance(params, self.Params) else self.Params.model_validate(dict(params or {}))
         self.seed = int(seed)
 
+    def check(self) -> None:
+        """Raise ``ValueError("field: message")`` when the parameters do not fit the space.
+        Called once when a study is created, so that mistakes are a 422, not a failed study."""
+        fidelity = getattr(self.params, "fidelity", None)
+        if fidelity is not None and fidelity not in [f.name for f in self.space.fidelities]:
+            raise ValueError(f"fidelity: the study has no fidelity {fidelity!r}")
+
     def rng(self, history: History, stream: int = 0) -> np.random.Generator:
         """A generator determined by the seed, the number of trials so far and ``stream``."""
         return np.random.default_rng([self.seed, len(history.trials), stream])

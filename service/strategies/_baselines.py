@@ -88,12 +88,18 @@ class FixedStrategy(BaseStrategy):
     name = "fixed"
     Params = FixedParams
 
+    def check(self) -> None:
+        super().check()
+        for i, m in enumerate(self.params.mixtures):
+            unknown = set(m) - set(self.space.mixture.names)
+            if unknown:
+                raise ValueError(f"mixtures.{i}: unknown domains {sorted(unknown)}")
+            if sum(m.values()) <= 0:
+                raise ValueError(f"mixtures.{i}: weights sum to 0")
+
     def propose(self, history: History, n: int) -> list[Proposal]:
         space = self.space.mixture
         fidelity = self.params.fidelity or self.space.target.name
-        unknown = {d for m in self.params.mixtures for d in m} - set(space.names)
-        if unknown:
-            raise ValueError(f"strategy.params.mixtures: unknown domains {sorted(unknown)}")
         todo = self.params.mixtures[len(history.trials) : len(history.trials) + n]
         out = []
         taken = {t.pool_index for t in history.trials}
