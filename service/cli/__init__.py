@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, corpus
+from . import bench, corpus, server
 
 app = typer.Typer(help="mixopt: data-mixture search for LLM pretraining.", no_args_is_help=True)
+app.command("server")(server.server)
+app.add_typer(server.db_app, name="db")
 app.add_typer(corpus.app, name="corpus")
 app.add_typer(bench.app, name="bench")

@@ -1,0 +1,59 @@
+"""The FastAPI application: one router per resource, engine thread in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from ..db import Database, upgrade
+from ..engine import EngineRunner
+from ..errors import InputError, MixoptError
+from ..settings import Settings, get_settings
+from .routes import health, studies, trials
+
+log = logging.getLogger(__name__)
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings | None = None, *, migrate: bool | None = None) -> FastAPI:
+    """Build the app. ``migrate`` runs the Alembic migrations at start (default: the
+    ``auto_migrate`` setting), so that ``mixopt server`` works on a fresh SQLite file."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if migrate if migrate is not None else settings.auto_migrate:
+            upgrade(settings.database_url)
+        db = Database(settings.database_url, settings.db_pool_size)
+        runner = EngineRunner(db, sweep_interval_s=settings.sweep_interval_s,
+                              recommend_interval_s=settings.recommend_interval_s)
+        app.state.db, app.state.runner, app.state.settings = db, runner, settings
+        runner.start()
+        try:
+            yield
+        finally:
+            runner.stop()
+            db.dispose()
+
+    app = FastAPI(
+        title="mixopt",
+        version="0.1.0",
+        summary="Data-mixture search for LLM pretraining: studies, trials, workers and leases.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(InputError)
+    async def _input_error(_: Request, exc: InputError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": exc.detail()})
+
+    @app.exception_handler(MixoptError)
+    async def _mixopt_error(_: Request, exc: MixoptError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status_code, content={"detail": exc.message})
+
+    for module in (health, studies, trials):
+        app.include_router(module.router)
+    return app

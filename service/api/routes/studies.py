@@ -1,0 +1,125 @@
+"""``/api/v1/studies``: create, list, read, change state, ask, enqueue trials, recommendation."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, status
+from sqlalchemy import func, select
+
+from ... import engine
+from ...db import Study, StudyState
+from ...errors import NotFound
+from ...schemas.studies import RecommendationPublic, StudyAction, StudyCreate, StudyList, StudyPublic
+from ...schemas.trials import AskRequest, AskResponse, TrialCreate, TrialPage, TrialPublic
+from ..deps import DbDep, RunnerDep, SettingsDep
+
+router = APIRouter(prefix="/api/v1/studies", tags=["studies"])
+
+StateFilter = Literal["draft", "running", "paused", "completed", "failed", "cancelled"]
+TrialStateFilter = Literal["queued", "leased", "running", "completed", "failed", "cancelled"]
+
+
+def _public(db, study_id: int) -> StudyPublic:
+    with db.session() as s:
+        return engine.study_public(s, engine.get_study(s, study_id))
+
+
+@router.post("", response_model=StudyPublic, status_code=status.HTTP_201_CREATED)
+def create_study(body: StudyCreate, db: DbDep, runner: RunnerDep) -> StudyPublic:
+    """Create a study (a draft unless `start` is true)."""
+    with db.session() as s:
+        study_id = engine.create_study(s, body).id
+    if body.start:
+        engine.change_state(db, study_id, "start")
+        engine.advance(db, study_id)
+        runner.notify(study_id, results_changed=False)
+    return _public(db, study_id)
+
+
+@router.get("", response_model=StudyList)
+def list_studies(
+    db: DbDep,
+    state: Annotated[StateFilter | None, Query(description="only studies in this state")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="page size")] = 100,
+    offset: Annotated[int, Query(ge=0, description="studies to skip")] = 0,
+) -> StudyList:
+    """All studies, newest first."""
+    with db.session() as s:
+        where = [] if state is None else [Study.state == StudyState(state)]
+        total = s.scalar(select(func.count()).select_from(Study).where(*where))
+        rows = s.scalars(select(Study).where(*where).order_by(Study.id.desc()).limit(limit).offset(offset))
+        return StudyList(items=[engine.study_public(s, r) for r in rows], total=total)
+
+
+@router.get("/{study_id}", response_model=StudyPublic)
+def read_study(study_id: int, db: DbDep) -> StudyPublic:
+    """One study with budget spent, trial counts per state, best trials and recommendation."""
+    return _public(db, study_id)
+
+
+def _state_change(action: str):
+    def handler(study_id: int, db: DbDep, runner: RunnerDep, body: StudyAction | None = None) -> StudyPublic:
+        engine.change_state(db, study_id, action, body.reason if body else None)
+        if action in ("start", "resume"):
+            engine.advance(db, study_id)
+        runner.notify(study_id, results_changed=False)
+        return _public(db, study_id)
+
+    handler.__name__ = f"{action}_study"
+    handler.__doc__ = {
+        "start": "Start a draft study: the strategy's first trials are queued at once.",
+        "pause": "Pause a running study: no new trials are handed out; running ones finish.",
+        "resume": "Resume a paused study.",
+        "cancel": "Cancel a study: queued trials are cancelled; workers on running ones are told to stop.",
+    }[action]
+    return handler
+
+
+for _action in ("start", "pause", "resume", "cancel"):
+    router.add_api_route(f"/{{study_id}}/{_action}", _state_change(_action), methods=["POST"],
+                         response_model=StudyPublic, name=f"{_action}_study")
+
+
+@router.post("/{study_id}/ask", response_model=AskResponse)
+def ask(study_id: int, body: AskRequest, db: DbDep, settings: SettingsDep) -> AskResponse:
+    """For outside trainers: up to `n` trials, leased to the caller until reported."""
+    return engine.ask(db, study_id, body, settings.ask_lease_seconds)
+
+
+@router.post("/{study_id}/trials", response_model=TrialPublic, status_code=status.HTTP_201_CREATED)
+def create_trial(study_id: int, body: TrialCreate, db: DbDep, runner: RunnerDep) -> TrialPublic:
+    """Queue a mixture of your choosing, or record a run done elsewhere (with `result`)."""
+    trial = engine.create_trial(db, study_id, body)
+    runner.notify(study_id)
+    with db.session() as s:
+        return engine.trial_public(engine.get_trial(s, trial.id))
+
+
+@router.get("/{study_id}/trials", response_model=TrialPage)
+def list_trials(
+    study_id: int,
+    db: DbDep,
+    state: Annotated[TrialStateFilter | None, Query(description="only trials in this state")] = None,
+    fidelity: Annotated[str | None, Query(max_length=64, description="only trials at this fidelity")] = None,
+    after_id: Annotated[int | None, Query(ge=0, description="only trials with a larger id (paging, live updates)")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="page size")] = 100,
+) -> TrialPage:
+    """Trials with mixture, fidelity, state and results, in id order (paged by `after_id`)."""
+    with db.session() as s:
+        engine.get_study(s, study_id)
+        return engine.list_trials(s, study_id, state=state, fidelity=fidelity, after_id=after_id, limit=limit)
+
+
+@router.get("/{study_id}/recommendation", response_model=RecommendationPublic)
+def recommendation(study_id: int, db: DbDep) -> RecommendationPublic:
+    """The strategy's current best mixture, its predicted objective and uncertainty."""
+    with db.session() as s:
+        engine.get_study(s, study_id)
+        rec = engine.latest_recommendation(s, study_id)
+    if rec is None and engine.refresh_recommendation(db, study_id):
+        with db.session() as s:
+            rec = engine.latest_recommendation(s, study_id)
+    if rec is None:
+        raise NotFound("recommendation of study", study_id)
+    return engine.recommendation_public(rec)

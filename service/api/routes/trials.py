@@ -1,0 +1,50 @@
+"""``/api/v1/trials``: one trial, its loss curve, and results/failures from outside trainers."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sqlalchemy import select
+
+from ... import engine
+from ...db import LossCurvePoint
+from ...schemas.trials import CurvePoint, CurvePublic, FailCreate, ResultCreate, TrialPublic
+from ..deps import DbDep, RunnerDep
+
+router = APIRouter(prefix="/api/v1/trials", tags=["trials"])
+
+
+@router.get("/{trial_id}", response_model=TrialPublic)
+def read_trial(trial_id: int, db: DbDep) -> TrialPublic:
+    """One trial with its results."""
+    with db.session() as s:
+        return engine.trial_public(engine.get_trial(s, trial_id))
+
+
+@router.get("/{trial_id}/curve", response_model=CurvePublic)
+def read_curve(trial_id: int, db: DbDep) -> CurvePublic:
+    """The trial's loss curve: validation losses per domain at intervals."""
+    with db.session() as s:
+        engine.get_trial(s, trial_id)
+        rows = s.scalars(select(LossCurvePoint).where(LossCurvePoint.trial_id == trial_id).order_by(LossCurvePoint.step))
+        return CurvePublic(points=[CurvePoint(step=p.step, tokens=p.tokens, train_loss=p.train_loss, losses=p.losses)
+                                   for p in rows])
+
+
+@router.post("/{trial_id}/result", response_model=TrialPublic)
+def report_result(trial_id: int, body: ResultCreate, db: DbDep, runner: RunnerDep) -> TrialPublic:
+    """Report the final result of an asked trial. Repeating the same result is harmless (200);
+    a different result for a completed trial, or one for a trial not leased, is a 409."""
+    trial, created = engine.report_result(db, trial_id, body)
+    if created:
+        runner.notify(trial.study_id)
+    with db.session() as s:
+        return engine.trial_public(engine.get_trial(s, trial_id))
+
+
+@router.post("/{trial_id}/fail", response_model=TrialPublic)
+def report_failure(trial_id: int, body: FailCreate, db: DbDep, runner: RunnerDep) -> TrialPublic:
+    """Report that an asked trial failed; with `retryable` it is queued again while attempts remain."""
+    trial = engine.report_failure(db, trial_id, body)
+    runner.notify(trial.study_id)
+    with db.session() as s:
+        return engine.trial_public(engine.get_trial(s, trial_id))

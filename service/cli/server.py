@@ -1,0 +1,45 @@
+"""``mixopt server`` and ``mixopt db``."""
+
+from __future__ import annotations
+
+import typer
+
+from ..settings import get_settings
+
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+
+
+def server(
+    host: str = typer.Option(None, help="bind address [MIXOPT_HOST, 127.0.0.1]"),
+    port: int = typer.Option(None, help="port [MIXOPT_PORT, 8000]"),
+    workers: int = typer.Option(1, help="uvicorn worker processes (all share the database)"),
+) -> None:
+    """Run the API server (migrates the database first unless MIXOPT_AUTO_MIGRATE=false)."""
+    import uvicorn
+
+    from ..logs import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    uvicorn.run(
+        "service.api:create_app", factory=True, host=host or settings.host, port=port or settings.port,
+        workers=workers, log_config=None,
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head", help="target revision")) -> None:
+    """Migrate the database at MIXOPT_DATABASE_URL up to REVISION."""
+    from ..db import current_revision, upgrade
+
+    url = get_settings().database_url
+    upgrade(url, revision)
+    typer.echo(f"database at revision {current_revision(url)}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's current revision."""
+    from ..db import current_revision
+
+    typer.echo(current_revision(get_settings().database_url) or "empty")

@@ -1,0 +1,45 @@
+"""Persistence: the ORM model, engines/sessions for SQLite and Postgres, Alembic migrations."""
+
+from ._session import Database, alembic_config, current_revision, make_engine, upgrade
+from ._types import utcnow
+from .models import (
+    FINAL,
+    HELD,
+    IN_FLIGHT,
+    Base,
+    Fidelity,
+    Lease,
+    LossCurvePoint,
+    Recommendation,
+    Result,
+    Study,
+    StudyDomain,
+    StudyState,
+    Trial,
+    TrialState,
+    Worker,
+)
+
+__all__ = [
+    "FINAL",
+    "HELD",
+    "IN_FLIGHT",
+    "Base",
+    "Database",
+    "Fidelity",
+    "Lease",
+    "LossCurvePoint",
+    "Recommendation",
+    "Result",
+    "Study",
+    "StudyDomain",
+    "StudyState",
+    "Trial",
+    "TrialState",
+    "Worker",
+    "alembic_config",
+    "current_revision",
+    "make_engine",
+    "upgrade",
+    "utcnow",
+]

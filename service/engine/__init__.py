@@ -1,0 +1,62 @@
+"""The study engine: the study and trial state machines on top of the database. Strategies are
+called from here, never from the API directly."""
+
+from ._objective import check_result, objective_value, required_losses
+from ._runner import EngineRunner
+from ._spec import history_for, load_trials, space_for, strategy_for
+from ._studies import (
+    advance,
+    change_state,
+    create_study,
+    get_study,
+    latest_recommendation,
+    refresh_recommendation,
+    running_study_ids,
+)
+from ._trials import (
+    ask,
+    check_mixture,
+    create_trial,
+    get_trial,
+    grant_lease,
+    record_failure,
+    record_result,
+    report_failure,
+    report_result,
+    sweep_expired,
+    trial_counts,
+)
+from ._views import list_trials, recommendation_public, study_public, trial_public
+
+__all__ = [
+    "EngineRunner",
+    "advance",
+    "ask",
+    "change_state",
+    "check_mixture",
+    "check_result",
+    "create_study",
+    "create_trial",
+    "get_study",
+    "get_trial",
+    "grant_lease",
+    "history_for",
+    "latest_recommendation",
+    "list_trials",
+    "load_trials",
+    "objective_value",
+    "recommendation_public",
+    "record_failure",
+    "record_result",
+    "refresh_recommendation",
+    "report_failure",
+    "report_result",
+    "required_losses",
+    "running_study_ids",
+    "space_for",
+    "strategy_for",
+    "study_public",
+    "sweep_expired",
+    "trial_counts",
+    "trial_public",
+]

@@ -1,0 +1,56 @@
+"""From database rows to what strategies see: the search space, the history, the strategy."""
+
+from __future__ import annotations
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..db import Study, Trial, TrialState
+from ..strategies import BaseStrategy, Domain, Fidelity, History, SearchSpace, TrialRecord, create_strategy, make_space
+
+_STATE = {
+    TrialState.queued: "pending",
+    TrialState.leased: "pending",
+    TrialState.running: "pending",
+    TrialState.completed: "completed",
+    TrialState.failed: "failed",
+}
+
+
+def space_for(study: Study) -> SearchSpace:
+    domains = [Domain(d.name, d.tokens, d.min_weight, d.max_weight) for d in study.domains]
+    fidelities = [Fidelity(f.name, f.cost, f.is_target, f.tokens, f.model, dict(f.params)) for f in study.fidelities]
+    return make_space(domains, fidelities, max_epochs=study.max_epochs)
+
+
+def strategy_for(study: Study, space: SearchSpace | None = None) -> BaseStrategy:
+    return create_strategy(study.strategy, space or space_for(study), study.strategy_params, study.seed)
+
+
+def load_trials(session: Session, study_id: int) -> list[Trial]:
+    return list(session.scalars(select(Trial).where(Trial.study_id == study_id).order_by(Trial.number)))
+
+
+def history_for(space: SearchSpace, trials: list[Trial]) -> History:
+    """The strategy's view of ``trials`` (cancelled ones are left out: they never ran)."""
+    names = space.mixture.names
+    records = []
+    for t in trials:
+        if t.state == TrialState.cancelled:
+            continue
+        weights = np.array([float(t.mixture.get(n, 0.0)) for n in names])
+        done = t.state == TrialState.completed and t.result is not None
+        records.append(
+            TrialRecord(
+                trial_id=t.id,
+                weights=weights,
+                fidelity=t.fidelity.name,
+                state=_STATE[t.state],
+                objective=t.objective if done else None,
+                losses=dict(t.result.losses) if done else {},
+                pool_index=t.pool_index,
+                meta=dict(t.strategy_meta or {}),
+            )
+        )
+    return History(tuple(records))

@@ -1,0 +1,347 @@
+"""The study state machine (DESIGN.md section 1): creation, state changes, and ``advance``, which
+asks the strategy for as many trials as free slots and budget allow, and completes the study when
+the budget is spent and nothing is in flight."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ..db import FINAL, IN_FLIGHT, Database, Fidelity, Recommendation, Study, StudyDomain, StudyState, Trial, TrialState, utcnow
+from ..errors import Conflict, InputError, NotFound
+from ..schemas.studies import StudyCreate
+from ..strategies import Proposal, get_strategy_class
+from ._costs import fill_costs
+from ._spec import history_for, load_trials, space_for, strategy_for
+
+log = logging.getLogger(__name__)
+
+_TRANSITIONS = {
+    "start": ({StudyState.draft}, StudyState.running),
+    "pause": ({StudyState.running}, StudyState.paused),
+    "resume": ({StudyState.paused}, StudyState.running),
+    "cancel": ({StudyState.draft, StudyState.running, StudyState.paused}, StudyState.cancelled),
+}
+
+
+def get_study(session: Session, study_id: int, *, lock: bool = False) -> Study:
+    q = select(Study).where(Study.id == study_id)
+    if lock:
+        q = q.with_for_update()
+    study = session.scalars(q).one_or_none()
+    if study is None:
+        raise NotFound("study", study_id)
+    return study
+
+
+def create_study(session: Session, body: StudyCreate) -> Study:
+    """Validate ``body`` against itself and the strategy, and insert the study as a draft."""
+    names = [d.name for d in body.domains]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise InputError(("body", "domains", i, "name"), f"duplicate domain {name!r}")
+    fnames = [f.name for f in body.fidelities]
+    for i, name in enumerate(fnames):
+        if name in fnames[:i]:
+            raise InputError(("body", "fidelities", i, "name"), f"duplicate fidelity {name!r}")
+    targets = [i for i, f in enumerate(body.fidelities) if f.target]
+    if len(body.fidelities) == 1 and not targets:
+        targets = [0]
+    if len(targets) != 1:
+        raise InputError(("body", "fidelities"), "exactly one fidelity must have target=true")
+    costs = fill_costs(body.fidelities, targets[0])
+    _check_objective(body, set(names))
+
+    study = Study(
+        name=body.name,
+        state=StudyState.draft,
+        strategy=body.strategy.name,
+        strategy_params=body.strategy.params,
+        objective=body.objective.model_dump(exclude_none=True),
+        budget_cost=body.budget.cost,
+        budget_trials=body.budget.max_trials,
+        parallelism=body.parallelism,
+        seed=body.seed,
+        max_attempts=body.max_attempts,
+        lease_seconds=body.lease_seconds,
+        max_epochs=body.max_epochs,
+        dispatch=body.dispatch,
+    )
+    study.domains = [
+        StudyDomain(position=i, name=d.name, tokens=d.tokens, min_weight=d.min_weight, max_weight=d.max_weight)
+        for i, d in enumerate(body.domains)
+    ]
+    study.fidelities = [
+        Fidelity(position=i, name=f.name, model=f.model, tokens=f.tokens, cost=costs[i], is_target=(i == targets[0]),
+                 params=f.params)
+        for i, f in enumerate(body.fidelities)
+    ]
+    try:
+        space = space_for(study)
+    except ValueError as e:
+        field, _, msg = str(e).partition(": ")
+        raise InputError(("body", field if msg else "domains"), msg or str(e)) from None
+    _check_strategy(body, space, study)
+    session.add(study)
+    session.flush()
+    return study
+
+
+def _check_objective(body: StudyCreate, names: set[str]) -> None:
+    obj = body.objective
+    refs: list[tuple[tuple, str]] = []
+    if obj.domains:
+        refs += [(("body", "objective", "domains", i), d) for i, d in enumerate(obj.domains)]
+    if obj.domain:
+        refs.append((("body", "objective", "domain"), obj.domain))
+    if obj.weights:
+        refs += [(("body", "objective", "weights", d), d) for d in obj.weights]
+    for loc, d in refs:
+        if d not in names:
+            raise InputError(loc, f"unknown domain {d!r}")
+
+
+def _check_strategy(body: StudyCreate, space, study: Study) -> None:
+    try:
+        cls = get_strategy_class(body.strategy.name)
+    except KeyError as e:
+        raise InputError(("body", "strategy", "name"), str(e.args[0])) from None
+    try:
+        strategy = cls(space, body.strategy.params, body.seed)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise InputError(("body", "strategy", "params", *err["loc"]), err["msg"]) from None
+    try:
+        strategy.check()
+    except ValueError as e:
+        field, _, msg = str(e).partition(": ")
+        raise InputError(("body", "strategy", "params", *field.split(".")), msg or str(e)) from None
+    study.strategy_params = strategy.params.model_dump(mode="json")
+
+
+def change_state(db: Database, study_id: int, action: str, reason: str | None = None) -> None:
+    """Apply ``start``/``pause``/``resume``/``cancel``; 409 when the study's state forbids it."""
+    allowed, target = _TRANSITIONS[action]
+    with db.session() as s:
+        study = get_study(s, study_id, lock=True)
+        if study.state not in allowed:
+            raise Conflict(f"cannot {action} a study that is {study.state.value}")
+        study.state = target
+        study.revision += 1
+        now = utcnow()
+        if action == "start":
+            study.started_at = now
+        if action == "cancel":
+            study.finished_at = now
+            study.failure_reason = reason or "cancelled"
+            for t in s.scalars(select(Trial).where(Trial.study_id == study_id, Trial.state == TrialState.queued)):
+                t.state = TrialState.cancelled
+                t.finished_at = now
+
+
+@dataclass
+class _Budget:
+    free: int
+    budget_left: float
+    in_flight: int
+    last_number: int
+
+
+def advance(db: Database, study_id: int, *, attempts: int = 5) -> bool:
+    """Enqueue the strategy's proposals for a running study, or complete it.
+
+    The strategy runs outside any transaction (it may take seconds). Its proposals are committed
+    only if no trial was created meanwhile, and trimmed to the slots and budget that are free at
+    commit time; completions in between only free more room, so they need no retry.
+    Returns whether the study changed.
+    """
+    for _ in range(attempts):
+        with db.session() as s:
+            study = s.get(Study, study_id)
+            if study is None or study.state != StudyState.running:
+                return False
+            trials = load_trials(s, study_id)
+            before = _budget(study, trials)
+            space = space_for(study)
+            strategy = strategy_for(study, space)
+            history = history_for(space, trials)
+        proposals: list[Proposal] = []
+        if before.free > 0:
+            try:
+                if not strategy.is_finished(history):
+                    proposals = strategy.propose(history, before.free)
+            except Exception as e:  # a strategy bug must not take the server down, but must be seen
+                log.exception("strategy %s failed on study %s", study.strategy, study_id)
+                _fail(db, study_id, f"strategy {study.strategy} raised {type(e).__name__}: {e}")
+                return True
+        elif before.in_flight:
+            return False
+        with db.session() as s:
+            study = get_study(s, study_id, lock=True)
+            if study.state != StudyState.running:
+                return False
+            now = _budget(study, load_trials(s, study_id))
+            if now.last_number != before.last_number:
+                continue
+            admitted = _within_budget(space, proposals, now.budget_left)[: max(now.free, 0)]
+            if admitted:
+                _enqueue(s, study, admitted, space)
+                return True
+            if now.in_flight == 0:
+                _complete(s, study, strategy, space)
+                return True
+            return False
+    return False
+
+
+def _budget(study: Study, trials: list[Trial]) -> _Budget:
+    live = [t for t in trials if t.state != TrialState.cancelled and not (t.strategy_meta or {}).get("imported")]
+    in_flight = sum(t.state in IN_FLIGHT for t in live)
+    free = study.parallelism - in_flight
+    if study.budget_trials is not None:
+        free = min(free, study.budget_trials - len(live))
+    left = np.inf if study.budget_cost is None else study.budget_cost - sum(t.cost for t in live)
+    return _Budget(free, left, in_flight, max((t.number for t in trials), default=-1))
+
+
+def _within_budget(space, proposals: list[Proposal], budget_left: float) -> list[Proposal]:
+    out = []
+    for p in proposals:
+        cost = space.fidelity(p.fidelity).cost
+        if cost > budget_left + 1e-9:
+            break
+        budget_left -= cost
+        out.append(p)
+    return out
+
+
+def _enqueue(s: Session, study: Study, proposals: list[Proposal], space) -> None:
+    number = next_trial_number(s, study.id)
+    fidelities = {f.name: f for f in study.fidelities}
+    names = space.mixture.names
+    strategy_cls = get_strategy_class(study.strategy)
+    for i, p in enumerate(proposals):
+        w = np.asarray(p.weights, dtype=float)
+        if not space.mixture.contains(w):
+            raise RuntimeError(f"strategy {study.strategy} proposed an infeasible mixture {w.tolist()}")
+        f = fidelities[p.fidelity]
+        s.add(
+            Trial(
+                study_id=study.id,
+                number=number + i,
+                fidelity_id=f.id,
+                mixture={n: float(x) for n, x in zip(names, w)},
+                dynamic=strategy_cls.online,
+                pool_index=p.pool_index,
+                strategy_meta=p.meta,
+                predicted=p.predicted,
+                uncertainty=p.uncertainty,
+                cost=f.cost,
+            )
+        )
+    study.revision += 1
+
+
+def _complete(s: Session, study: Study, strategy, space) -> None:
+    trials = load_trials(s, study.id)
+    rec = strategy.recommend(history_for(space, trials))
+    if rec is not None:
+        s.add(_recommendation_row(study.id, space, rec, final=True))
+    study.state = StudyState.completed
+    study.finished_at = utcnow()
+    study.revision += 1
+    log.info("study %s completed", study.id, extra={"study_id": study.id})
+
+
+def _fail(db: Database, study_id: int, reason: str) -> None:
+    with db.session() as s:
+        study = get_study(s, study_id, lock=True)
+        if study.state in (StudyState.running, StudyState.paused):
+            study.state = StudyState.failed
+            study.failure_reason = reason[:4000]
+            study.finished_at = utcnow()
+            study.revision += 1
+
+
+def _recommendation_row(study_id: int, space, rec, final: bool) -> Recommendation:
+    return Recommendation(
+        study_id=study_id,
+        mixture=space.mixture.to_dict(np.asarray(rec.weights, dtype=float)),
+        predicted=None if rec.predicted is None else float(rec.predicted),
+        uncertainty=None if rec.uncertainty is None else float(rec.uncertainty),
+        based_on_trials=int(rec.based_on_trials),
+        meta=_jsonable(rec.meta),
+        final=final,
+    )
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def refresh_recommendation(db: Database, study_id: int) -> bool:
+    """Recompute the strategy's recommendation; store it when it changed. Returns whether it did."""
+    with db.session() as s:
+        study = s.get(Study, study_id)
+        if study is None or study.state in (StudyState.draft,):
+            return False
+        space = space_for(study)
+        history = history_for(space, load_trials(s, study_id))
+        strategy = strategy_for(study, space)
+        last = latest_recommendation(s, study_id)
+    if not history.completed:
+        return False
+    rec = strategy.recommend(history)
+    if rec is None:
+        return False
+    row = _recommendation_row(study_id, space, rec, final=False)
+    if last is not None and not last.final and _same(last, row):
+        return False
+    with db.session() as s:
+        if latest_final(s, study_id) is not None:
+            return False
+        s.add(row)
+    return True
+
+
+def _same(a: Recommendation, b: Recommendation) -> bool:
+    keys = set(a.mixture) | set(b.mixture)
+    close = all(abs(a.mixture.get(k, 0) - b.mixture.get(k, 0)) < 1e-9 for k in keys)
+    return close and a.predicted == b.predicted and a.based_on_trials == b.based_on_trials
+
+
+def latest_recommendation(s: Session, study_id: int) -> Recommendation | None:
+    q = select(Recommendation).where(Recommendation.study_id == study_id).order_by(Recommendation.id.desc()).limit(1)
+    return s.scalars(q).first()
+
+
+def latest_final(s: Session, study_id: int) -> Recommendation | None:
+    q = select(Recommendation).where(Recommendation.study_id == study_id, Recommendation.final.is_(True)).limit(1)
+    return s.scalars(q).first()
+
+
+def next_trial_number(s: Session, study_id: int) -> int:
+    return s.scalar(select(func.coalesce(func.max(Trial.number), -1)).where(Trial.study_id == study_id)) + 1
+
+
+def running_study_ids(s: Session) -> list[int]:
+    return list(s.scalars(select(Study.id).where(Study.state == StudyState.running)))
+
+
+def is_final(state: TrialState) -> bool:
+    return state in FINAL

@@ -1,0 +1,263 @@
+"""Trials: ask (leasing to outside trainers), results and failures, user-chosen trials, expiry.
+
+Results are exactly-once: the trial row is locked while a result is recorded, a result names the
+lease it reports on, the same payload twice is answered from the stored row, and anything that
+does not come from the trial's current, unexpired lease is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ..db import HELD, Database, Lease, LossCurvePoint, Result, Study, StudyState, Trial, TrialState, utcnow
+from ..errors import Conflict, InputError, NotFound
+from ..schemas.trials import AskedTrial, AskRequest, AskResponse, FailCreate, FidelityRef, ResultCreate, TrialCreate
+from ._objective import check_result, objective_value
+from ._spec import space_for
+from ._studies import advance, get_study, next_trial_number
+
+log = logging.getLogger(__name__)
+
+SUM_TOLERANCE = 1e-6
+
+
+def get_trial(s: Session, trial_id: int, *, lock: bool = False) -> Trial:
+    q = select(Trial).where(Trial.id == trial_id)
+    if lock:
+        q = q.with_for_update(of=Trial)
+    trial = s.scalars(q).one_or_none()
+    if trial is None:
+        raise NotFound("trial", trial_id)
+    return trial
+
+
+def grant_lease(s: Session, trial: Trial, seconds: float, *, worker_id: int | None = None,
+                client: str | None = None, now: datetime | None = None) -> Lease:
+    """Hand ``trial`` to a worker or an outside client until ``now + seconds``."""
+    now = now or utcnow()
+    trial.attempts += 1
+    lease = Lease(
+        id=str(uuid.uuid4()), trial_id=trial.id, worker_id=worker_id, client=client, attempt=trial.attempts,
+        created_at=now, expires_at=now + timedelta(seconds=seconds),
+    )
+    s.add(lease)
+    trial.state = TrialState.leased
+    trial.lease_id = lease.id
+    trial.lease_owner = f"worker:{worker_id}" if worker_id is not None else f"client:{client or 'anonymous'}"
+    trial.lease_expires_at = lease.expires_at
+    trial.started_at = trial.started_at or now
+    return lease
+
+
+def _end_lease(s: Session, trial: Trial, outcome: str, now: datetime) -> None:
+    if trial.lease_id is not None:
+        lease = s.get(Lease, trial.lease_id)
+        if lease is not None and lease.outcome is None:
+            lease.outcome = outcome
+            lease.ended_at = now
+    trial.lease_id = None
+    trial.lease_owner = None
+    trial.lease_expires_at = None
+
+
+def ask(db: Database, study_id: int, req: AskRequest, default_lease_s: float) -> AskResponse:
+    """Lease up to ``req.n`` queued trials of a running study to an outside trainer."""
+    sweep_expired(db)
+    advance(db, study_id)
+    with db.session() as s:
+        study = get_study(s, study_id, lock=True)
+        if study.state == StudyState.draft:
+            raise Conflict("the study is a draft: POST /studies/{id}/start first")
+        out: list[AskedTrial] = []
+        if study.state == StudyState.running:
+            q = (
+                select(Trial)
+                .where(Trial.study_id == study_id, Trial.state == TrialState.queued)
+                .order_by(Trial.number)
+                .limit(req.n)
+                .with_for_update(of=Trial, skip_locked=True)
+            )
+            for trial in s.scalars(q):
+                lease = grant_lease(s, trial, req.lease_seconds or default_lease_s, client=req.client)
+                out.append(asked_trial(trial, lease))
+        return AskResponse(trials=out, study_state=study.state.value)
+
+
+def asked_trial(trial: Trial, lease: Lease) -> AskedTrial:
+    f = trial.fidelity
+    return AskedTrial(
+        id=trial.id, number=trial.number, mixture=trial.mixture, fidelity=f.name,
+        fidelity_spec=FidelityRef(name=f.name, model=f.model, tokens=f.tokens, params=f.params),
+        lease_id=lease.id, expires_at=lease.expires_at, dynamic=trial.dynamic,
+    )
+
+
+def payload_hash(body: ResultCreate) -> str:
+    blob = json.dumps({"losses": body.losses, "metrics": body.metrics}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def record_result(s: Session, trial: Trial, body: ResultCreate, lease_id: str | None) -> bool:
+    """Record the final result of a held trial. Returns ``False`` when the very same result was
+    already recorded (an idempotent repeat), ``True`` when it is new. Raises 409 otherwise."""
+    digest = payload_hash(body)
+    if trial.state == TrialState.completed:
+        same_lease = lease_id is None or trial.result.lease_id in (None, lease_id)
+        if trial.result is not None and trial.result.payload_hash == digest and same_lease:
+            return False
+        raise Conflict(f"trial {trial.id} is already completed with a different result")
+    if trial.state not in HELD:
+        raise Conflict(f"trial {trial.id} is {trial.state.value}, not leased: nothing to report on")
+    if lease_id is not None and lease_id != trial.lease_id:
+        raise Conflict(f"lease {lease_id} is not trial {trial.id}'s current lease (it expired or was replaced)")
+    study = s.get(Study, trial.study_id)
+    check_result(study.objective, [d.name for d in study.domains], body.losses, body.metrics)
+    now = utcnow()
+    objective = objective_value(study.objective, body.losses, body.metrics)
+    s.add(Result(trial_id=trial.id, lease_id=trial.lease_id, losses=body.losses, metrics=body.metrics,
+                 objective=objective, tokens=body.tokens, wall_s=body.wall_s, payload_hash=digest, created_at=now))
+    _add_curve(s, trial.id, body)
+    _end_lease(s, trial, "completed", now)
+    trial.state = TrialState.completed
+    trial.objective = objective
+    trial.finished_at = now
+    study.revision += 1
+    return True
+
+
+def _add_curve(s: Session, trial_id: int, body: ResultCreate) -> None:
+    seen = set(s.scalars(select(LossCurvePoint.step).where(LossCurvePoint.trial_id == trial_id)))
+    for p in body.curve:
+        if p.step in seen:
+            continue
+        seen.add(p.step)
+        s.add(LossCurvePoint(trial_id=trial_id, step=p.step, tokens=p.tokens, train_loss=p.train_loss, losses=p.losses))
+
+
+def report_result(db: Database, trial_id: int, body: ResultCreate) -> tuple[Trial, bool]:
+    """``POST /trials/{id}/result``: returns the trial and whether the result was new."""
+    sweep_expired(db)
+    with db.session() as s:
+        trial = get_trial(s, trial_id, lock=True)
+        created = record_result(s, trial, body, body.lease_id)
+    return trial, created
+
+
+def record_failure(s: Session, trial: Trial, body: FailCreate, lease_id: str | None) -> bool:
+    """Fail (or, when retryable and attempts remain, requeue) a held trial. Returns ``False`` for
+    a repeat of a failure already recorded for the same lease."""
+    if trial.state in (TrialState.failed, TrialState.queued) and lease_id is not None:
+        lease = s.get(Lease, lease_id)
+        if lease is not None and lease.trial_id == trial.id and lease.outcome in ("failed", "released"):
+            return False
+    if trial.state not in HELD:
+        raise Conflict(f"trial {trial.id} is {trial.state.value}, not leased: nothing to report on")
+    if lease_id is not None and lease_id != trial.lease_id:
+        raise Conflict(f"lease {lease_id} is not trial {trial.id}'s current lease (it expired or was replaced)")
+    study = s.get(Study, trial.study_id)
+    now = utcnow()
+    _end_lease(s, trial, "failed", now)
+    if body.retryable and trial.attempts < study.max_attempts:
+        trial.state = TrialState.queued
+    else:
+        trial.state = TrialState.failed
+        trial.failure_reason = body.reason
+        trial.finished_at = now
+    study.revision += 1
+    return True
+
+
+def report_failure(db: Database, trial_id: int, body: FailCreate) -> Trial:
+    sweep_expired(db)
+    with db.session() as s:
+        trial = get_trial(s, trial_id, lock=True)
+        record_failure(s, trial, body, body.lease_id)
+    return trial
+
+
+def check_mixture(study: Study, mixture: dict[str, float], loc: tuple) -> dict[str, float]:
+    """The mixture over all study domains, renormalised; 422 naming the field otherwise."""
+    names = [d.name for d in study.domains]
+    for name in mixture:
+        if name not in names:
+            raise InputError((*loc, name), f"unknown domain {name!r}")
+    total = sum(mixture.values())
+    if abs(total - 1.0) > SUM_TOLERANCE:
+        raise InputError(loc, f"weights sum to {total:.9g}, not 1 (tolerance {SUM_TOLERANCE:g})")
+    full = {n: float(mixture.get(n, 0.0)) / total for n in names}
+    space = space_for(study).mixture
+    lo, hi = space.lower, space.upper
+    for i, n in enumerate(names):
+        if not lo[i] - SUM_TOLERANCE <= full[n] <= hi[i] + SUM_TOLERANCE:
+            raise InputError((*loc, n), f"weight {full[n]:.6g} outside the domain's bounds [{lo[i]:.6g}, {hi[i]:.6g}]")
+    return full
+
+
+def create_trial(db: Database, study_id: int, body: TrialCreate) -> Trial:
+    """A user-chosen trial: queued to run, or recorded as completed when it carries a result."""
+    with db.session() as s:
+        study = get_study(s, study_id, lock=True)
+        if study.state in (StudyState.completed, StudyState.failed, StudyState.cancelled):
+            raise Conflict(f"the study is {study.state.value}: it takes no new trials")
+        mixture = check_mixture(study, body.mixture, ("body", "mixture"))
+        fidelity = next((f for f in study.fidelities if f.name == body.fidelity), None)
+        if fidelity is None:
+            raise InputError(("body", "fidelity"), f"the study has no fidelity {body.fidelity!r}")
+        if body.result is not None:
+            check_result(study.objective, [d.name for d in study.domains], body.result.losses, body.result.metrics,
+                         loc=("body", "result"))
+        trial = Trial(
+            study_id=study.id, number=next_trial_number(s, study.id), fidelity_id=fidelity.id, mixture=mixture,
+            cost=fidelity.cost, dynamic=False, strategy_meta={"source": "user", "imported": body.result is not None},
+        )
+        s.add(trial)
+        s.flush()
+        if body.result is not None:
+            trial.state = TrialState.leased  # so that record_result accepts it, within this transaction
+            record_result(s, trial, body.result, None)
+            trial.started_at = trial.finished_at
+        study.revision += 1
+    return trial
+
+
+def sweep_expired(db: Database, now: datetime | None = None) -> set[int]:
+    """Requeue trials whose lease expired (attempts + 1 on the next lease), or fail them after
+    ``max_attempts``. Returns the ids of the studies touched."""
+    now = now or utcnow()
+    touched: set[int] = set()
+    with db.session() as s:
+        q = (
+            select(Trial)
+            .where(Trial.state.in_(HELD), Trial.lease_expires_at < now)
+            .order_by(Trial.id)
+            .limit(500)
+            .with_for_update(of=Trial, skip_locked=True)
+        )
+        for trial in s.scalars(q):
+            study = s.get(Study, trial.study_id)
+            _end_lease(s, trial, "expired", now)
+            if trial.attempts >= study.max_attempts:
+                trial.state = TrialState.failed
+                trial.failure_reason = f"lease expired on attempt {trial.attempts} of {study.max_attempts}"
+                trial.finished_at = now
+            else:
+                trial.state = TrialState.queued
+            study.revision += 1
+            touched.add(trial.study_id)
+            log.info("lease expired", extra={"trial_id": trial.id, "study_id": trial.study_id, "state": trial.state.value})
+    return touched
+
+
+def trial_counts(s: Session, study_id: int) -> dict[str, int]:
+    rows = s.execute(select(Trial.state, func.count()).where(Trial.study_id == study_id).group_by(Trial.state))
+    counts = {state.value: 0 for state in TrialState}
+    counts.update({state.value if hasattr(state, "value") else state: n for state, n in rows})
+    return counts
+
