@@ -6,6 +6,7 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from ..db import Database, upgrade
@@ -45,6 +46,16 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         summary="Data-mixture search for LLM pretraining: studies, trials, workers and leases.",
         lifespan=lifespan,
     )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # The offending input is not echoed: it may be huge, or NaN, which JSON cannot carry.
+        detail = []
+        for err in exc.errors():
+            loc = [p if isinstance(p, int) else str(p) for p in err.get("loc", ())]
+            field = ".".join(str(p) for p in loc[1:]) or (str(loc[0]) if loc else "body")
+            detail.append({"loc": loc, "msg": f"{field}: {err.get('msg', '')}", "type": err.get("type", "value_error")})
+        return JSONResponse(status_code=422, content={"detail": detail})
 
     @app.exception_handler(InputError)
     async def _input_error(_: Request, exc: InputError) -> JSONResponse:

@@ -1,0 +1,171 @@
+"""Shared fixtures: real databases (SQLite file and a fresh Postgres database per test session),
+the real app in-process, and a real server process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parents[1]
+POSTGRES_ADMIN_URL = os.environ.get("MIXOPT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_available() -> str | None:
+    try:
+        engine = create_engine(POSTGRES_ADMIN_URL)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as e:  # the reason goes into the skip message
+        return f"{type(e).__name__}: {e}".splitlines()[0]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The admin URL of the real Postgres; skipped (never in CI) where there is none."""
+    reason = _postgres_available()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"Postgres at {POSTGRES_ADMIN_URL} is required in CI: {reason}")
+        pytest.skip(f"Postgres not reachable at {POSTGRES_ADMIN_URL} ({reason}); set MIXOPT_TEST_POSTGRES_URL")
+    return POSTGRES_ADMIN_URL
+
+
+def _fresh_postgres_database(admin_url: str) -> tuple[str, callable]:
+    name = f"mixopt_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return url, drop
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty Postgres database for one test."""
+    url, drop = _fresh_postgres_database(postgres_server)
+    yield url
+    drop()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mixopt.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request) -> str:
+    """An empty database of each backend: every storage and API test runs on both."""
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture
+def migrated_url(db_url: str) -> str:
+    from service.db import upgrade
+
+    upgrade(db_url)
+    return db_url
+
+
+@pytest.fixture
+def settings(db_url: str):
+    from service.settings import Settings
+
+    return Settings(database_url=db_url, sweep_interval_s=0.2, recommend_interval_s=0.0, long_poll_s=0.5)
+
+
+@pytest.fixture
+def client(settings):
+    """The real app, in-process, on a freshly migrated database."""
+    from fastapi.testclient import TestClient
+
+    from service.api import create_app
+
+    with TestClient(create_app(settings, migrate=True)) as c:
+        yield c
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``mixopt server`` in a subprocess, with start, SIGKILL and restart."""
+
+    def __init__(self, database_url: str, log_path: Path, **env: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            "MIXOPT_DATABASE_URL": database_url,
+            "MIXOPT_PORT": str(self.port),
+            "MIXOPT_SWEEP_INTERVAL_S": "0.5",
+            "MIXOPT_RECOMMEND_INTERVAL_S": "0",
+            **env,
+        }
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> ServerProcess:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "service", "server"], env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not come up:\n{self.log_path.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path):
+    """Start real server processes; all are stopped at the end of the test."""
+    started: list[ServerProcess] = []
+
+    def make(database_url: str, **env: str) -> ServerProcess:
+        server = ServerProcess(database_url, tmp_path / f"server-{len(started)}.log", **env)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
