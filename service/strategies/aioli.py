@@ -1,0 +1,615 @@
+"""Aioli (Chen et al. 2024, "Aioli: A Unified Optimization Framework for Language Model Data
+Mixing"): online estimation of the linear mixing law inside one training run (DESIGN.md 3.2).
+
+Mixing law: ``L_i(t+1) = L_i(t) - sum_j A_ij(t) p_j(t)``. A run of ``S`` steps is cut into rounds
+of ``update_steps``; each round measures ``A`` with a few short *LearnParams* segments on smoothed
+one-hot mixtures, then trains the rest of the round on the mixture given by an exponentiated
+gradient step on the column sums ``1^T A`` (the domains whose data lowers the losses most gain
+weight).
+
+The strategy is pure and keeps no state: the server stores every segment it handed out and the
+per-domain validation losses reported at each segment's end, and calls :meth:`AioliStrategy.
+next_segment` with that record at each boundary. The segment *skeleton* (kinds, lengths, the
+LearnParams order) is a deterministic function of the trial (fidelity, params, seed, run index);
+the *train* mixtures are recomputed from the recorded losses on every call, so the next segment
+given a recorded prefix is exactly the one the undisturbed run got (resumable, auditable).
+Resuming a run whose worker died: give the strategy the segments up to the boundary the
+worker's checkpoint was taken at (drop any later record of the dead attempt) and it continues
+exactly; restarting from scratch is the empty record. A record that disagrees with the plan
+(kinds, steps, indices) or lacks a needed loss is refused with a ``ValueError``.
+
+The schedule of a run of ``S`` steps (``S`` from :func:`step_budget`):
+
+- ``prior`` (restricted variant): ``prior_steps`` on ``prior_mixture``; otherwise ``eval``: a
+  0-step segment that only measures ``L^0`` of the first round.
+- per round of ``update_steps``: ``lp_rounds * k`` ``learn`` segments of ``lp_steps`` on the
+  smoothed one-hot mixtures (the k domains in a seeded random order per sweep), then one
+  ``train`` segment on the updated mixture for the rest of the round. ``L^0`` of a round is the
+  evaluation at the end of the previous segment: the model state is the same as at the round's
+  start, so the reference code's separate evaluation is not repeated.
+- the last round is cut to the budget; when it has no room left for training after LearnParams,
+  it trains on the current mixture without estimating (an estimate nothing would use).
+- every segment but the last is evaluated; the final losses come with the trial's completion.
+LearnParams steps count toward ``S`` (the reference code subtracts them from the round in
+examples, not steps: ``update_steps * batch_size - lp_duration``; here they are steps).
+
+Segments carry exact weights. The trainer must draw each example's domain from them (or allocate
+a batch by largest remainders), never build a batch as ``int(p_j * B)`` examples per domain: with
+7 domains, ``B = 8`` and ``one_hot_factor = 0.75`` that turns every LearnParams mixture into a
+pure one-hot batch of 6 (the pitfall of the reference code).
+
+Shapes: ``k`` domains, ``Q`` LearnParams phases (rounds with an estimate), ``M = lp_rounds * k``
+LearnParams segments per phase.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from ._base import (
+    BaseOnlineStrategy,
+    History,
+    Proposal,
+    Recommendation,
+    Segment,
+    SegmentRecord,
+    StrategyParams,
+    TrialRecord,
+    register,
+)
+from ._space import Fidelity, SearchSpace
+
+DEFAULT_BATCH_SIZE = 16
+"""The proxy trainer's default batch size (sequences per optimizer step)."""
+DEFAULT_SEQ_LEN = 256
+"""The proxy trainer's default sequence length (tokens per sequence)."""
+
+PAPER_SETTINGS: dict[int, dict[str, Any]] = {
+    # SlimPajama arXiv + StackExchange, 5,000 steps (scripts/arxiv_stackexchange/aioli/run.sh).
+    2: {"lp_rounds": 4, "lp_steps": 4, "eta": 0.2, "ema": 0.1, "update_steps": 250, "one_hot_factor": 0.625},
+    # arXiv + Books + StackExchange, 5,000 steps (scripts/arxiv_books_stackexchange/aioli/run.sh).
+    3: {"lp_rounds": 4, "lp_steps": 6, "eta": 0.1, "ema": 0.5, "update_steps": 250, "one_hot_factor": 0.5},
+    # The 7 SlimPajama domains, 40,000 steps (scripts/full/aioli/run.sh).
+    7: {"lp_rounds": 2, "lp_steps": 10, "eta": 1.0, "ema": 0.1, "update_steps": 200, "one_hot_factor": 0.75},
+}
+"""The paper's settings by number of domains; ``k <= 2`` uses the 2-domain row, ``k = 3`` the
+3-domain row, ``k >= 4`` the 7-domain row."""
+
+MAX_LEARN_FRACTION = 0.7
+"""With automatic ``update_steps``, LearnParams takes at most this share of a round (the paper's
+7-domain setting: 140 of 200 steps); rounds are lengthened in multiples of 50 steps for larger k."""
+
+
+def step_budget(fidelity: Fidelity) -> int:
+    """Optimizer steps of one run at ``fidelity``, LearnParams steps included.
+
+    ``fidelity.params["steps"]`` when given, else ``tokens // (batch_size * seq_len)`` with the
+    trainer's defaults ``batch_size = params.get("batch_size", 16)`` and
+    ``seq_len = params.get("seq_len", 256)``.
+    """
+    params = fidelity.params or {}
+    where = f"fidelities[{fidelity.name!r}]"
+    if params.get("steps") is not None:
+        steps = params["steps"]
+        if isinstance(steps, bool) or not isinstance(steps, (int, float)) or steps != int(steps) or steps < 1:
+            raise ValueError(f"{where}.params.steps: must be a positive integer, got {steps!r}")
+        return int(steps)
+    sizes = {}
+    for key, default in (("batch_size", DEFAULT_BATCH_SIZE), ("seq_len", DEFAULT_SEQ_LEN)):
+        v = params.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or v < 1:
+            raise ValueError(f"{where}.params.{key}: must be a positive integer, got {v!r}")
+        sizes[key] = int(v)
+    if fidelity.tokens is None:
+        raise ValueError(f"{where}.tokens: aioli needs the fidelity's tokens or params.steps")
+    steps = int(fidelity.tokens // (sizes["batch_size"] * sizes["seq_len"]))
+    if steps < 1:
+        raise ValueError(
+            f"{where}.tokens: {fidelity.tokens:g} tokens is less than one step of "
+            f"{sizes['batch_size']} x {sizes['seq_len']} tokens"
+        )
+    return steps
+
+
+def learn_params_mixtures(k: int, one_hot_factor: float) -> np.ndarray:
+    """``k x k`` smoothed one-hot mixtures, row ``j`` = ``W_j``: ``f`` on ``j``, ``(1-f)/(k-1)``
+    elsewhere. ``W`` is invertible iff ``f != 1/k`` (its eigenvalues are 1 and ``(kf-1)/(k-1)``)."""
+    w = np.full((k, k), (1.0 - one_hot_factor) / (k - 1))
+    np.fill_diagonal(w, one_hot_factor)
+    return w
+
+
+def estimate_interactions(
+    losses: np.ndarray,
+    weights: np.ndarray,
+    steps: np.ndarray,
+    domains: np.ndarray,
+    lp_steps: int,
+    solve: Literal["exact", "lstsq"] = "exact",
+) -> np.ndarray:
+    """The mixing-law matrix ``A`` of each LearnParams phase, in loss drop per ``lp_steps`` steps
+    per unit weight.
+
+    Args:
+        losses: ``Q x (M+1) x k`` validation losses: ``L^0`` then after each LearnParams segment.
+        weights: ``Q x M x k`` mixture trained in each LearnParams segment.
+        steps: ``Q x M`` steps of each LearnParams segment.
+        domains: ``Q x M`` the domain ``j`` each segment's one-hot mixture favours.
+        lp_steps: the unit of ``A``.
+        solve: ``exact``: the paper's estimator, ``G[:, j]`` = mean loss drop over the segments
+            on ``W_j`` and ``A_i = W^{-1} G_i`` (this is also ordinary least squares on the
+            drops). ``lstsq``: one generalised least-squares fit per phase of the loss *levels*
+            ``L_m = c - A X_m`` (``X_m`` the cumulative exposure to each domain in units of
+            ``lp_steps``, ``c`` a free intercept) over all its LearnParams segments, with the
+            noise covariance ``s_eval I + s_step min(t_m, t_n)`` (evaluation noise plus
+            random-walk training noise) estimated by :func:`loss_noise` from the exact fit's
+            residuals pooled over the ``Q`` phases. Measurement noise on one evaluation
+            (``L^0`` included) is then not differenced into two drops; with pure random-walk
+            noise it reduces to ``exact``.
+
+    Returns:
+        ``Q x k x k`` raw ``A`` (``A[q, i, j]``: effect of domain ``j``'s data on domain ``i``'s loss).
+    """
+    losses = np.asarray(losses, dtype=float)
+    weights = np.asarray(weights, dtype=float)
+    q, m1, k = losses.shape
+    blocks = np.asarray(steps, dtype=float) / lp_steps  # Q x M, segment lengths in lp_steps units
+    drops = (losses[:, :-1] - losses[:, 1:]) / blocks[..., None]  # Q x M x k
+    onehot = np.eye(k)[np.asarray(domains)]  # Q x M x k
+    counts = onehot.sum(1)  # Q x k
+    if np.any(counts == 0):
+        raise ValueError("every domain needs at least one LearnParams segment per phase")
+    gain = np.einsum("qmi,qmj->qij", drops, onehot) / counts[:, None, :]  # G: Q x k x k
+    mix = np.einsum("qmj,qml->qjl", onehot, weights) / counts[:, :, None]  # W: Q x k x k, row j = W_j
+    # G = A W^T, so A^T = W^{-1} G^T.
+    exact = np.linalg.solve(mix, gain.transpose(0, 2, 1)).transpose(0, 2, 1)
+    if solve == "exact":
+        return exact
+    if solve != "lstsq":
+        raise ValueError(f"solve: unknown estimator {solve!r}")
+    s_eval, s_step = loss_noise(losses, weights, steps, exact, lp_steps)
+    total = s_eval + s_step
+    s_eval, s_step = (s_eval / total, s_step / total) if total > 0 else (1.0, 0.0)
+    time = np.concatenate([np.zeros((q, 1)), np.cumsum(blocks, 1)], 1)  # Q x (M+1)
+    cov = s_eval * np.eye(m1) + s_step * np.minimum(time[:, :, None], time[:, None, :]) + 1e-9 * np.eye(m1)
+    exposure = np.concatenate([np.zeros((q, 1, k)), np.cumsum(weights * blocks[..., None], 1)], 1)
+    design = np.concatenate([np.ones((q, m1, 1)), exposure], 2)  # Q x (M+1) x (k+1)
+    xt_inv = np.linalg.solve(cov, design).transpose(0, 2, 1)  # X^T S^-1 (S symmetric)
+    beta = np.linalg.solve(xt_inv @ design, xt_inv @ losses)  # Q x (k+1) x k: [c; -A^T]
+    return -beta[:, 1:, :].transpose(0, 2, 1)
+
+
+def loss_noise(
+    losses: np.ndarray, weights: np.ndarray, steps: np.ndarray, a: np.ndarray, lp_steps: int
+) -> tuple[float, float]:
+    """Method-of-moments variances of the two noises in LearnParams losses, pooled over phases
+    and domains: ``s_eval`` (independent noise on each evaluation) and ``s_step`` (random-walk
+    training noise per ``lp_steps`` steps), from the residual drops ``r`` of a fit ``a``
+    (``Q x k x k``): ``E[r_m^2] = 2 s_eval + s_step`` and ``E[r_m r_{m+1}] = -s_eval``,
+    corrected for the ``k`` fitted coefficients per domain."""
+    blocks = np.asarray(steps, dtype=float) / lp_steps
+    drops = losses[:, :-1] - losses[:, 1:]  # Q x M x k
+    resid = drops - np.einsum("qil,qml->qmi", a, weights * blocks[..., None])
+    m, k = resid.shape[1], resid.shape[2]
+    dof = m / max(m - k, 1)
+    var = float(np.mean(resid**2)) * dof
+    lag = float(np.mean(resid[:, 1:] * resid[:, :-1])) * dof if m > 1 else 0.0
+    s_eval = max(-lag, 0.0)
+    s_step = max(var - 2 * s_eval, 0.0) / float(np.mean(blocks))
+    return s_eval, s_step
+
+
+def normalize_interactions(a: np.ndarray) -> np.ndarray:
+    """The paper's normalisation of ``... x k x k`` matrices: subtract the smallest entry when it is
+    negative, divide by the sum; a matrix with no positive mass becomes all zeros (no update)."""
+    a = np.asarray(a, dtype=float)
+    shift = np.minimum(a.min(axis=(-2, -1), keepdims=True), 0.0)
+    a = a - shift
+    total = a.sum(axis=(-2, -1), keepdims=True)
+    return np.divide(a, total, out=np.zeros_like(a), where=total > 0)
+
+
+def mixture_logits(a: np.ndarray, eta: float, ema: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Log-weights (up to a constant) of the exponentiated-gradient mixture after ``Q`` estimates.
+
+    Args:
+        a: ``Q x k x k`` (normalised) estimates, oldest first.
+        eta: the step size.
+        ema: ``None``: multiplicative updates, ``log p = eta * sum_q 1^T A_q`` (from uniform).
+            ``gamma``: the reference code's EMA ``A_bar_q = (1 - gamma) A_q + gamma A_bar_{q-1}``,
+            ``A_bar_0 = A_0``, and ``log p = eta * 1^T A_bar`` restarting from uniform.
+
+    Returns:
+        ``k`` logits and the ``k x k`` matrix whose column sums drove them (the sum, or ``A_bar``).
+    """
+    a = np.asarray(a, dtype=float)
+    q = len(a)
+    if q == 0:
+        k = a.shape[-1]
+        return np.zeros(k), np.zeros((k, k))
+    if ema is None:
+        driver = a.sum(0)
+    else:
+        age = np.arange(q - 1, -1, -1)
+        coef = (1.0 - ema) * ema**age
+        coef[0] = ema ** (q - 1)  # the oldest estimate seeds the average with weight 1
+        driver = np.tensordot(coef, a, axes=1)
+    return eta * driver.sum(0), driver
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max())
+    return z / z.sum()
+
+
+class AioliParams(StrategyParams):
+    """Aioli's parameters. ``None`` means the paper's setting for the study's number of domains
+    (:data:`PAPER_SETTINGS`)."""
+
+    n_runs: int = Field(1, ge=1, le=1000, description="dynamic runs in the study; each run's meta['run'] seeds its LearnParams order (and should seed its trainer)")
+    fidelity: str | None = Field(None, description="fidelity to run at; default: the target")
+    update_steps: int | None = Field(None, ge=2, description="steps per round (LearnParams included); default: 250 for k<=3, 200 for k>=4, lengthened so LearnParams stays <= 70% of a round")
+    lp_rounds: int | None = Field(None, ge=1, le=100, description="LearnParams sweeps over the k domains per round; default: 4 for k<=3, 2 for k>=4")
+    lp_steps: int | None = Field(None, ge=1, description="steps per LearnParams segment; default: 4 (k<=2), 6 (k=3), 10 (k>=4)")
+    one_hot_factor: float | None = Field(None, gt=0.0, le=1.0, description="weight f of the favoured domain in a LearnParams mixture, > 1/k; default: 0.625 (k<=2), 0.5 (k=3), 0.75 (k>=4)")
+    eta: float | None = Field(None, gt=0.0, le=1000.0, description="exponentiated-gradient step size; default: 0.2 (k<=2), 0.1 (k=3), 1.0 (k>=4)")
+    ema: float | Literal["off"] | None = Field(None, description="EMA weight gamma on the past estimate (reference-code convention), in [0, 1), or 'off' for multiplicative updates; default: 0.1 (k<=2), 0.5 (k=3), 0.1 (k>=4)")
+    normalize: bool = Field(True, description="normalise A (subtract a negative minimum, divide by the sum) before the update, as in all of the paper's runs")
+    solve: Literal["exact", "lstsq"] = Field("exact", description="estimator of A: 'exact' (the paper's W^-1 G per round) or 'lstsq' (generalised least squares on the loss levels of all LearnParams segments of a round, noise model estimated from the run)")
+    prior_mixture: dict[str, float] | None = Field(None, description="'restricted' variant: the mixture of the first prior_steps steps (e.g. a RegMix or ADMIRE recommendation; renormalised); default uniform. As in the reference code, Aioli's updates then start from uniform, not from this mixture")
+    prior_steps: int = Field(0, ge=0, description="'restricted' variant: steps trained on prior_mixture before Aioli starts (0: unrestricted)")
+    recommend: Literal["average", "final"] = Field("average", description="the recommended static mixture: the step-weighted average of the Aioli-chosen mixtures over the run, or the last one")
+
+    @field_validator("ema")
+    @classmethod
+    def _ema_range(cls, v: float | str | None) -> float | str | None:
+        if isinstance(v, float) and not 0.0 <= v < 1.0:
+            raise ValueError("must be in [0, 1) or 'off'")
+        return v
+
+    @field_validator("prior_mixture")
+    @classmethod
+    def _prior_weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None:
+            if any(not math.isfinite(x) or x < 0 for x in v.values()):
+                raise ValueError("weights must be finite and non-negative")
+            if sum(v.values()) <= 0:
+                raise ValueError("weights must not all be zero")
+        return v
+
+
+@dataclass(frozen=True)
+class AioliSettings:
+    """Aioli's parameters with every default resolved for the study's ``k`` domains."""
+
+    update_steps: int
+    lp_rounds: int
+    lp_steps: int
+    one_hot_factor: float
+    eta: float
+    ema: float | None
+
+    def learn_steps(self, k: int) -> int:
+        """Steps of one round's LearnParams phase: ``lp_rounds * k * lp_steps``."""
+        return self.lp_rounds * k * self.lp_steps
+
+
+@dataclass(frozen=True)
+class AioliPlan:
+    """The deterministic skeleton of one Aioli trial: ``n`` segments.
+
+    Attributes:
+        budget: total optimizer steps (the sum of ``steps``).
+        kinds: ``n`` labels: ``prior`` (restricted variant), ``eval`` (0 steps, ``L^0`` of the
+            first round), ``learn`` (LearnParams), ``train`` (the rest of a round).
+        steps: ``n`` step counts.
+        evaluate: ``n`` evaluate-after flags (all but the last segment).
+        rounds: ``n`` round index of each segment (-1 before the first round).
+        domains: ``n`` the favoured domain of a ``learn`` segment (-1 otherwise).
+        learn_start: ``R`` index of each round's first ``learn`` segment (-1: no LearnParams).
+    """
+
+    budget: int
+    kinds: tuple[str, ...]
+    steps: np.ndarray
+    evaluate: np.ndarray
+    rounds: np.ndarray
+    domains: np.ndarray
+    learn_start: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+
+@register
+class AioliStrategy(BaseOnlineStrategy):
+    """Aioli: online re-weighting from a mixing law estimated inside each run (DESIGN.md 3.2).
+
+    A study runs ``n_runs`` dynamic trials at one fidelity; each is driven segment by segment by
+    :meth:`next_segment`. The recommendation is the step-weighted average over the run of the
+    mixtures Aioli chose (``recommend="average"``, the default), averaged over completed runs:
+    as DoReMi does with its dynamic weights, the time average is the static mixture that gives
+    the data the run saw outside LearnParams, and it does not hang on the last round's single,
+    noisy estimate. ``recommend="final"`` gives the last round's mixture; both, and the mixture
+    actually consumed (LearnParams included), are in ``Recommendation.meta``.
+    """
+
+    name = "aioli"
+    Params = AioliParams
+
+    def __init__(self, space: SearchSpace, params: AioliParams | Mapping[str, Any] | None = None, seed: int = 0):
+        super().__init__(space, params, seed)
+        p: AioliParams = self.params
+        k = space.mixture.k
+        if k < 2:
+            raise ValueError("domains: aioli needs at least 2 domains")
+        if space.pool is not None:
+            raise ValueError("pool: aioli changes its mixture while it trains, so it cannot run from a pool of static results")
+        if p.fidelity is not None and p.fidelity not in {f.name for f in space.fidelities}:
+            raise ValueError(f"strategy.params.fidelity: unknown fidelity {p.fidelity!r}")
+        self.settings = self._resolve(k)
+        f = self.settings.one_hot_factor
+        if f <= 1.0 / k + 1e-9:
+            raise ValueError(
+                f"strategy.params.one_hot_factor: must exceed 1/k = {1.0 / k:.4g} for k={k} domains "
+                f"(got {f:g}; at 1/k the LearnParams mixtures are all uniform and W is singular)"
+            )
+        learn = self.settings.learn_steps(k)
+        if self.settings.update_steps <= learn:
+            raise ValueError(
+                f"strategy.params.update_steps: {self.settings.update_steps} leaves no training in a round "
+                f"after LearnParams' lp_rounds * k * lp_steps = {learn} steps"
+            )
+        self.learn_mixtures = space.mixture.project(learn_params_mixtures(k, f))
+        """``k x k`` the LearnParams mixtures as trained (projected onto the domain bounds)."""
+        if np.linalg.cond(self.learn_mixtures) > 1e8:
+            raise ValueError("domains: the bounds make the LearnParams mixtures collinear (W singular); relax min/max weights")
+        if p.prior_mixture is not None:
+            unknown = set(p.prior_mixture) - set(space.mixture.names)
+            if unknown:
+                raise ValueError(f"strategy.params.prior_mixture: unknown domains {sorted(unknown)}")
+            if p.prior_steps == 0:
+                raise ValueError("strategy.params.prior_steps: must be > 0 when prior_mixture is given (the restricted variant)")
+            w = space.mixture.to_vector(p.prior_mixture)
+            self.prior = space.mixture.project(w / w.sum())
+        else:
+            self.prior = space.mixture.project(np.full(k, 1.0 / k))
+        """``k`` the initial mixture of every run: ``prior_mixture``, else uniform."""
+
+    def _resolve(self, k: int) -> AioliSettings:
+        p: AioliParams = self.params
+        paper = PAPER_SETTINGS[2 if k <= 2 else 3 if k == 3 else 7]
+        lp_rounds = p.lp_rounds if p.lp_rounds is not None else paper["lp_rounds"]
+        lp_steps = p.lp_steps if p.lp_steps is not None else paper["lp_steps"]
+        update_steps = p.update_steps
+        if update_steps is None:
+            learn = lp_rounds * k * lp_steps
+            # ceil(learn / MAX_LEARN_FRACTION) rounded up to 50 steps, in integers (0.7 = 7/10).
+            update_steps = max(paper["update_steps"], 50 * -(-learn * 10 // (7 * 50)))
+        ema = paper["ema"] if p.ema is None else (None if p.ema == "off" else float(p.ema))
+        return AioliSettings(
+            update_steps=int(update_steps),
+            lp_rounds=int(lp_rounds),
+            lp_steps=int(lp_steps),
+            one_hot_factor=float(p.one_hot_factor if p.one_hot_factor is not None else paper["one_hot_factor"]),
+            eta=float(p.eta if p.eta is not None else paper["eta"]),
+            ema=ema,
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # Study level: proposals and the recommendation.
+
+    def _fidelity(self) -> str:
+        return self.params.fidelity or self.space.target.name
+
+    def propose(self, history: History, n: int) -> list[Proposal]:
+        """Up to ``n`` new dynamic runs; each carries its initial mixture and ``meta["run"]``,
+        the index that seeds its LearnParams order."""
+        left = self.params.n_runs - len(history.trials)
+        fidelity = self._fidelity()
+        step_budget(self.space.fidelity(fidelity))  # fail at proposal time, not at the first boundary
+        start = len(history.trials)
+        return [
+            Proposal(self.prior.copy(), fidelity, meta={"run": start + i, "restricted": self.params.prior_steps > 0})
+            for i in range(max(min(n, left), 0))
+        ]
+
+    def is_finished(self, history: History) -> bool:
+        return len(history.trials) >= self.params.n_runs
+
+    def recommend(self, history: History) -> Recommendation | None:
+        """The average (or final, per ``recommend``) Aioli mixture over completed runs that have
+        recorded segments; ``None`` before any. ``predicted`` is ``None``: no model predicts the
+        loss of a static run on that mixture."""
+        names = self.space.mixture.names
+        per_run: dict[int, dict[str, Any]] = {}
+        for t in history.completed:
+            summary = summarize_run(t.segments, len(names))
+            if summary is not None:
+                per_run[t.trial_id] = summary
+        if not per_run:
+            return None
+        mean = {key: np.mean([r[key] for r in per_run.values()], axis=0) for key in ("average", "final", "consumed")}
+        weights = self.space.mixture.project(mean[self.params.recommend])
+        objectives = {t.trial_id: t.objective for t in history.completed if t.trial_id in per_run}
+        meta = {
+            "choice": self.params.recommend,
+            **{key: self.space.mixture.to_dict(v) for key, v in mean.items()},
+            "spread": self.space.mixture.to_dict(np.std([r[self.params.recommend] for r in per_run.values()], axis=0)),
+            "runs": {
+                str(tid): {key: self.space.mixture.to_dict(r[key]) for key in ("average", "final", "consumed")}
+                | {"objective": objectives[tid]}
+                for tid, r in per_run.items()
+            },
+        }
+        return Recommendation(weights, None, None, len(per_run), meta)
+
+    # ----------------------------------------------------------------------------------------
+    # Trial level: the segments.
+
+    def plan(self, trial: TrialRecord) -> AioliPlan:
+        """The segment skeleton of ``trial``: a function of its fidelity, the parameters, the
+        study seed and ``trial.meta["run"]`` only."""
+        k = self.space.mixture.k
+        s = self.settings
+        budget = step_budget(self.space.fidelity(trial.fidelity))
+        prior_steps = min(self.params.prior_steps, budget)
+        rest = budget - prior_steps
+        n_rounds = -(-rest // s.update_steps)
+        lengths = np.full(n_rounds, s.update_steps)
+        if n_rounds:
+            lengths[-1] = rest - s.update_steps * (n_rounds - 1)
+        learn = s.learn_steps(k)
+        m = s.lp_rounds * k
+        run = int(trial.meta.get("run", trial.trial_id))
+        rng = np.random.default_rng([self.seed, run, 0xA1011])
+        orders = rng.permuted(np.tile(np.arange(k), (n_rounds * s.lp_rounds, 1)), axis=1).reshape(n_rounds, m)
+
+        kinds: list[str] = []
+        steps: list[int] = []
+        rounds: list[int] = []
+        domains: list[int] = []
+        learn_start = np.full(n_rounds, -1)
+
+        def add(kind: str, n_steps: int, r: int, j: int = -1) -> None:
+            kinds.append(kind), steps.append(int(n_steps)), rounds.append(r), domains.append(int(j))
+
+        if prior_steps:
+            add("prior", prior_steps, -1)
+        elif n_rounds and lengths[0] > learn:
+            add("eval", 0, -1)
+        for r in range(n_rounds):
+            if lengths[r] > learn:  # only a short last round can lack room for LearnParams
+                learn_start[r] = len(kinds)
+                for j in orders[r]:
+                    add("learn", s.lp_steps, r, j)
+                add("train", lengths[r] - learn, r)
+            else:
+                add("train", lengths[r], r)
+        evaluate = np.ones(len(kinds), dtype=bool)
+        evaluate[-1] = False  # the worker's completion reports the final losses
+        return AioliPlan(budget, tuple(kinds), np.array(steps), evaluate, np.array(rounds), np.array(domains), learn_start)
+
+    def next_segment(self, trial: TrialRecord, segments: Sequence[SegmentRecord]) -> Segment | None:
+        """The next segment of ``trial`` given every segment recorded so far (in order, with the
+        losses reported at the end of each ``evaluate_after`` segment), or ``None`` when the
+        trial's step budget is spent.
+
+        Raises:
+            ValueError: when the record does not match the trial's plan (kind, steps, index) or a
+                needed loss is missing or not finite.
+        """
+        plan = self.plan(trial)
+        n = len(segments)
+        if n > len(plan):
+            raise ValueError(f"segments: {n} recorded but the plan of trial {trial.trial_id} has {len(plan)}")
+        for i, rec in enumerate(segments):
+            if rec.index != i:
+                raise ValueError(f"segments[{i}].index: expected {i}, got {rec.index}")
+            if rec.segment.kind != plan.kinds[i] or rec.segment.steps != plan.steps[i]:
+                raise ValueError(
+                    f"segments[{i}]: recorded {rec.segment.kind!r} of {rec.segment.steps} steps, "
+                    f"the plan has {plan.kinds[i]!r} of {plan.steps[i]} steps (parameters or fidelity changed?)"
+                )
+        if n == len(plan):
+            return None
+        kind, r, j = plan.kinds[n], int(plan.rounds[n]), int(plan.domains[n])
+        steps, evaluate = int(plan.steps[n]), bool(plan.evaluate[n])
+        names = self.space.mixture.names
+        if kind == "prior":
+            return Segment(self.prior.copy(), steps, evaluate, kind, {"round": -1, "restricted": True})
+        if kind == "eval":
+            return Segment(self.prior.copy(), 0, True, kind, {"round": -1})
+        if kind == "learn":
+            pos = n - int(plan.learn_start[r])
+            meta = {"round": r, "domain": names[j], "sweep": pos // self.space.mixture.k, "position": pos}
+            return Segment(self.learn_mixtures[j].copy(), steps, evaluate, kind, meta)
+        p, meta = self._round_mixture(plan, segments, r)
+        return Segment(self.space.mixture.project(p), steps, evaluate, kind, {"round": r, **meta})
+
+    def _round_mixture(self, plan: AioliPlan, segments: Sequence[SegmentRecord], r: int) -> tuple[np.ndarray, dict[str, Any]]:
+        """The exponentiated-gradient mixture of round ``r`` from every LearnParams phase of
+        rounds ``<= r``, and the notes for the segment's meta."""
+        k = self.space.mixture.k
+        s = self.settings
+        m = s.lp_rounds * k
+        starts = plan.learn_start[: r + 1]
+        starts = starts[starts >= 0]
+        meta: dict[str, Any] = {"estimates": int(len(starts)), "solve": self.params.solve}
+        if len(starts) == 0:
+            return np.full(k, 1.0 / k), {**meta, "p": [1.0 / k] * k}
+        idx = starts[:, None] + np.arange(-1, m)[None, :]  # Q x (M+1): L^0's segment, then the learn ones
+        losses = self._losses(segments, idx.ravel()).reshape(len(starts), m + 1, k)
+        learn_idx = idx[:, 1:]
+        weights = np.stack([segments[i].segment.weights for i in learn_idx.ravel()]).reshape(len(starts), m, k)
+        raw = estimate_interactions(
+            losses, weights, plan.steps[learn_idx], plan.domains[learn_idx], s.lp_steps, self.params.solve
+        )
+        norm = normalize_interactions(raw) if self.params.normalize else raw
+        logits, driver = mixture_logits(norm, s.eta, s.ema)
+        p = softmax(logits)
+        meta.update(
+            p=p.tolist(),
+            column_sums=driver.sum(0).tolist(),
+            A=norm[-1].tolist(),
+            A_raw=raw[-1].tolist(),
+        )
+        return p, meta
+
+    def _losses(self, segments: Sequence[SegmentRecord], indices: np.ndarray) -> np.ndarray:
+        """``len(indices) x k`` reported losses of the given segments, validated."""
+        names = self.space.mixture.names
+        out = np.empty((len(indices), len(names)))
+        for row, i in enumerate(indices):
+            reported = segments[i].losses
+            if reported is None:
+                raise ValueError(f"segments[{i}].losses: missing; the segment was to be evaluated")
+            missing = [d for d in names if d not in reported]
+            if missing:
+                raise ValueError(f"segments[{i}].losses: missing domains {missing}")
+            out[row] = [reported[d] for d in names]
+        bad = ~np.isfinite(out).all(1)
+        if bad.any():
+            raise ValueError(f"segments[{indices[np.argmax(bad)]}].losses: not finite")
+        return out
+
+
+def summarize_run(segments: Sequence[SegmentRecord], k: int) -> dict[str, np.ndarray] | None:
+    """``k``-vectors of one run's mixtures: ``average`` (step-weighted over ``train`` segments),
+    ``final`` (the last ``train`` segment's) and ``consumed`` (step-weighted over every segment,
+    LearnParams and prior included). ``None`` for a run without steps; a run without ``train``
+    segments (all prior) reports its consumed mixture for all three."""
+    trained = [(rec.segment.weights, rec.segment.steps) for rec in segments if rec.segment.steps > 0]
+    if not trained:
+        return None
+    w = np.stack([x for x, _ in trained]).reshape(-1, k)
+    n = np.array([s for _, s in trained], dtype=float)
+    consumed = n @ w / n.sum()
+    train = [(rec.segment.weights, rec.segment.steps) for rec in segments if rec.segment.kind == "train" and rec.segment.steps > 0]
+    if not train:
+        return {"average": consumed, "final": consumed, "consumed": consumed}
+    tw = np.stack([x for x, _ in train]).reshape(-1, k)
+    tn = np.array([s for _, s in train], dtype=float)
+    return {"average": tn @ tw / tn.sum(), "final": tw[-1], "consumed": consumed}
+
+
+__all__ = [
+    "AioliParams",
+    "AioliPlan",
+    "AioliSettings",
+    "AioliStrategy",
+    "PAPER_SETTINGS",
+    "estimate_interactions",
+    "learn_params_mixtures",
+    "loss_noise",
+    "mixture_logits",
+    "normalize_interactions",
+    "step_budget",
+    "summarize_run",
+]
