@@ -22,8 +22,10 @@ from ._base import (
 from ._baselines import FixedStrategy, NaturalStrategy, RandomStrategy, UniformStrategy
 from ._sampling import sample_regmix
 from ._space import Domain, Fidelity, MixtureSpace, Pool, SearchSpace, make_space
+from .aioli import AioliStrategy, step_budget
 
 __all__ = [
+    "AioliStrategy",
     "BaseOnlineStrategy",
     "BaseStrategy",
     "Domain",
@@ -48,4 +50,5 @@ __all__ = [
     "make_space",
     "register",
     "sample_regmix",
+    "step_budget",
 ]
