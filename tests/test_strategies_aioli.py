@@ -156,20 +156,26 @@ def test_invalid_params_are_rejected_naming_the_field(params, field):
     ],
 )
 def test_invalid_params_for_the_space_are_rejected_naming_the_field(k, params, field):
-    with pytest.raises(ValueError, match=field):
-        make(k, 1000, **params)
+    strategy = make(k, 1000, **params)  # only pydantic's errors at construction
+    for call in (strategy.check, lambda: strategy.propose(History(), 1), lambda: strategy.next_segment(trial_of(strategy), [])):
+        with pytest.raises(ValueError, match=rf"^{field}: "):  # "field: message", as the engine expects
+            call()
 
 
 def test_spaces_aioli_cannot_run_on_are_rejected():
-    with pytest.raises(ValueError, match="domains"):
-        make(1, 1000)
+    with pytest.raises(ValueError, match="^domains: "):
+        make(1, 1000).check()
     space = make_space(
         [Domain("a"), Domain("b")],
         [Fidelity("t", 1.0, True, params={"steps": 100})],
         pool=Pool(np.array([[0.5, 0.5]]), np.array([[True]])),
     )
-    with pytest.raises(ValueError, match="pool"):
-        create_strategy("aioli", space)
+    with pytest.raises(ValueError, match="^pool: "):
+        create_strategy("aioli", space).check()
+    with pytest.raises(ValueError, match="^fidelity: .*tokens"):  # no step budget
+        make(3, target=Fidelity("target", 1.0, True)).check()
+    with pytest.raises(ValueError, match="^one_hot_factor: .*collinear"):  # bounds flatten W
+        make(3, 1000, domains=[Domain(f"d{i}", min_weight=0.33333) for i in range(3)]).check()
 
 
 # ------------------------------------------------------------------------------------------------

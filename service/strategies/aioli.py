@@ -86,6 +86,11 @@ MAX_LEARN_FRACTION = 0.7
 7-domain setting: 140 of 200 steps); rounds are lengthened in multiples of 50 steps for larger k."""
 
 
+MAX_CONDITION = 1e4
+"""Largest condition number accepted for the LearnParams mixtures ``W`` once projected onto the
+domain bounds (without bounds it is ``(k-1)/(kf-1)``: 4 for the paper's 2- and 3-domain settings)."""
+
+
 def step_budget(fidelity: Fidelity) -> int:
     """Optimizer steps of one run at ``fidelity``, LearnParams steps included.
 
@@ -345,42 +350,56 @@ class AioliStrategy(BaseOnlineStrategy):
 
     def __init__(self, space: SearchSpace, params: AioliParams | Mapping[str, Any] | None = None, seed: int = 0):
         super().__init__(space, params, seed)
-        p: AioliParams = self.params
         k = space.mixture.k
+        self.settings = self._resolve(k)
+        """The parameters with the paper's defaults for ``k`` filled in."""
+        w = space.mixture.to_vector(self.params.prior_mixture or {d: 1.0 for d in space.mixture.names})
+        self.prior = space.mixture.project(w / w.sum() if w.sum() > 0 else np.full(k, 1.0 / k))
+        """``k`` the initial mixture of every run: ``prior_mixture``, else uniform."""
+        f = self.settings.one_hot_factor
+        self.learn_mixtures = space.mixture.project(learn_params_mixtures(k, f)) if k > 1 else np.ones((1, 1))
+        """``k x k`` the LearnParams mixtures as trained (projected onto the domain bounds)."""
+
+    def check(self) -> None:
+        """Raise ``ValueError("field: message")`` when the parameters do not fit the space; also
+        called by :meth:`propose` and :meth:`next_segment`."""
+        super().check()
+        p: AioliParams = self.params
+        k = self.space.mixture.k
         if k < 2:
             raise ValueError("domains: aioli needs at least 2 domains")
-        if space.pool is not None:
+        if self.space.pool is not None:
             raise ValueError("pool: aioli changes its mixture while it trains, so it cannot run from a pool of static results")
-        if p.fidelity is not None and p.fidelity not in {f.name for f in space.fidelities}:
-            raise ValueError(f"strategy.params.fidelity: unknown fidelity {p.fidelity!r}")
-        self.settings = self._resolve(k)
+        try:
+            step_budget(self.space.fidelity(self._fidelity()))
+        except ValueError as e:
+            raise ValueError(f"fidelity: {e}") from None
         f = self.settings.one_hot_factor
         if f <= 1.0 / k + 1e-9:
             raise ValueError(
-                f"strategy.params.one_hot_factor: must exceed 1/k = {1.0 / k:.4g} for k={k} domains "
+                f"one_hot_factor: must exceed 1/k = {1.0 / k:.4g} for k={k} domains "
                 f"(got {f:g}; at 1/k the LearnParams mixtures are all uniform and W is singular)"
             )
         learn = self.settings.learn_steps(k)
         if self.settings.update_steps <= learn:
             raise ValueError(
-                f"strategy.params.update_steps: {self.settings.update_steps} leaves no training in a round "
+                f"update_steps: {self.settings.update_steps} leaves no training in a round "
                 f"after LearnParams' lp_rounds * k * lp_steps = {learn} steps"
             )
-        self.learn_mixtures = space.mixture.project(learn_params_mixtures(k, f))
-        """``k x k`` the LearnParams mixtures as trained (projected onto the domain bounds)."""
-        if np.linalg.cond(self.learn_mixtures) > 1e8:
-            raise ValueError("domains: the bounds make the LearnParams mixtures collinear (W singular); relax min/max weights")
+        cond = np.linalg.cond(self.learn_mixtures)
+        if cond > MAX_CONDITION:  # A = G W^-T would amplify the loss noise this much
+            raise ValueError(
+                f"one_hot_factor: the domain bounds leave the LearnParams mixtures nearly collinear "
+                f"(cond(W) = {cond:.3g} > {MAX_CONDITION:g}); relax min/max weights"
+            )
         if p.prior_mixture is not None:
-            unknown = set(p.prior_mixture) - set(space.mixture.names)
+            unknown = set(p.prior_mixture) - set(self.space.mixture.names)
             if unknown:
-                raise ValueError(f"strategy.params.prior_mixture: unknown domains {sorted(unknown)}")
+                raise ValueError(f"prior_mixture: unknown domains {sorted(unknown)}")
+            if sum(p.prior_mixture.values()) <= 0:
+                raise ValueError("prior_mixture: weights sum to 0")
             if p.prior_steps == 0:
-                raise ValueError("strategy.params.prior_steps: must be > 0 when prior_mixture is given (the restricted variant)")
-            w = space.mixture.to_vector(p.prior_mixture)
-            self.prior = space.mixture.project(w / w.sum())
-        else:
-            self.prior = space.mixture.project(np.full(k, 1.0 / k))
-        """``k`` the initial mixture of every run: ``prior_mixture``, else uniform."""
+                raise ValueError("prior_steps: must be > 0 when prior_mixture is given (the restricted variant)")
 
     def _resolve(self, k: int) -> AioliSettings:
         p: AioliParams = self.params
@@ -411,9 +430,9 @@ class AioliStrategy(BaseOnlineStrategy):
     def propose(self, history: History, n: int) -> list[Proposal]:
         """Up to ``n`` new dynamic runs; each carries its initial mixture and ``meta["run"]``,
         the index that seeds its LearnParams order."""
+        self.check()
         left = self.params.n_runs - len(history.trials)
         fidelity = self._fidelity()
-        step_budget(self.space.fidelity(fidelity))  # fail at proposal time, not at the first boundary
         start = len(history.trials)
         return [
             Proposal(self.prior.copy(), fidelity, meta={"run": start + i, "restricted": self.params.prior_steps > 0})
@@ -502,9 +521,11 @@ class AioliStrategy(BaseOnlineStrategy):
         trial's step budget is spent.
 
         Raises:
-            ValueError: when the record does not match the trial's plan (kind, steps, index) or a
-                needed loss is missing or not finite.
+            ValueError: when the parameters do not fit the space (see :meth:`check`), or the
+                record does not match the trial's plan (kind, steps, index) or a needed loss is
+                missing or not finite (``segments[i]...: message``).
         """
+        self.check()
         plan = self.plan(trial)
         n = len(segments)
         if n > len(plan):
