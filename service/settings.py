@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "mixopt"
+
+
 def default_database_url() -> str:
-    path = Path.home() / ".local" / "share" / "mixopt" / "mixopt.db"
-    return f"sqlite:///{path}"
+    return f"sqlite:///{default_data_dir() / 'mixopt.db'}"
 
 
 class Settings(BaseSettings):
@@ -20,6 +24,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MIXOPT_", env_file=".env", extra="ignore")
 
     database_url: str = Field(default_factory=default_database_url, description="SQLAlchemy URL; SQLite file by default")
+    data_dir: Path = Field(default_factory=default_data_dir, description="where local state (join secret) is kept")
+    join_secret: SecretStr | None = Field(
+        None, description="secret workers present to register; default: generated once into data_dir/join-secret"
+    )
     host: str = Field("127.0.0.1", description="address `mixopt server` binds")
     port: int = Field(8000, description="port `mixopt server` binds")
     sweep_interval_s: float = Field(5.0, gt=0, description="how often the expiry sweeper requeues dead leases")
@@ -32,7 +40,6 @@ class Settings(BaseSettings):
         10.0, ge=0, description="least seconds between two recomputations of a study's recommendation"
     )
     auto_migrate: bool = Field(True, description="run the database migrations when the server starts")
-    max_attempts: int = Field(3, ge=1, description="default attempts per trial before it fails")
     db_pool_size: int = Field(10, ge=1, description="connection pool size (Postgres)")
     log_json: bool = Field(False, description="structured logs as JSON lines instead of console text")
     log_level: str = Field("INFO", description="root log level")
@@ -41,3 +48,19 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def resolve_join_secret(settings: Settings) -> str:
+    """The join secret: from the settings, else from ``data_dir/join-secret``, created on first use
+    (readable by its owner only) so that local workers find it without configuration."""
+    if settings.join_secret is not None:
+        return settings.join_secret.get_secret_value()
+    path = settings.data_dir / "join-secret"
+    if not path.exists():
+        import secrets
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parents[1]
+JOIN_SECRET = "test-join-secret"
 POSTGRES_ADMIN_URL = os.environ.get("MIXOPT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -86,10 +87,11 @@ def migrated_url(db_url: str) -> str:
 
 
 @pytest.fixture
-def settings(db_url: str):
+def settings(db_url: str, tmp_path: Path):
     from service.settings import Settings
 
-    return Settings(database_url=db_url, sweep_interval_s=0.2, recommend_interval_s=0.0, long_poll_s=0.5)
+    return Settings(database_url=db_url, sweep_interval_s=0.2, recommend_interval_s=0.0, long_poll_s=0.5,
+                    join_secret=JOIN_SECRET, data_dir=tmp_path / "data")
 
 
 @pytest.fixture
@@ -122,6 +124,8 @@ class ServerProcess:
             "MIXOPT_PORT": str(self.port),
             "MIXOPT_SWEEP_INTERVAL_S": "0.5",
             "MIXOPT_RECOMMEND_INTERVAL_S": "0",
+            "MIXOPT_JOIN_SECRET": JOIN_SECRET,
+            "MIXOPT_DATA_DIR": str(log_path.parent / "server-data"),
             **env,
         }
         self.proc: subprocess.Popen | None = None

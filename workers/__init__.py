@@ -1,0 +1,6 @@
+"""Worker daemons that lease trials from the server, run them and report (DESIGN.md section 2).
+They talk to the server only over HTTP, through :class:`workers.client.MixoptClient`."""
+
+from .client import ApiError, MixoptClient, ServerUnavailable
+
+__all__ = ["ApiError", "MixoptClient", "ServerUnavailable"]

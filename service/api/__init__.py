@@ -13,7 +13,7 @@ from ..db import Database, upgrade
 from ..engine import EngineRunner
 from ..errors import InputError, MixoptError
 from ..settings import Settings, get_settings
-from .routes import health, studies, trials
+from .routes import health, leases, studies, trials, workers
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,6 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
     async def _mixopt_error(_: Request, exc: MixoptError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.message})
 
-    for module in (health, studies, trials):
+    for module in (health, studies, trials, workers, leases):
         app.include_router(module.router)
     return app

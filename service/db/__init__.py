@@ -16,6 +16,7 @@ from .models import (
     StudyDomain,
     StudyState,
     Trial,
+    TrialSegment,
     TrialState,
     Worker,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "StudyDomain",
     "StudyState",
     "Trial",
+    "TrialSegment",
     "TrialState",
     "Worker",
     "alembic_config",

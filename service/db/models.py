@@ -212,3 +212,26 @@ class Recommendation(Base):
     based_on_trials: Mapped[int]
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     final: Mapped[bool] = mapped_column(default=False)
+
+
+class TrialSegment(Base):
+    """One segment of an online trial: the mixture and steps the server handed out, and the
+    per-domain losses the worker reported at its end. ``attempt`` ties it to the lease attempt that
+    ran it: a restarted attempt starts a fresh sequence, the old one stays for the record."""
+
+    __tablename__ = "trial_segments"
+    __table_args__ = (UniqueConstraint("trial_id", "attempt", "index"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int]
+    index: Mapped[int]
+    kind: Mapped[str] = mapped_column(String(32))
+    mixture: Mapped[dict[str, Any]]
+    steps: Mapped[int]
+    evaluate_after: Mapped[bool]
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    losses: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    step_at_report: Mapped[int | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    reported_at: Mapped[datetime | None]

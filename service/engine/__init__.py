@@ -26,9 +26,34 @@ from ._trials import (
     sweep_expired,
     trial_counts,
 )
+from ._segments import list_segments, report_segment
+from ._workers import (
+    authenticate_worker,
+    complete_lease,
+    extend_held_leases,
+    fail_lease,
+    hash_token,
+    heartbeat,
+    lease_next,
+    list_workers,
+    register_worker,
+    release_lease,
+)
 from ._views import list_trials, recommendation_public, study_public, trial_public
 
 __all__ = [
+    "extend_held_leases",
+    "list_segments",
+    "report_segment",
+    "authenticate_worker",
+    "complete_lease",
+    "fail_lease",
+    "hash_token",
+    "heartbeat",
+    "lease_next",
+    "list_workers",
+    "register_worker",
+    "release_lease",
     "EngineRunner",
     "advance",
     "ask",

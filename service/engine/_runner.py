@@ -38,6 +38,9 @@ class EngineRunner:
             self._cv.notify()
 
     def start(self) -> None:
+        from ._workers import extend_held_leases
+
+        extend_held_leases(self.db)  # a restart must not expire the leases of workers that trained on
         self._thread = threading.Thread(target=self._loop, name="mixopt-engine", daemon=True)
         self._thread.start()
 

@@ -32,8 +32,17 @@ def load_trials(session: Session, study_id: int) -> list[Trial]:
     return list(session.scalars(select(Trial).where(Trial.study_id == study_id).order_by(Trial.number)))
 
 
-def history_for(space: SearchSpace, trials: list[Trial]) -> History:
-    """The strategy's view of ``trials`` (cancelled ones are left out: they never ran)."""
+def load_history(session: Session, space: SearchSpace, trials: list[Trial]) -> History:
+    """``history_for`` with the online trials' segments loaded."""
+    from ._segments import load_segments
+
+    return history_for(space, trials, load_segments(session, trials, space.mixture.names))
+
+
+def history_for(space: SearchSpace, trials: list[Trial], segments: dict | None = None) -> History:
+    """The strategy's view of ``trials`` (cancelled ones are left out: they never ran).
+    ``segments`` maps online trials' ids to their current attempt's segment records."""
+    segments = segments or {}
     names = space.mixture.names
     records = []
     for t in trials:
@@ -51,6 +60,7 @@ def history_for(space: SearchSpace, trials: list[Trial]) -> History:
                 losses=dict(t.result.losses) if done else {},
                 pool_index=t.pool_index,
                 meta=dict(t.strategy_meta or {}),
+                segments=segments.get(t.id, ()),
             )
         )
     return History(tuple(records))

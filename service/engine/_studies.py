@@ -17,7 +17,7 @@ from ..errors import Conflict, InputError, NotFound
 from ..schemas.studies import StudyCreate
 from ..strategies import Proposal, get_strategy_class
 from ._costs import fill_costs
-from ._spec import history_for, load_trials, space_for, strategy_for
+from ._spec import load_history, load_trials, space_for, strategy_for
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def advance(db: Database, study_id: int, *, attempts: int = 5) -> bool:
             before = _budget(study, trials)
             space = space_for(study)
             strategy = strategy_for(study, space)
-            history = history_for(space, trials)
+            history = load_history(s, space, trials)
         proposals: list[Proposal] = []
         if before.free > 0:
             try:
@@ -249,7 +249,7 @@ def _enqueue(s: Session, study: Study, proposals: list[Proposal], space) -> None
 
 def _complete(s: Session, study: Study, strategy, space) -> None:
     trials = load_trials(s, study.id)
-    rec = strategy.recommend(history_for(space, trials))
+    rec = strategy.recommend(load_history(s, space, trials))
     if rec is not None:
         s.add(_recommendation_row(study.id, space, rec, final=True))
     study.state = StudyState.completed
@@ -301,7 +301,7 @@ def refresh_recommendation(db: Database, study_id: int) -> bool:
         if study is None or study.state in (StudyState.draft,):
             return False
         space = space_for(study)
-        history = history_for(space, load_trials(s, study_id))
+        history = load_history(s, space, load_trials(s, study_id))
         strategy = strategy_for(study, space)
         last = latest_recommendation(s, study_id)
     if not history.completed:

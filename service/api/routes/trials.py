@@ -7,6 +7,7 @@ from sqlalchemy import select
 
 from ... import engine
 from ...db import LossCurvePoint
+from ...schemas.segments import SegmentList
 from ...schemas.trials import CurvePoint, CurvePublic, FailCreate, ResultCreate, TrialPublic
 from ..deps import DbDep, RunnerDep
 
@@ -48,3 +49,10 @@ def report_failure(trial_id: int, body: FailCreate, db: DbDep, runner: RunnerDep
     runner.notify(trial.study_id)
     with db.session() as s:
         return engine.trial_public(engine.get_trial(s, trial_id))
+
+
+@router.get("/{trial_id}/segments", response_model=SegmentList)
+def read_segments(trial_id: int, db: DbDep) -> SegmentList:
+    """Online trials: every segment handed out (all attempts) with the losses reported."""
+    with db.session() as s:
+        return SegmentList(items=engine.list_segments(s, trial_id))

@@ -1,0 +1,82 @@
+"""``/api/v1/leases``: the worker protocol. Every call needs the worker's token, and a worker
+may act only on its own leases (403 otherwise)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import APIRouter, Response, status
+from starlette.concurrency import run_in_threadpool
+
+from ... import engine
+from ...schemas.segments import SegmentAnswer, SegmentReport
+from ...schemas.leases import Heartbeat, HeartbeatAnswer, LeaseFail, LeaseGrant, LeaseOutcome, LeaseRequest
+from ...schemas.trials import ResultCreate
+from ..auth import WorkerDep
+from ..deps import DbDep, RunnerDep, SettingsDep
+
+router = APIRouter(prefix="/api/v1/leases", tags=["leases"],
+                   responses={401: {"description": "no or invalid worker token"},
+                              403: {"description": "the lease belongs to another worker"}})
+
+POLL_INTERVAL_S = 0.25
+
+
+@router.post("", response_model=LeaseGrant, responses={204: {"description": "no work right now"}})
+async def lease(worker: WorkerDep, db: DbDep, settings: SettingsDep, body: LeaseRequest | None = None):
+    """Lease the next trial this worker can run; waits up to `wait_s` (long-poll), then 204."""
+    wait = settings.long_poll_s if body is None or body.wait_s is None else min(body.wait_s, settings.long_poll_s * 4)
+    deadline = time.monotonic() + wait
+    while True:
+        grant = await run_in_threadpool(engine.lease_next, db, worker)
+        if grant is not None:
+            return grant
+        if time.monotonic() >= deadline:
+            return Response(status_code=status.HTTP_204_NO_CONTENT)
+        await asyncio.sleep(min(POLL_INTERVAL_S, max(deadline - time.monotonic(), 0)))
+
+
+@router.post("/{lease_id}/heartbeat", response_model=HeartbeatAnswer,
+             responses={409: {"description": "the lease is over: abandon the run"}})
+def heartbeat(lease_id: str, worker: WorkerDep, db: DbDep, body: Heartbeat | None = None) -> HeartbeatAnswer:
+    """Renew the lease and report progress; the answer says `stop` when the study was cancelled."""
+    return engine.heartbeat(db, lease_id, worker, body or Heartbeat())
+
+
+@router.post("/{lease_id}/segment", response_model=SegmentAnswer,
+             responses={409: {"description": "the report does not fit the recorded segments, or the lease is over"}})
+def segment(lease_id: str, body: SegmentReport, worker: WorkerDep, db: DbDep) -> SegmentAnswer:
+    """Online trials: report the losses at a segment's end, get the next segment (or `done`)."""
+    return engine.report_segment(db, lease_id, worker, body)
+
+
+@router.post("/{lease_id}/complete", response_model=LeaseOutcome,
+             responses={409: {"description": "the lease expired or the trial has another result"}})
+def complete(lease_id: str, body: ResultCreate, worker: WorkerDep, db: DbDep, runner: RunnerDep) -> LeaseOutcome:
+    """Final results of the leased trial; repeating the same call is harmless (`duplicate`)."""
+    out = engine.complete_lease(db, lease_id, worker, body)
+    if not out.duplicate:
+        runner.notify(_study_of(db, out.trial_id))
+    return out
+
+
+@router.post("/{lease_id}/fail", response_model=LeaseOutcome)
+def fail(lease_id: str, body: LeaseFail, worker: WorkerDep, db: DbDep, runner: RunnerDep) -> LeaseOutcome:
+    """The run failed: requeued when `retryable` and attempts remain, else the trial fails."""
+    out = engine.fail_lease(db, lease_id, worker, body)
+    runner.notify(_study_of(db, out.trial_id))
+    return out
+
+
+@router.post("/{lease_id}/release", response_model=LeaseOutcome)
+def release(lease_id: str, worker: WorkerDep, db: DbDep, runner: RunnerDep) -> LeaseOutcome:
+    """Give the trial back without counting an attempt (e.g. the worker is shutting down)."""
+    out = engine.release_lease(db, lease_id, worker)
+    runner.notify(_study_of(db, out.trial_id), results_changed=False)
+    return out
+
+
+def _study_of(db, trial_id: int) -> int:
+    with db.session() as s:
+        return engine.get_trial(s, trial_id).study_id

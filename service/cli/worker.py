@@ -1,0 +1,70 @@
+"""``mixopt worker``: the worker daemon for a GPU (or CPU) node."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import typer
+
+from ..settings import get_settings
+
+
+def worker(
+    url: str = typer.Option(None, help="server URL [MIXOPT_URL, http://127.0.0.1:8000]"),
+    name: str = typer.Option(None, help="worker name; also names its state directory [host-device]"),
+    executor: str = typer.Option("proxy", help="`proxy` (built-in trainer), `command`, or `synthetic` (protocol tests)"),
+    corpus: Path = typer.Option(None, help="proxy: corpus directory (one entry per domain)"),
+    cache_dir: Path = typer.Option(None, help="proxy: tokenizer/shard cache"),
+    device: str = typer.Option("auto", help="proxy: auto, cpu, cuda, cuda:1, ..."),
+    threads: int = typer.Option(None, help="torch CPU threads for this worker"),
+    command: str = typer.Option(None, help="command: template, e.g. 'python train.py --mix {mixture_file} --out {output}'"),
+    timeout: float = typer.Option(24 * 3600.0, help="command: seconds before the run is killed"),
+    synthetic_seconds: float = typer.Option(0.0, help="synthetic: seconds per trial"),
+    models: str = typer.Option(None, help="only these model presets (comma-separated)"),
+    max_params: float = typer.Option(None, help="only models up to this many non-embedding parameters"),
+    join_secret: str = typer.Option(None, envvar="MIXOPT_JOIN_SECRET", help="the server's join secret"),
+    state_dir: Path = typer.Option(None, help="identity and outbox [data_dir/workers/NAME]"),
+    max_trials: int = typer.Option(None, help="exit after this many trials"),
+    exit_when_idle: float = typer.Option(None, help="exit after this many seconds without work"),
+    poll_wait: float = typer.Option(5.0, help="long-poll seconds per lease request"),
+) -> None:
+    """Lease trials from the server, run them, report the losses. SIGTERM finishes the current
+    step, reports or releases the trial, and exits."""
+    from workers.client import MixoptClient
+    from workers.daemon import WorkerDaemon
+    from workers.executors import CommandExecutor, ProxyExecutor, SyntheticExecutor
+
+    from ..logs import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if executor == "proxy":
+        if corpus is None:
+            raise typer.BadParameter("--corpus is required for the proxy executor", param_hint="--corpus")
+        runner = ProxyExecutor(corpus, cache_dir=cache_dir, device=device, threads=threads)
+    elif executor == "command":
+        if not command:
+            raise typer.BadParameter("--command is required for the command executor", param_hint="--command")
+        runner = CommandExecutor(command, timeout_s=timeout)
+    elif executor == "synthetic":
+        runner = SyntheticExecutor(synthetic_seconds)
+    else:
+        raise typer.BadParameter(f"unknown executor {executor!r}", param_hint="--executor")
+    name = name or f"{socket.gethostname()}-{os.environ.get('CUDA_VISIBLE_DEVICES', device)}"
+    secret = join_secret
+    if secret is None and (settings.data_dir / "join-secret").exists():  # a server on this machine
+        secret = (settings.data_dir / "join-secret").read_text().strip()
+    caps = {"models": models.split(",") if models else None, "max_params": max_params}
+    daemon = WorkerDaemon(
+        MixoptClient(url), runner, name=name, state_dir=state_dir or settings.data_dir / "workers" / name,
+        join_secret=secret, capabilities={k: v for k, v in caps.items() if v is not None},
+        max_trials=max_trials, poll_wait_s=poll_wait, exit_when_idle_s=exit_when_idle,
+    )
+    daemon.install_signal_handlers()
+    daemon.run()

@@ -1,0 +1,204 @@
+"""Workers and their leases: registration, leasing the next fitting trial (``SKIP LOCKED`` on
+Postgres), heartbeats, completion, failure and release. Every call on a lease checks that the
+calling worker holds it."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..db import HELD, Database, Fidelity, Lease, Study, StudyState, Trial, TrialState, Worker, utcnow
+from ..errors import Conflict, Forbidden, NotFound, Unauthorized
+from ..schemas.leases import Heartbeat, HeartbeatAnswer, LeaseFail, LeaseGrant, LeasedTrial, LeaseOutcome
+from ..schemas.trials import FailCreate, FidelityRef, ResultCreate
+from ..schemas.workers import WorkerCreate
+from ._costs import model_params
+from ._trials import _add_curve, _end_lease, get_trial, grant_lease, record_failure, record_result, sweep_expired
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def register_worker(db: Database, body: WorkerCreate, join_secret: str) -> tuple[Worker, str]:
+    """A new worker with its own bearer token (returned once, stored hashed)."""
+    if not hmac.compare_digest(body.join_secret.encode(), join_secret.encode()):
+        raise Unauthorized("join_secret: wrong join secret")
+    token = "mxw_" + secrets.token_urlsafe(32)
+    with db.session() as s:
+        worker = Worker(name=body.name, token_hash=hash_token(token),
+                        capabilities=body.capabilities.model_dump(mode="json"), last_seen_at=utcnow())
+        s.add(worker)
+    return worker, token
+
+
+def authenticate_worker(db: Database, token: str | None) -> Worker:
+    if not token:
+        raise Unauthorized("a worker token is required (Authorization: Bearer ...)")
+    with db.session() as s:
+        worker = s.scalars(select(Worker).where(Worker.token_hash == hash_token(token))).one_or_none()
+        if worker is None or worker.revoked:
+            raise Unauthorized("invalid or revoked worker token")
+        return worker
+
+
+def _fits(worker: Worker, f: Fidelity) -> bool:
+    caps = worker.capabilities or {}
+    models = caps.get("models")
+    if models is not None and f.model not in models:
+        return False
+    max_params = caps.get("max_params")
+    if max_params is not None and f.model is not None:
+        params = model_params(f.model)
+        if params is not None and params > max_params:
+            return False
+    return True
+
+
+def lease_next(db: Database, worker: Worker) -> LeaseGrant | None:
+    """Lease the oldest queued trial that ``worker`` can run, or ``None``."""
+    sweep_expired(db)
+    with db.session() as s:
+        s.get(Worker, worker.id).last_seen_at = utcnow()
+        candidates = s.scalars(
+            select(Fidelity)
+            .join(Study, Study.id == Fidelity.study_id)
+            .where(Study.state == StudyState.running, Study.dispatch == "workers")
+            .where(select(Trial.id).where(Trial.fidelity_id == Fidelity.id, Trial.state == TrialState.queued).exists())
+        ).all()
+        fidelity_ids = [f.id for f in candidates if _fits(worker, f)]
+        if not fidelity_ids:
+            return None
+        q = select(Trial).where(Trial.fidelity_id.in_(fidelity_ids), Trial.state == TrialState.queued)
+        if not (worker.capabilities or {}).get("dynamic", True):
+            q = q.where(Trial.dynamic.is_(False))
+        trial = s.scalars(q.order_by(Trial.id).limit(1).with_for_update(of=Trial, skip_locked=True)).first()
+        if trial is None:
+            return None
+        study = s.get(Study, trial.study_id)
+        lease = grant_lease(s, trial, study.lease_seconds, worker_id=worker.id)
+        f = trial.fidelity
+        return LeaseGrant(
+            lease_id=lease.id,
+            expires_at=lease.expires_at,
+            heartbeat_interval_s=max(study.lease_seconds / 3.0, 0.2),
+            trial=LeasedTrial(
+                id=trial.id, study_id=trial.study_id, number=trial.number, mixture=trial.mixture,
+                fidelity=FidelityRef(name=f.name, model=f.model, tokens=f.tokens, params=f.params),
+                dynamic=trial.dynamic, seed=study.seed * 100_003 + trial.number, attempt=lease.attempt,
+                strategy_meta=trial.strategy_meta or {},
+            ),
+        )
+
+
+def _own_lease(s: Session, lease_id: str, worker: Worker) -> Lease:
+    lease = s.get(Lease, lease_id)
+    if lease is None:
+        raise NotFound("lease", lease_id)
+    if lease.worker_id != worker.id:
+        raise Forbidden(f"lease {lease_id} belongs to another worker")
+    return lease
+
+
+def own_live_lease(s: Session, lease_id: str, worker: Worker) -> tuple[Lease, Trial]:
+    """The worker's lease and its (locked) trial; 403 for another's lease, 409 for one that is over."""
+    lease = _own_lease(s, lease_id, worker)
+    trial = get_trial(s, lease.trial_id, lock=True)
+    if lease.outcome is not None or trial.lease_id != lease.id:
+        raise Conflict(f"lease {lease_id} is over ({lease.outcome or 'replaced'}): abandon the run")
+    return lease, trial
+
+
+def heartbeat(db: Database, lease_id: str, worker: Worker, body: Heartbeat) -> HeartbeatAnswer:
+    """Renew the lease and record progress; answer ``stop`` when the study was cancelled."""
+    sweep_expired(db)
+    with db.session() as s:
+        lease, trial = own_live_lease(s, lease_id, worker)
+        study = s.get(Study, trial.study_id)
+        now = utcnow()
+        s.get(Worker, worker.id).last_seen_at = now
+        lease.last_heartbeat_at = now
+        lease.progress = {**body.progress.model_dump(exclude_none=True),
+                          **({"log_tail": body.log_tail} if body.log_tail else {}), "at": now.isoformat()}
+        if trial.state == TrialState.leased:
+            trial.state = TrialState.running
+        _add_curve(s, trial.id, body)
+        if study.state in (StudyState.cancelled, StudyState.failed):
+            return HeartbeatAnswer(action="stop", expires_at=lease.expires_at, reason=f"study {study.state.value}")
+        lease.expires_at = trial.lease_expires_at = now + timedelta(seconds=study.lease_seconds)
+        return HeartbeatAnswer(action="continue", expires_at=lease.expires_at)
+
+
+def complete_lease(db: Database, lease_id: str, worker: Worker, body: ResultCreate) -> LeaseOutcome:
+    """Record the lease's final result, once: a repeat with the same payload is answered from the
+    stored row; a result from an expired or replaced lease is refused (409)."""
+    sweep_expired(db)
+    with db.session() as s:
+        lease = _own_lease(s, lease_id, worker)
+        trial = get_trial(s, lease.trial_id, lock=True)
+        if lease.outcome not in (None, "completed"):
+            raise Conflict(f"lease {lease_id} is over ({lease.outcome}): its result is not accepted")
+        created = record_result(s, trial, body, lease_id)
+        return LeaseOutcome(trial_id=trial.id, state=trial.state.value, duplicate=not created)
+
+
+def fail_lease(db: Database, lease_id: str, worker: Worker, body: LeaseFail) -> LeaseOutcome:
+    sweep_expired(db)
+    with db.session() as s:
+        lease = _own_lease(s, lease_id, worker)
+        trial = get_trial(s, lease.trial_id, lock=True)
+        if lease.outcome == "expired":
+            raise Conflict(f"lease {lease_id} expired")
+        created = record_failure(s, trial, FailCreate(reason=body.reason, retryable=body.retryable), lease_id)
+        return LeaseOutcome(trial_id=trial.id, state=trial.state.value, duplicate=not created)
+
+
+def release_lease(db: Database, lease_id: str, worker: Worker) -> LeaseOutcome:
+    """Give the trial back untouched (e.g. the worker is shutting down): queued again, and the
+    attempt is not counted."""
+    with db.session() as s:
+        lease = _own_lease(s, lease_id, worker)
+        trial = get_trial(s, lease.trial_id, lock=True)
+        if lease.outcome == "released":
+            return LeaseOutcome(trial_id=trial.id, state=trial.state.value, duplicate=True)
+        if lease.outcome is not None or trial.lease_id != lease.id or trial.state not in HELD:
+            raise Conflict(f"lease {lease_id} is over ({lease.outcome or 'replaced'})")
+        _end_lease(s, trial, "released", utcnow())
+        trial.state = TrialState.queued
+        trial.attempts -= 1
+        s.get(Study, trial.study_id).revision += 1
+        return LeaseOutcome(trial_id=trial.id, state=trial.state.value)
+
+
+def extend_held_leases(db: Database) -> int:
+    """At server start: give every held lease at least one more lease length, so that workers
+    that trained on while the server was down can still report. Returns the number extended."""
+    now = utcnow()
+    with db.session() as s:
+        trials = s.scalars(select(Trial).where(Trial.state.in_(HELD)).with_for_update(of=Trial)).all()
+        for trial in trials:
+            study = s.get(Study, trial.study_id)
+            lease = s.get(Lease, trial.lease_id) if trial.lease_id else None
+            grace = now + timedelta(seconds=study.lease_seconds)
+            if lease is not None and lease.worker_id is not None and trial.lease_expires_at < grace:
+                lease.expires_at = trial.lease_expires_at = grace
+        return len(trials)
+
+
+def list_workers(s: Session) -> list[tuple[Worker, Lease | None, int]]:
+    """Workers, newest first, each with its current lease and its completed-trial count."""
+    from sqlalchemy import func
+
+    workers = list(s.scalars(select(Worker).order_by(Worker.id.desc())))
+    current = {
+        lease.worker_id: lease
+        for lease in s.scalars(select(Lease).where(Lease.outcome.is_(None), Lease.worker_id.is_not(None)))
+    }
+    done = dict(s.execute(select(Lease.worker_id, func.count()).where(Lease.outcome == "completed")
+                          .group_by(Lease.worker_id)).all())
+    return [(w, current.get(w.id), done.get(w.id, 0)) for w in workers]

@@ -1,0 +1,294 @@
+"""The worker daemon: register, poll, lease, run the executor, heartbeat from a thread, report.
+
+Shutdown: SIGTERM (or SIGINT) lets the current step finish; a finished run is reported, an
+unfinished one is released back to the queue, then the daemon exits. Server outages: every call
+is retried with backoff, heartbeats keep failing quietly while training goes on, and finished
+results wait in the on-disk outbox until the server has them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ._outbox import Letter, Outbox
+from .client import ApiError, MixoptClient, ServerUnavailable
+from .executors import BaseExecutor, ExecResult, Task
+
+log = logging.getLogger("mixopt.worker")
+T = TypeVar("T")
+
+
+class Backoff:
+    """Exponential backoff with jitter, capped."""
+
+    def __init__(self, first: float = 0.5, cap: float = 30.0):
+        self.first, self.cap, self.delay = first, cap, first
+
+    def sleep(self, stop: threading.Event) -> None:
+        stop.wait(self.delay * random.uniform(0.8, 1.2))
+        self.delay = min(self.delay * 2, self.cap)
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+
+class _Run:
+    """The context an executor runs in (see ``workers.executors.RunContext``)."""
+
+    def __init__(self, daemon: WorkerDaemon, task: Task):
+        self.daemon, self.task = daemon, task
+        self.aborted = threading.Event()  # the server said stop, or the lease is over
+        self.abort_reason = ""
+        self.latest: dict[str, Any] = {}
+        self.curve: list[dict[str, Any]] = []
+        self.tail: deque[str] = deque(maxlen=50)
+        self.lock = threading.Lock()
+        self._last_line = 0.0
+        self._bar = None
+        self._segment: int | None = None  # index of the segment being trained
+
+    def should_stop(self) -> bool:
+        return self.daemon.stopping.is_set() or self.aborted.is_set()
+
+    def progress(self, **fields: Any) -> None:
+        with self.lock:
+            self.latest.update({k: v for k, v in fields.items() if v is not None})
+            if fields.get("losses"):
+                self.curve.append({"step": int(fields.get("step") or 0), "tokens": fields.get("tokens"),
+                                   "train_loss": fields.get("train_loss"), "losses": dict(fields["losses"])})
+        self._show(fields)
+
+    def _show(self, fields: Mapping[str, Any]) -> None:
+        step, total = fields.get("step"), fields.get("total_steps") or self.latest.get("total_steps")
+        if self.daemon.progress_bar and step is not None and total:
+            if self._bar is None:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=total, desc=f"trial {self.task.trial_id}", unit="step", leave=False)
+            self._bar.n = int(step)
+            self._bar.set_postfix(loss=fields.get("train_loss"), tok_s=fields.get("tokens_per_s"), refresh=False)
+            self._bar.refresh()
+        elif time.monotonic() - self._last_line >= self.daemon.log_every_s and step is not None:
+            self._last_line = time.monotonic()
+            loss, tps = self.latest.get("train_loss"), self.latest.get("tokens_per_s")
+            log.info("trial %s step %s/%s loss %s tokens/s %s", self.task.trial_id, step, total,
+                     f"{loss:.4f}" if isinstance(loss, float) else loss, f"{tps:.0f}" if isinstance(tps, float) else tps,
+                     extra={"trial_id": self.task.trial_id})
+
+    def log(self, line: str) -> None:
+        self.tail.append(line)
+        log.debug("trial %s | %s", self.task.trial_id, line)
+
+    def next_segment(self, losses: Mapping[str, float] | None, step: int | None = None) -> dict | None:
+        try:
+            answer = self.daemon.call(lambda c: c.segment(self.task.lease_id, self._segment, losses, step))
+        except ApiError as e:
+            if e.status != 409:
+                raise
+            self.abort_reason, answer = str(e.detail), None
+        if answer is None:  # the lease is over, or stopping while the server was away
+            self.aborted.set()
+            return None
+        if answer.get("done"):
+            return None
+        self._segment = answer["segment"]["index"]
+        return answer["segment"]
+
+    def drain(self) -> tuple[dict[str, Any], list[dict[str, Any]], str | None]:
+        with self.lock:
+            curve, self.curve = self.curve, []
+            return dict(self.latest), curve, "\n".join(self.tail) or None
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+class WorkerDaemon:
+    """Args:
+    client: API client (its token is replaced by the worker token after registration).
+    executor: runs the trials.
+    name: the worker's name; also names its state directory.
+    state_dir: where the identity and the outbox live (survive restarts).
+    join_secret: the server's join secret (for the first registration).
+    max_trials: exit after this many trials (None: run until stopped).
+    """
+
+    def __init__(self, client: MixoptClient, executor: BaseExecutor, *, name: str, state_dir: Path,
+                 join_secret: str | None, capabilities: Mapping[str, Any] | None = None,
+                 max_trials: int | None = None, poll_wait_s: float = 5.0, exit_when_idle_s: float | None = None,
+                 progress_bar: bool | None = None, log_every_s: float = 10.0):
+        self.client, self.executor, self.name = client, executor, name
+        self.state_dir = Path(state_dir)
+        self.outbox = Outbox(self.state_dir / "outbox")
+        self.join_secret = join_secret
+        self.capabilities = {**executor.capabilities(), **(capabilities or {})}
+        self.max_trials, self.poll_wait_s, self.exit_when_idle_s = max_trials, poll_wait_s, exit_when_idle_s
+        self.progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
+        self.log_every_s = log_every_s
+        self.stopping = threading.Event()
+        self.trials_done = 0
+        self.worker_id: int | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        def handler(signum, _frame):
+            log.info("received %s: finishing the current step, then exiting", signal.Signals(signum).name)
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self) -> int:
+        """Serve until stopped, ``max_trials`` are done, or idle for ``exit_when_idle_s``.
+        Returns the number of trials run."""
+        self._identify()
+        self._deliver_outbox()
+        idle_since = time.monotonic()
+        while not self.stopping.is_set():
+            if self.max_trials is not None and self.trials_done >= self.max_trials:
+                break
+            grant = self.call(lambda c: c.lease(self.poll_wait_s))
+            if grant is None:
+                if self.exit_when_idle_s is not None and time.monotonic() - idle_since > self.exit_when_idle_s:
+                    break
+                continue
+            self._run(Task.from_grant(grant), float(grant.get("heartbeat_interval_s", 10.0)))
+            idle_since = time.monotonic()
+        self._deliver_outbox()
+        log.info("worker %s exits after %d trials", self.name, self.trials_done)
+        return self.trials_done
+
+    # -- identity -------------------------------------------------------------------------------
+    def _identify(self) -> None:
+        """Reuse the identity saved by an earlier run (its outbox needs the same token), or register."""
+        ident = self.state_dir / "worker.json"
+        if ident.exists():
+            saved = json.loads(ident.read_text())
+            if saved.get("url") == self.client.url:
+                self.client.token, self.worker_id = saved["token"], saved["id"]
+                try:
+                    self.call(lambda c: c.me())
+                    log.info("worker %s resumes as id %s", self.name, self.worker_id)
+                    return
+                except ApiError as e:
+                    if e.status != 401:
+                        raise
+        if not self.join_secret:
+            raise SystemExit("no join secret: set MIXOPT_JOIN_SECRET or pass --join-secret")
+        reg = self.call(lambda c: c.register_worker(self.name, self.join_secret, self.capabilities))
+        self.client.token, self.worker_id = reg["token"], reg["id"]
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(ident.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"url": self.client.url, "id": reg["id"], "token": reg["token"], "name": self.name}, f)
+        os.replace(ident.with_suffix(".tmp"), ident)
+        log.info("worker %s registered as id %s", self.name, self.worker_id)
+
+    # -- calls with retry -------------------------------------------------------------------------
+    def call(self, fn: Callable[[MixoptClient], T], *, quiet: bool = False) -> T | None:
+        """``fn(client)``, retried with backoff while the server is unreachable or answers 5xx.
+        Returns ``None`` if the daemon is told to stop first; other API errors propagate."""
+        backoff = Backoff()
+        while True:
+            try:
+                return fn(self.client)
+            except ServerUnavailable as e:
+                if not quiet:
+                    log.warning("server unreachable (%s); retrying in ~%.1f s", e, backoff.delay)
+            except ApiError as e:
+                if not e.retryable:
+                    raise
+                log.warning("server error %s; retrying in ~%.1f s", e, backoff.delay)
+            if self.stopping.is_set():
+                return None
+            backoff.sleep(self.stopping)
+
+    # -- one trial --------------------------------------------------------------------------------
+    def _run(self, task: Task, heartbeat_s: float) -> None:
+        log.info("trial %s (study %s, %s) leased: %s", task.trial_id, task.study_id, task.fidelity.get("name"),
+                 {k: round(v, 4) for k, v in task.mixture.items()}, extra={"trial_id": task.trial_id})
+        run = _Run(self, task)
+        beat_stop = threading.Event()
+        beats = threading.Thread(target=self._heartbeats, args=(run, heartbeat_s, beat_stop), daemon=True)
+        beats.start()
+        try:
+            result: ExecResult | None = self.executor.run(task, run)
+            error = None
+        except Exception as e:  # the trial failed; the worker carries on
+            result, error = None, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
+        finally:
+            beat_stop.set()
+            beats.join(heartbeat_s + 35)
+            run.close()
+        self.trials_done += 1
+        if run.aborted.is_set():
+            log.info("trial %s abandoned: %s", task.trial_id, run.abort_reason)
+            return
+        if error is not None:
+            log.error("trial %s failed: %s", task.trial_id, error.splitlines()[0])
+            self._deliver(self.outbox.put(task.lease_id, "fail", {"reason": error[:4000], "retryable": True}))
+        elif result is not None and result.complete:
+            log.info("trial %s done: %s", task.trial_id, {k: round(v, 4) for k, v in result.losses.items()})
+            self._deliver(self.outbox.put(task.lease_id, "complete", result.payload()))
+        else:
+            log.info("trial %s stopped before its end: releasing it", task.trial_id)
+            try:
+                self.client.release(task.lease_id)
+            except (ApiError, ServerUnavailable) as e:  # it expires and is requeued anyway
+                log.warning("could not release lease %s: %s", task.lease_id, e)
+
+    def _heartbeats(self, run: _Run, interval: float, stop: threading.Event) -> None:
+        while not stop.wait(interval):
+            progress, curve, tail = run.drain()
+            try:
+                answer = self.client.heartbeat(run.task.lease_id, progress, curve, tail)
+            except ServerUnavailable:
+                with run.lock:
+                    run.curve[:0] = curve  # send them next time
+                continue
+            except ApiError as e:
+                if e.status == 409:
+                    run.abort_reason = str(e.detail)
+                    run.aborted.set()
+                    return
+                with run.lock:
+                    run.curve[:0] = curve
+                continue
+            if answer.get("action") == "stop":
+                run.abort_reason = answer.get("reason") or "server said stop"
+                run.aborted.set()
+                return
+
+    # -- delivery ---------------------------------------------------------------------------------
+    def _deliver(self, letter: Letter) -> bool:
+        try:
+            if letter.kind == "complete":
+                done = self.call(lambda c: c.complete(letter.lease_id, letter.body))
+            else:
+                done = self.call(lambda c: c.fail(letter.lease_id, letter.body["reason"], letter.body["retryable"]))
+        except ApiError as e:
+            log.error("server refused the %s of lease %s: %s", letter.kind, letter.lease_id, e)
+            self.outbox.reject(letter, str(e))
+            return False
+        if done is None:  # stopping: it stays in the outbox for the next start
+            return False
+        self.outbox.delivered(letter)
+        return True
+
+    def _deliver_outbox(self) -> None:
+        for letter in self.outbox.pending():
+            log.info("delivering a %s kept from before for lease %s", letter.kind, letter.lease_id)
+            self._deliver(letter)

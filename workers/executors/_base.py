@@ -1,0 +1,79 @@
+"""The executor interface: run one leased trial and return its per-domain losses."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+
+@dataclass(frozen=True)
+class Task:
+    """A leased trial, as an executor sees it."""
+
+    trial_id: int
+    study_id: int
+    lease_id: str
+    mixture: dict[str, float]
+    fidelity: dict[str, Any]  # {"name", "model", "tokens", "params"}
+    seed: int
+    dynamic: bool = False
+    attempt: int = 1
+
+    @classmethod
+    def from_grant(cls, grant: Mapping[str, Any]) -> Task:
+        t = grant["trial"]
+        return cls(trial_id=t["id"], study_id=t["study_id"], lease_id=grant["lease_id"], mixture=dict(t["mixture"]),
+                   fidelity=dict(t["fidelity"]), seed=int(t["seed"]), dynamic=bool(t["dynamic"]),
+                   attempt=int(t.get("attempt", 1)))
+
+
+@dataclass
+class ExecResult:
+    """What a run produced. ``complete`` is false when it stopped early (SIGTERM, server 'stop')."""
+
+    losses: dict[str, float]
+    metrics: dict[str, float] = field(default_factory=dict)
+    tokens: int | None = None
+    wall_s: float | None = None
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    complete: bool = True
+
+    def payload(self) -> dict[str, Any]:
+        """The body of ``POST /leases/{id}/complete``."""
+        return {"losses": self.losses, "metrics": self.metrics, "tokens": self.tokens, "wall_s": self.wall_s,
+                "curve": self.curve[-10_000:]}
+
+
+class RunContext(Protocol):
+    """What the daemon offers a running executor."""
+
+    def should_stop(self) -> bool:
+        """True once the run must end: the worker is shutting down or the server said stop."""
+
+    def progress(self, **fields: Any) -> None:
+        """Report progress: step, total_steps, tokens, train_loss, tokens_per_s, losses (sent with
+        the next heartbeat; ``losses`` also becomes a loss-curve point)."""
+
+    def log(self, line: str) -> None:
+        """A line of the run's log (its tail goes with heartbeats)."""
+
+    def next_segment(self, losses: Mapping[str, float] | None, step: int | None = None) -> dict | None:
+        """Online trials: report the losses at a boundary; the next segment
+        (``{"mixture", "steps", "evaluate_after", ...}``) or ``None`` when the run is done."""
+
+
+class BaseExecutor(ABC):
+    """Runs trials. Subclasses set ``name`` and implement :meth:`run`."""
+
+    name: ClassVar[str]
+    supports_dynamic: ClassVar[bool] = False
+
+    def capabilities(self) -> dict[str, Any]:
+        """Sent at registration, so the server hands out only trials this executor can run."""
+        return {"executor": self.name, "dynamic": self.supports_dynamic}
+
+    @abstractmethod
+    def run(self, task: Task, ctx: RunContext) -> ExecResult:
+        """Train ``task``; raise on failure (the daemon reports it)."""
