@@ -173,3 +173,57 @@ def server_factory(tmp_path: Path):
     yield make
     for server in started:
         server.stop()
+
+
+class WorkerProcess:
+    """``mixopt worker`` in a subprocess."""
+
+    def __init__(self, server_url: str, name: str, state_dir: Path, log_path: Path, args: list[str], env: dict):
+        self.name, self.log_path = name, log_path
+        self.cmd = [sys.executable, "-m", "service", "worker", "--url", server_url, "--name", name,
+                    "--state-dir", str(state_dir), "--join-secret", JOIN_SECRET, "--poll-wait", "0.5", *args]
+        self.env = {**os.environ, "MIXOPT_LOG_LEVEL": "INFO", **env}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> WorkerProcess:
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=open(self.log_path, "ab"),
+                                     stderr=subprocess.STDOUT, cwd=ROOT)
+        return self
+
+    def signal(self, sig: int) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def worker_factory(tmp_path: Path):
+    """Start real worker processes; all are killed at the end of the test."""
+    started: list[WorkerProcess] = []
+
+    def make(server_url: str, name: str, *args: str, **env: str) -> WorkerProcess:
+        w = WorkerProcess(server_url, name, tmp_path / f"state-{name}", tmp_path / f"worker-{name}.log",
+                          list(args), env)
+        started.append(w)
+        return w
+
+    yield make
+    for w in started:
+        if w.proc and w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait(10)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
