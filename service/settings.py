@@ -28,6 +28,14 @@ class Settings(BaseSettings):
     join_secret: SecretStr | None = Field(
         None, description="secret workers present to register; default: generated once into data_dir/join-secret"
     )
+    auth_enabled: bool = Field(
+        False, description="require API tokens (`mixopt token create`) for the REST API and the dashboard"
+    )
+    public_read: bool = Field(False, description="with auth enabled, let anyone read (GETs, dashboard)")
+    admin_token: SecretStr | None = Field(None, description="a bootstrap token with admin scope (compose, k8s)")
+    allow_open_network: bool = Field(
+        False, description="allow binding a non-loopback address without auth (e.g. behind an authenticating proxy)"
+    )
     host: str = Field("127.0.0.1", description="address `mixopt server` binds")
     port: int = Field(8000, description="port `mixopt server` binds")
     sweep_interval_s: float = Field(5.0, gt=0, description="how often the expiry sweeper requeues dead leases")
@@ -64,3 +72,15 @@ def resolve_join_secret(settings: Settings) -> str:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32))
     return path.read_text().strip()
+
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def check_exposure(settings: Settings, host: str) -> None:
+    """Refuse to serve an open API beyond this machine: a non-loopback bind needs auth."""
+    if host not in LOOPBACK and not settings.auth_enabled and not settings.allow_open_network:
+        raise ValueError(
+            f"refusing to serve on {host} without authentication: set MIXOPT_AUTH_ENABLED=true and create "
+            "tokens with `mixopt token create`, or set MIXOPT_ALLOW_OPEN_NETWORK=true behind your own auth"
+        )

@@ -1,4 +1,5 @@
-"""Authentication: worker bearer tokens (registration with the join secret)."""
+"""Authentication: API tokens with scopes (read < write < admin) for users, worker tokens for
+the lease protocol. With auth disabled (the localhost default), user endpoints are open."""
 
 from __future__ import annotations
 
@@ -8,16 +9,37 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..db import Worker
-from ..engine import authenticate_worker
-from .deps import DbDep
+from ..engine import authenticate_worker, authorize
+from .deps import DbDep, SettingsDep
 
-bearer = HTTPBearer(auto_error=False, description="a worker token from `POST /api/v1/workers`")
+bearer = HTTPBearer(auto_error=False, description="an API token (`mixopt token create`) or a worker token")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-def current_worker(
-    db: DbDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)], request: Request
-) -> Worker:
-    worker = authenticate_worker(db, credentials.credentials if credentials else None)
+def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    return credentials.credentials if credentials else None
+
+
+def require(scope: str):
+    """A dependency that admits callers whose token grants ``scope`` (when auth is enabled)."""
+
+    def check(db: DbDep, settings: SettingsDep, credentials: Credentials, request: Request) -> None:
+        if not settings.auth_enabled or (scope == "read" and settings.public_read):
+            return
+        admin = settings.admin_token.get_secret_value() if settings.admin_token else None
+        request.state.caller = authorize(db, _token(credentials), scope, admin)
+
+    check.__name__ = f"require_{scope}"
+    return Depends(check)
+
+
+read_access = require("read")
+write_access = require("write")
+admin_access = require("admin")
+
+
+def current_worker(db: DbDep, credentials: Credentials, request: Request) -> Worker:
+    worker = authenticate_worker(db, _token(credentials))
     request.state.worker_id = worker.id
     return worker
 

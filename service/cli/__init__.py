@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, corpus, server, worker
+from . import bench, corpus, server, tokens, worker
 
 app = typer.Typer(help="mixopt: data-mixture search for LLM pretraining.", no_args_is_help=True)
 app.command("server")(server.server)
 app.command("worker")(worker.worker)
 app.add_typer(server.db_app, name="db")
+app.add_typer(tokens.app, name="token")
 app.add_typer(corpus.app, name="corpus")
 app.add_typer(bench.app, name="bench")

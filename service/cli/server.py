@@ -19,8 +19,14 @@ def server(
 
     from ..logs import configure_logging
 
+    from ..settings import check_exposure
+
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
+    try:
+        check_exposure(settings, host or settings.host)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--host") from None
     uvicorn.run(
         "service.api:create_app", factory=True, host=host or settings.host, port=port or settings.port,
         workers=workers, log_config=None,

@@ -26,6 +26,7 @@ from ._trials import (
     sweep_expired,
     trial_counts,
 )
+from ._tokens import SCOPES, authorize, create_token, list_tokens, revoke_token
 from ._segments import list_segments, report_segment
 from ._workers import (
     authenticate_worker,
@@ -42,6 +43,11 @@ from ._workers import (
 from ._views import list_trials, recommendation_public, study_public, trial_public
 
 __all__ = [
+    "SCOPES",
+    "authorize",
+    "create_token",
+    "list_tokens",
+    "revoke_token",
     "extend_held_leases",
     "list_segments",
     "report_segment",

@@ -12,6 +12,7 @@ from ...db import Study, StudyState
 from ...errors import NotFound
 from ...schemas.studies import RecommendationPublic, StudyAction, StudyCreate, StudyList, StudyPublic
 from ...schemas.trials import AskRequest, AskResponse, TrialCreate, TrialPage, TrialPublic
+from ..auth import read_access, write_access
 from ..deps import DbDep, RunnerDep, SettingsDep
 
 router = APIRouter(prefix="/api/v1/studies", tags=["studies"])
@@ -25,7 +26,7 @@ def _public(db, study_id: int) -> StudyPublic:
         return engine.study_public(s, engine.get_study(s, study_id))
 
 
-@router.post("", response_model=StudyPublic, status_code=status.HTTP_201_CREATED)
+@router.post("", response_model=StudyPublic, status_code=status.HTTP_201_CREATED, dependencies=[write_access])
 def create_study(body: StudyCreate, db: DbDep, runner: RunnerDep) -> StudyPublic:
     """Create a study (a draft unless `start` is true)."""
     with db.session() as s:
@@ -37,7 +38,7 @@ def create_study(body: StudyCreate, db: DbDep, runner: RunnerDep) -> StudyPublic
     return _public(db, study_id)
 
 
-@router.get("", response_model=StudyList)
+@router.get("", response_model=StudyList, dependencies=[read_access])
 def list_studies(
     db: DbDep,
     state: Annotated[StateFilter | None, Query(description="only studies in this state")] = None,
@@ -52,7 +53,7 @@ def list_studies(
         return StudyList(items=[engine.study_public(s, r) for r in rows], total=total)
 
 
-@router.get("/{study_id}", response_model=StudyPublic)
+@router.get("/{study_id}", response_model=StudyPublic, dependencies=[read_access])
 def read_study(study_id: int, db: DbDep) -> StudyPublic:
     """One study with budget spent, trial counts per state, best trials and recommendation."""
     return _public(db, study_id)
@@ -78,16 +79,17 @@ def _state_change(action: str):
 
 for _action in ("start", "pause", "resume", "cancel"):
     router.add_api_route(f"/{{study_id}}/{_action}", _state_change(_action), methods=["POST"],
-                         response_model=StudyPublic, name=f"{_action}_study")
+                         response_model=StudyPublic, name=f"{_action}_study", dependencies=[write_access])
 
 
-@router.post("/{study_id}/ask", response_model=AskResponse)
+@router.post("/{study_id}/ask", response_model=AskResponse, dependencies=[write_access])
 def ask(study_id: int, body: AskRequest, db: DbDep, settings: SettingsDep) -> AskResponse:
     """For outside trainers: up to `n` trials, leased to the caller until reported."""
     return engine.ask(db, study_id, body, settings.ask_lease_seconds)
 
 
-@router.post("/{study_id}/trials", response_model=TrialPublic, status_code=status.HTTP_201_CREATED)
+@router.post("/{study_id}/trials", response_model=TrialPublic, status_code=status.HTTP_201_CREATED,
+             dependencies=[write_access])
 def create_trial(study_id: int, body: TrialCreate, db: DbDep, runner: RunnerDep) -> TrialPublic:
     """Queue a mixture of your choosing, or record a run done elsewhere (with `result`)."""
     trial = engine.create_trial(db, study_id, body)
@@ -96,7 +98,7 @@ def create_trial(study_id: int, body: TrialCreate, db: DbDep, runner: RunnerDep)
         return engine.trial_public(engine.get_trial(s, trial.id))
 
 
-@router.get("/{study_id}/trials", response_model=TrialPage)
+@router.get("/{study_id}/trials", response_model=TrialPage, dependencies=[read_access])
 def list_trials(
     study_id: int,
     db: DbDep,
@@ -111,7 +113,7 @@ def list_trials(
         return engine.list_trials(s, study_id, state=state, fidelity=fidelity, after_id=after_id, limit=limit)
 
 
-@router.get("/{study_id}/recommendation", response_model=RecommendationPublic)
+@router.get("/{study_id}/recommendation", response_model=RecommendationPublic, dependencies=[read_access])
 def recommendation(study_id: int, db: DbDep) -> RecommendationPublic:
     """The strategy's current best mixture, its predicted objective and uncertainty."""
     with db.session() as s:

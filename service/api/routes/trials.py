@@ -9,19 +9,20 @@ from ... import engine
 from ...db import LossCurvePoint
 from ...schemas.segments import SegmentList
 from ...schemas.trials import CurvePoint, CurvePublic, FailCreate, ResultCreate, TrialPublic
+from ..auth import read_access, write_access
 from ..deps import DbDep, RunnerDep
 
 router = APIRouter(prefix="/api/v1/trials", tags=["trials"])
 
 
-@router.get("/{trial_id}", response_model=TrialPublic)
+@router.get("/{trial_id}", response_model=TrialPublic, dependencies=[read_access])
 def read_trial(trial_id: int, db: DbDep) -> TrialPublic:
     """One trial with its results."""
     with db.session() as s:
         return engine.trial_public(engine.get_trial(s, trial_id))
 
 
-@router.get("/{trial_id}/curve", response_model=CurvePublic)
+@router.get("/{trial_id}/curve", response_model=CurvePublic, dependencies=[read_access])
 def read_curve(trial_id: int, db: DbDep) -> CurvePublic:
     """The trial's loss curve: validation losses per domain at intervals."""
     with db.session() as s:
@@ -31,7 +32,7 @@ def read_curve(trial_id: int, db: DbDep) -> CurvePublic:
                                    for p in rows])
 
 
-@router.post("/{trial_id}/result", response_model=TrialPublic)
+@router.post("/{trial_id}/result", response_model=TrialPublic, dependencies=[write_access])
 def report_result(trial_id: int, body: ResultCreate, db: DbDep, runner: RunnerDep) -> TrialPublic:
     """Report the final result of an asked trial. Repeating the same result is harmless (200);
     a different result for a completed trial, or one for a trial not leased, is a 409."""
@@ -42,7 +43,7 @@ def report_result(trial_id: int, body: ResultCreate, db: DbDep, runner: RunnerDe
         return engine.trial_public(engine.get_trial(s, trial_id))
 
 
-@router.post("/{trial_id}/fail", response_model=TrialPublic)
+@router.post("/{trial_id}/fail", response_model=TrialPublic, dependencies=[write_access])
 def report_failure(trial_id: int, body: FailCreate, db: DbDep, runner: RunnerDep) -> TrialPublic:
     """Report that an asked trial failed; with `retryable` it is queued again while attempts remain."""
     trial = engine.report_failure(db, trial_id, body)
@@ -51,7 +52,7 @@ def report_failure(trial_id: int, body: FailCreate, db: DbDep, runner: RunnerDep
         return engine.trial_public(engine.get_trial(s, trial_id))
 
 
-@router.get("/{trial_id}/segments", response_model=SegmentList)
+@router.get("/{trial_id}/segments", response_model=SegmentList, dependencies=[read_access])
 def read_segments(trial_id: int, db: DbDep) -> SegmentList:
     """Online trials: every segment handed out (all attempts) with the losses reported."""
     with db.session() as s:

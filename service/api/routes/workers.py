@@ -9,7 +9,7 @@ from ...db import Worker
 from ...errors import NotFound
 from ...schemas.workers import WorkerCreate, WorkerList, WorkerPublic, WorkerRegistered
 from ...settings import resolve_join_secret
-from ..auth import WorkerDep
+from ..auth import WorkerDep, read_access
 from ..deps import DbDep, SettingsDep
 
 router = APIRouter(prefix="/api/v1/workers", tags=["workers"])
@@ -32,7 +32,7 @@ def _public(worker: Worker, lease, completed: int) -> WorkerPublic:
     )
 
 
-@router.get("", response_model=WorkerList)
+@router.get("", response_model=WorkerList, dependencies=[read_access])
 def list_workers(db: DbDep) -> WorkerList:
     """Every worker with its capabilities, current trial, progress and last heartbeat."""
     with db.session() as s:
@@ -45,7 +45,7 @@ def read_me(worker: WorkerDep, db: DbDep) -> WorkerPublic:
     return read_worker(worker.id, db)
 
 
-@router.get("/{worker_id}", response_model=WorkerPublic)
+@router.get("/{worker_id}", response_model=WorkerPublic, dependencies=[read_access])
 def read_worker(worker_id: int, db: DbDep) -> WorkerPublic:
     with db.session() as s:
         for row in engine.list_workers(s):
