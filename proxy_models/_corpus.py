@@ -222,7 +222,7 @@ def prepare_corpus(
     val_fraction: float = 0.05,
     max_val_tokens: int = 262_144,
     max_tokens_per_domain: int | None = None,
-    bpe_sample_bytes: int = 24_000_000,
+    bpe_sample_bytes: int = 12_000_000,
 ) -> PreparedCorpus:
     """Tokenise every domain of ``corpus_dir`` once and return the cached shards.
 
@@ -265,7 +265,8 @@ def prepare_corpus(
         if not (shard_dir / "manifest.json").exists():
             tmp = shard_dir.with_name(f"{key}.tmp{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
-            _tokenise(sources, load_tokenizer(tok_dir), tok_dir, tmp, key, val_fraction, max_val_tokens, max_tokens_per_domain)
+            _tokenise(sources, load_tokenizer(tok_dir), tok_dir, tmp, key, corpus_fp, val_fraction, max_val_tokens,
+                      max_tokens_per_domain)
             os.replace(tmp, shard_dir)
     return PreparedCorpus.load(shard_dir)
 
@@ -310,6 +311,7 @@ def _tokenise(
     tok_dir: Path,
     out: Path,
     key: str,
+    corpus_fp: str,
     val_fraction: float,
     max_val_tokens: int,
     max_tokens: int | None,
@@ -355,6 +357,7 @@ def _tokenise(
         )
     manifest = dict(
         fingerprint=key,
+        corpus=corpus_fp,
         domains=[s.name for s in sources],
         vocab_size=vocab_size,
         eos_id=sep,
