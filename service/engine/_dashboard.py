@@ -1,0 +1,447 @@
+"""Read models of the dashboard: aggregated, column-oriented queries that stay fast with tens of
+thousands of trials (one query per concern, no ORM objects per trial, nothing bulky polled)."""
+
+from __future__ import annotations
+
+import base64
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+from scipy.stats import spearmanr
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from ..db import (
+    IN_FLIGHT,
+    Database,
+    Fidelity,
+    Lease,
+    LossCurvePoint,
+    Recommendation,
+    Result,
+    Study,
+    Trial,
+    TrialState,
+    Worker,
+    utcnow,
+)
+from ..schemas.dashboard import (
+    WEIGHT_SCALE,
+    CurveColumns,
+    FidelityUsage,
+    LeaseRow,
+    ObjectiveView,
+    Predictions,
+    PredictionSet,
+    RecommendationBrief,
+    RecommendationHistory,
+    StudyOverview,
+    StudyRow,
+    StudyRows,
+    TrialColumns,
+    TrialCursor,
+    TrialDetail,
+    WorkerRow,
+    WorkerRows,
+)
+from ..schemas.studies import BudgetSpec, ObjectiveSpec
+from ._segments import list_segments
+from ._studies import get_study
+from ._trials import get_trial
+from ._views import trial_public
+
+CHANGE_SLACK = timedelta(seconds=5)
+"""Changed trials are looked up this far before the client's cursor: a transaction stamps
+``updated_at`` before it commits, so a change can become visible slightly after its stamp."""
+STALE_AFTER_S = 120.0
+FINISHED = (TrialState.completed, TrialState.failed)
+
+
+def _counts() -> dict[str, int]:
+    return {state.value: 0 for state in TrialState}
+
+
+def _state(value) -> str:
+    return value.value if hasattr(value, "value") else str(value)
+
+
+def objective_view(objective: dict[str, Any], n_domains: int) -> ObjectiveView:
+    """The label and display sign of a study's objective."""
+    spec = ObjectiveSpec.model_validate(objective)
+    if spec.kind == "mean_loss":
+        names = spec.domains
+        if names is None:
+            label = f"mean validation loss ({n_domains} domains)"
+        elif len(names) <= 3:
+            label = f"mean validation loss ({', '.join(names)})"
+        else:
+            label = f"mean validation loss ({len(names)} domains)"
+    elif spec.kind == "domain_loss":
+        label = f"validation loss on {spec.domain}"
+    elif spec.kind == "weighted_loss":
+        label = "weighted validation loss"
+    else:
+        label = spec.name or "metric"
+    maximize = spec.kind == "metric" and spec.direction == "maximize"
+    return ObjectiveView(spec=spec, label=label, sign=-1 if maximize else 1, higher_is_better=maximize)
+
+
+def _budget(study: Study) -> BudgetSpec:
+    return BudgetSpec.model_construct(cost=study.budget_cost, max_trials=study.budget_trials)
+
+
+# ---- studies list ---------------------------------------------------------------------------
+
+
+def dashboard_studies(s: Session, limit: int = 500) -> StudyRows:
+    """Every study (newest first, at most ``limit``) with its spending and best objectives, in
+    three aggregate queries whatever the number of trials."""
+    studies = list(s.scalars(select(Study).order_by(Study.id.desc()).limit(limit)))
+    ids = [st.id for st in studies]
+    counts: dict[int, dict[str, int]] = defaultdict(_counts)
+    spent: dict[int, float] = defaultdict(float)
+    best: dict[int, dict[str, float]] = defaultdict(dict)
+    if ids:
+        q = (select(Trial.study_id, Trial.state, func.count(), func.coalesce(func.sum(Trial.cost), 0.0))
+             .where(Trial.study_id.in_(ids)).group_by(Trial.study_id, Trial.state))
+        for study_id, state, n, cost in s.execute(q):
+            counts[study_id][_state(state)] = n
+            if _state(state) in ("completed", "failed"):
+                spent[study_id] += float(cost)
+        q = (select(Trial.study_id, Fidelity.name, func.min(Trial.objective))
+             .join(Fidelity, Fidelity.id == Trial.fidelity_id)
+             .where(Trial.study_id.in_(ids), Trial.state == TrialState.completed, Trial.objective.is_not(None))
+             .group_by(Trial.study_id, Fidelity.name))
+        for study_id, fidelity, value in s.execute(q):
+            best[study_id][fidelity] = float(value)
+    items = []
+    for st in studies:
+        c = counts[st.id]
+        target = next((f.name for f in st.fidelities if f.is_target), st.fidelities[0].name if st.fidelities else "")
+        items.append(StudyRow(
+            id=st.id, name=st.name, state=st.state.value, strategy=st.strategy,
+            objective=objective_view(st.objective, len(st.domains)), target_fidelity=target, budget=_budget(st),
+            spent_cost=spent[st.id], n_trials=sum(c.values()), trial_counts=c, best=best[st.id],
+            created_at=st.created_at, started_at=st.started_at, finished_at=st.finished_at,
+        ))
+    return StudyRows(items=items, server_time=utcnow())
+
+
+# ---- one study ------------------------------------------------------------------------------
+
+
+_REC_COLUMNS = (
+    Recommendation.id, Recommendation.created_at, Recommendation.mixture, Recommendation.predicted,
+    Recommendation.uncertainty, Recommendation.based_on_trials, Recommendation.final,
+    Recommendation.meta["spearman"].as_float(), Recommendation.meta["predicted_fidelity"].as_string(),
+)
+
+
+def _brief(row, names: list[str]) -> RecommendationBrief:
+    rid, created, mixture, predicted, uncertainty, based_on, final, rho, fidelity = row
+    return RecommendationBrief(
+        id=rid, created_at=created, mixture=[float(mixture.get(n, 0.0)) for n in names], predicted=predicted,
+        uncertainty=uncertainty, based_on_trials=based_on, final=final,
+        spearman=None if rho is None or not np.isfinite(rho) else float(rho), predicted_fidelity=fidelity,
+    )
+
+
+def _has_predictions(s: Session, rec_id: int) -> bool:
+    if s.get_bind().dialect.name == "postgresql":
+        cond = Recommendation.meta.has_key("predictions")  # JSONB ?, without reading the object
+    else:
+        cond = func.json_type(Recommendation.meta, "$.predictions").is_not(None)
+    return s.scalar(select(func.count()).where(Recommendation.id == rec_id, cond)) > 0
+
+
+def study_overview(s: Session, study_id: int) -> StudyOverview:
+    """The study page's header, fidelity spending and latest recommendation: small and cheap,
+    whatever the number of trials (aggregates and index lookups only)."""
+    study = get_study(s, study_id)
+    names = [d.name for d in study.domains]
+    per_fid: dict[int, dict[str, int]] = defaultdict(_counts)
+    spent: dict[int, float] = defaultdict(float)
+    flying: dict[int, float] = defaultdict(float)
+    q = (select(Trial.fidelity_id, Trial.state, func.count(), func.coalesce(func.sum(Trial.cost), 0.0))
+         .where(Trial.study_id == study_id).group_by(Trial.fidelity_id, Trial.state))
+    for fid, state, n, cost in s.execute(q):
+        state = _state(state)
+        per_fid[fid][state] = n
+        if state in ("completed", "failed"):
+            spent[fid] += float(cost)
+        elif TrialState(state) in IN_FLIGHT:
+            flying[fid] += float(cost)
+    fidelities = []
+    for f in study.fidelities:
+        best = s.execute(
+            select(Trial.id, Trial.objective)
+            .where(Trial.study_id == study_id, Trial.fidelity_id == f.id, Trial.state == TrialState.completed,
+                   Trial.objective.is_not(None))
+            .order_by(Trial.objective.asc(), Trial.id).limit(1)
+        ).first()
+        fidelities.append(FidelityUsage(
+            name=f.name, model=f.model, tokens=f.tokens, cost=f.cost, target=f.is_target, trial_counts=per_fid[f.id],
+            spent_cost=spent[f.id], in_flight_cost=flying[f.id],
+            best_objective=None if best is None else best[1], best_trial_id=None if best is None else best[0],
+        ))
+    counts = _counts()
+    for c in per_fid.values():
+        for k, v in c.items():
+            counts[k] += v
+    dynamic = list(s.scalars(select(Trial.id).where(Trial.study_id == study_id, Trial.dynamic.is_(True))
+                             .order_by(Trial.id.desc()).limit(200)))
+    rec_row = s.execute(select(*_REC_COLUMNS).where(Recommendation.study_id == study_id)
+                        .order_by(Recommendation.id.desc()).limit(1)).first()
+    n_recs = s.scalar(select(func.count()).select_from(Recommendation).where(Recommendation.study_id == study_id))
+    return StudyOverview(
+        id=study.id, name=study.name, state=study.state.value, strategy=study.strategy,
+        strategy_params=study.strategy_params or {}, domains=names, domain_tokens=[d.tokens for d in study.domains],
+        objective=objective_view(study.objective, len(names)), fidelities=fidelities, budget=_budget(study),
+        parallelism=study.parallelism, seed=study.seed, spent_cost=sum(spent.values()), trial_counts=counts,
+        n_trials=sum(counts.values()), dynamic_trials=dynamic,
+        recommendation=None if rec_row is None else _brief(rec_row, names), n_recommendations=n_recs,
+        has_predictions=rec_row is not None and _has_predictions(s, rec_row[0]),
+        created_at=study.created_at, started_at=study.started_at, finished_at=study.finished_at,
+        failure_reason=study.failure_reason, server_time=utcnow(),
+    )
+
+
+def encode_weights(weights: np.ndarray) -> str:
+    """``n x k`` weights in [0, 1] -> base64 of little-endian uint16 (see ``WEIGHT_SCALE``)."""
+    q = np.rint(np.clip(weights, 0.0, 1.0) * WEIGHT_SCALE).astype("<u2")
+    return base64.b64encode(q.tobytes()).decode("ascii")
+
+
+def trial_columns(s: Session, study_id: int, *, after_id: int | None = None, changed_since: datetime | None = None,
+                  limit: int = 20_000) -> TrialColumns:
+    """The study's trials as columns. With a cursor (``after_id`` and ``changed_since``) only the
+    trials created after ``after_id`` or changed since ``changed_since`` (minus a small slack)."""
+    study = get_study(s, study_id)
+    names = [d.name for d in study.domains]
+    fid_index = {f.id: i for i, f in enumerate(study.fidelities)}
+    started = utcnow()
+    where = [Trial.study_id == study_id]
+    if after_id is not None:
+        newer = Trial.id > after_id
+        where.append(newer if changed_since is None else or_(newer, Trial.updated_at >= changed_since - CHANGE_SLACK))
+    elif changed_since is not None:
+        where.append(Trial.updated_at >= changed_since - CHANGE_SLACK)
+    cols = (Trial.id, Trial.number, Trial.fidelity_id, Trial.state, Trial.objective, Trial.predicted, Trial.cost,
+            Trial.attempts, Trial.dynamic, Trial.created_at, Trial.finished_at, Trial.mixture)
+    rows = s.execute(select(*cols).where(*where).order_by(Trial.id).limit(limit + 1)).all()
+    truncated = len(rows) > limit
+    rows = rows[:limit]
+    total = s.scalar(select(func.count()).select_from(Trial).where(Trial.study_id == study_id))
+    weights = np.array([[m.get(n, 0.0) for n in names] for m in (r[11] for r in rows)], dtype=float).reshape(
+        len(rows), len(names))
+    ids = [r[0] for r in rows]
+    seen = max([after_id or 0, *ids])
+    # Truncated: the rest (all ids above ``seen``) comes with the next call, and changes to the
+    # rows sent are caught by keeping the change cursor where this paged load began.
+    cursor = TrialCursor(after_id=seen, changed_since=(changed_since or started) if truncated else started)
+    return TrialColumns(
+        domains=names, fidelities=[f.name for f in study.fidelities], n=len(rows), id=ids,
+        number=[r[1] for r in rows], fidelity=[fid_index[r[2]] for r in rows], state=[_state(r[3]) for r in rows],
+        objective=[r[4] for r in rows], predicted=[r[5] for r in rows], cost=[r[6] for r in rows],
+        attempts=[r[7] for r in rows], dynamic=[bool(r[8]) for r in rows],
+        created_at=[r[9].timestamp() for r in rows],
+        finished_at=[None if r[10] is None else r[10].timestamp() for r in rows],
+        weights=encode_weights(weights), total=total, cursor=cursor, truncated=truncated,
+    )
+
+
+def recommendation_history(s: Session, study_id: int, *, after_id: int | None = None,
+                           max_points: int = 500) -> RecommendationHistory:
+    """Recommendations in time order; when more than ``max_points``, every ``stride``-th row and
+    the last (without the model's diagnostics, which can be large)."""
+    study = get_study(s, study_id)
+    names = [d.name for d in study.domains]
+    where = [Recommendation.study_id == study_id]
+    if after_id is not None:
+        where.append(Recommendation.id > after_id)
+    ids = list(s.scalars(select(Recommendation.id).where(*where).order_by(Recommendation.id)))
+    stride = max(1, -(-len(ids) // max_points))
+    keep = ids[::stride]
+    if ids and keep[-1] != ids[-1]:
+        keep.append(ids[-1])
+    rows = s.execute(select(*_REC_COLUMNS).where(Recommendation.id.in_(keep)).order_by(Recommendation.id)).all() \
+        if keep else []
+    return RecommendationHistory(items=[_brief(r, names) for r in rows], total=len(ids), stride=stride)
+
+
+def _rho(a: list[float], b: list[float]) -> float | None:
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    rho = float(spearmanr(a, b)[0])
+    return rho if np.isfinite(rho) else None
+
+
+def prediction_sets(s: Session, study_id: int) -> Predictions:
+    """Predicted against actual objectives: the latest recommendation's held-out predictions
+    (``meta["predictions"]``, RegMix and ADMIRE) and the predictions made at proposal time."""
+    study = get_study(s, study_id)
+    fid_index = {f.id: i for i, f in enumerate(study.fidelities)}
+    actual = {tid: (obj, fid) for tid, obj, fid in s.execute(
+        select(Trial.id, Trial.objective, Trial.fidelity_id)
+        .where(Trial.study_id == study_id, Trial.state == TrialState.completed, Trial.objective.is_not(None)))}
+    sets = []
+    rec = s.execute(select(Recommendation.meta).where(Recommendation.study_id == study_id)
+                    .order_by(Recommendation.id.desc()).limit(1)).first()
+    meta = rec[0] if rec is not None else None
+    if meta and isinstance(meta.get("predictions"), dict):
+        pairs = sorted((int(k), float(v)) for k, v in meta["predictions"].items()
+                       if v is not None and str(k).lstrip("-").isdigit() and int(k) in actual)
+        tids = [t for t, _ in pairs]
+        pred = [v for _, v in pairs]
+        act = [actual[t][0] for t in tids]
+        reported = meta.get("spearman")
+        sets.append(PredictionSet(
+            source="recommendation", title="latest model, held-out predictions", trial_id=tids,
+            fidelity=[fid_index[actual[t][1]] for t in tids], predicted=pred, actual=act, spearman=_rho(pred, act),
+            reported_spearman=float(reported) if isinstance(reported, (int, float)) and np.isfinite(reported) else None,
+        ))
+    rows = s.execute(select(Trial.id, Trial.predicted, Trial.objective, Trial.fidelity_id)
+                     .where(Trial.study_id == study_id, Trial.state == TrialState.completed,
+                            Trial.objective.is_not(None), Trial.predicted.is_not(None)).order_by(Trial.id)).all()
+    if rows:
+        pred = [r[1] for r in rows]
+        act = [r[2] for r in rows]
+        sets.append(PredictionSet(
+            source="proposal", title="prediction when the trial was proposed", trial_id=[r[0] for r in rows],
+            fidelity=[fid_index[r[3]] for r in rows], predicted=pred, actual=act, spearman=_rho(pred, act),
+        ))
+    return Predictions(sets=sets)
+
+
+# ---- one trial ------------------------------------------------------------------------------
+
+
+def _progress(progress: dict[str, Any] | None) -> dict[str, Any] | None:
+    if progress is None:
+        return None
+    return {k: v for k, v in progress.items() if k != "log_tail"}
+
+
+def trial_detail(s: Session, trial_id: int) -> TrialDetail:
+    """A trial with its attempts (leases and their workers), log tail, segments and curve size."""
+    trial = get_trial(s, trial_id)
+    study = s.get(Study, trial.study_id)
+    workers = dict(s.execute(select(Worker.id, Worker.name).join(Lease, Lease.worker_id == Worker.id)
+                             .where(Lease.trial_id == trial_id)).all())
+    leases = list(s.scalars(select(Lease).where(Lease.trial_id == trial_id).order_by(Lease.attempt, Lease.created_at)))
+    log_tail = next((le.progress["log_tail"] for le in reversed(leases)
+                     if le.progress and le.progress.get("log_tail")), None)
+    n_curve = s.scalar(select(func.count()).select_from(LossCurvePoint).where(LossCurvePoint.trial_id == trial_id))
+    return TrialDetail(
+        trial=trial_public(trial), study_name=study.name, study_state=study.state.value,
+        domains=[d.name for d in study.domains], objective=objective_view(study.objective, len(study.domains)),
+        leases=[LeaseRow(id=le.id, attempt=le.attempt, worker_id=le.worker_id, worker_name=workers.get(le.worker_id),
+                         client=le.client, created_at=le.created_at, expires_at=le.expires_at,
+                         last_heartbeat_at=le.last_heartbeat_at, ended_at=le.ended_at, outcome=le.outcome,
+                         progress=_progress(le.progress)) for le in leases],
+        log_tail=log_tail, segments=list_segments(s, trial_id) if trial.dynamic else [], curve_points=n_curve,
+        server_time=utcnow(),
+    )
+
+
+def curve_columns(s: Session, trial_id: int, *, after_step: int | None = None, max_points: int = 2000) -> CurveColumns:
+    """The trial's loss curve after ``after_step``, thinned to at most ``max_points`` (+ the last)."""
+    trial = get_trial(s, trial_id)
+    names = [d.name for d in s.get(Study, trial.study_id).domains]
+    where = [LossCurvePoint.trial_id == trial_id]
+    if after_step is not None:
+        where.append(LossCurvePoint.step > after_step)
+    steps = list(s.scalars(select(LossCurvePoint.step).where(*where).order_by(LossCurvePoint.step)))
+    stride = max(1, -(-len(steps) // max_points))
+    keep = steps[::stride]
+    if steps and keep[-1] != steps[-1]:
+        keep.append(steps[-1])
+    rows = s.execute(select(LossCurvePoint.step, LossCurvePoint.tokens, LossCurvePoint.train_loss, LossCurvePoint.losses)
+                     .where(LossCurvePoint.trial_id == trial_id, LossCurvePoint.step.in_(keep))
+                     .order_by(LossCurvePoint.step)).all() if keep else []
+    seen = [n for n in names if any(n in (r[3] or {}) for r in rows)]
+    extra = sorted({k for r in rows for k in (r[3] or {})} - set(names))
+    losses = {n: [(r[3] or {}).get(n) for r in rows] for n in seen + extra}
+    return CurveColumns(step=[r[0] for r in rows], tokens=[r[1] for r in rows], train_loss=[r[2] for r in rows],
+                        losses=losses, total=len(steps), stride=stride)
+
+
+# ---- workers --------------------------------------------------------------------------------
+
+
+def worker_rows(s: Session) -> WorkerRows:
+    """Every worker with its current lease, progress, heartbeat age and throughput."""
+    from ._workers import list_workers
+
+    now = utcnow()
+    rows = list_workers(s)
+    trial_ids = [lease.trial_id for _, lease, _ in rows if lease is not None]
+    study_of = dict(s.execute(select(Trial.id, Trial.study_id).where(Trial.id.in_(trial_ids))).all()) if trial_ids else {}
+    items = []
+    for w, lease, completed in rows:
+        seen_age = None if w.last_seen_at is None else (now - w.last_seen_at).total_seconds()
+        beat = None if lease is None else (lease.last_heartbeat_at or lease.created_at)
+        progress = _progress(lease.progress) if lease is not None else None
+        tps = (progress or {}).get("tokens_per_s")
+        if w.revoked:
+            status = "revoked"
+        elif lease is not None:
+            status = "busy"
+        elif seen_age is None or seen_age > STALE_AFTER_S:
+            status = "stale"
+        else:
+            status = "idle"
+        items.append(WorkerRow(
+            id=w.id, name=w.name, status=status, capabilities=w.capabilities or {}, created_at=w.created_at,
+            last_seen_at=w.last_seen_at, seen_age_s=seen_age,
+            heartbeat_age_s=None if beat is None else (now - beat).total_seconds(),
+            current_trial_id=None if lease is None else lease.trial_id,
+            current_study_id=None if lease is None else study_of.get(lease.trial_id),
+            attempt=None if lease is None else lease.attempt, progress=progress,
+            tokens_per_s=float(tps) if isinstance(tps, (int, float)) else None, completed_trials=completed,
+        ))
+    return WorkerRows(items=items, server_time=now)
+
+
+# ---- export ---------------------------------------------------------------------------------
+
+
+def export_trials(db: Database, study_id: int, batch: int = 2000) -> tuple[list[str], list[str], Iterator[dict[str, Any]]]:
+    """Every trial of the study with its result, as plain dicts in id order. Returns the domain
+    names, the metric names seen, and the rows, read in batches of ``batch``, each in its own
+    short transaction (on SQLite a long one would hold the write lock while the client reads)."""
+    with db.session() as s:
+        study = get_study(s, study_id)
+        names = [d.name for d in study.domains]
+        fid_name = {f.id: f.name for f in study.fidelities}
+        metric_rows = s.execute(select(Result.metrics).join(Trial, Trial.id == Result.trial_id)
+                                .where(Trial.study_id == study_id)).scalars()
+        metrics = sorted({k for m in metric_rows for k in (m or {})})
+    cols = (Trial.id, Trial.number, Trial.fidelity_id, Trial.state, Trial.objective, Trial.cost, Trial.predicted,
+            Trial.uncertainty, Trial.attempts, Trial.dynamic, Trial.created_at, Trial.started_at, Trial.finished_at,
+            Trial.failure_reason, Trial.mixture, Result.losses, Result.metrics, Result.tokens, Result.wall_s)
+
+    def rows() -> Iterator[dict[str, Any]]:
+        last = 0
+        while True:
+            with db.session() as s:
+                chunk = s.execute(select(*cols).outerjoin(Result, Result.trial_id == Trial.id)
+                                  .where(Trial.study_id == study_id, Trial.id > last)
+                                  .order_by(Trial.id).limit(batch)).all()
+            if not chunk:
+                return
+            for r in chunk:
+                yield {
+                    "id": r[0], "number": r[1], "fidelity": fid_name[r[2]], "state": _state(r[3]), "objective": r[4],
+                    "cost": r[5], "predicted": r[6], "uncertainty": r[7], "attempts": r[8], "dynamic": bool(r[9]),
+                    "created_at": r[10].isoformat(), "started_at": r[11] and r[11].isoformat(),
+                    "finished_at": r[12] and r[12].isoformat(), "failure_reason": r[13],
+                    "mixture": {n: float(r[14].get(n, 0.0)) for n in names}, "losses": r[15], "metrics": r[16],
+                    "tokens": r[17], "wall_s": r[18],
+                }
+            last = chunk[-1][0]
+
+    return names, metrics, rows()
