@@ -1,6 +1,17 @@
 """The study engine: the study and trial state machines on top of the database. Strategies are
 called from here, never from the API directly."""
 
+from ._dashboard import (
+    curve_columns,
+    dashboard_studies,
+    export_trials,
+    prediction_sets,
+    recommendation_history,
+    study_overview,
+    trial_columns,
+    trial_detail,
+    worker_rows,
+)
 from ._objective import check_result, objective_value, required_losses
 from ._runner import EngineRunner
 from ._spec import history_for, load_trials, space_for, strategy_for
@@ -43,6 +54,15 @@ from ._workers import (
 from ._views import list_trials, recommendation_public, study_public, trial_public
 
 __all__ = [
+    "curve_columns",
+    "dashboard_studies",
+    "export_trials",
+    "prediction_sets",
+    "recommendation_history",
+    "study_overview",
+    "trial_columns",
+    "trial_detail",
+    "worker_rows",
     "SCOPES",
     "authorize",
     "create_token",
