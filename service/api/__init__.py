@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from .. import dashboard
 from ..db import Database, upgrade
 from ..engine import EngineRunner
 from ..errors import InputError, MixoptError
@@ -67,4 +68,5 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
 
     for module in (health, studies, trials, workers, leases):
         app.include_router(module.router)
+    app.include_router(dashboard.router)
     return app
