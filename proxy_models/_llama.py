@@ -91,12 +91,18 @@ class _Block(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), eps=self.eps) * weight
 
     def forward(self, x: Tensor, rope: Tensor, batch: int) -> Tensor:
-        """``x``: ``K x (B*T) x d`` → same shape. ``rope``: complex ``T x 1 x 1 x head_dim/2``."""
+        """``x``: ``K x (B*T) x d`` → same shape. ``rope``: complex ``T x 1 x 1 x head_dim/2``, or its
+        real form ``2 x T x 1 x 1 x head_dim/2`` (cos, sin)."""
         K, N, d = x.shape
         T, H = N // batch, self.n_heads
         qkv = torch.bmm(self._norm(x, self.attn_norm), self.wqkv).view(K * batch, T, 3, H, d // H)
         qk, v = qkv[:, :, :2], qkv[:, :, 2]
-        qk = torch.view_as_real(torch.view_as_complex(qk.unflatten(-1, (-1, 2))) * rope).flatten(-2)
+        if rope.is_complex():
+            qk = torch.view_as_real(torch.view_as_complex(qk.unflatten(-1, (-1, 2))) * rope).flatten(-2)
+        else:
+            cos, sin = rope.unbind(0)
+            x0, x1 = qk.unflatten(-1, (-1, 2)).unbind(-1)
+            qk = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
         q, k = qk.unbind(2)
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         x = x + torch.bmm(y.transpose(1, 2).reshape(K, N, d), self.wo)
@@ -129,7 +135,10 @@ class LlamaProxy(nn.Module):
         inv_freq = 1.0 / preset.rope_theta ** (torch.arange(0, preset.head_dim, 2, dtype=torch.float64) / preset.head_dim)
         angles = torch.outer(torch.arange(preset.max_seq_len, dtype=torch.float64), inv_freq)
         self.register_buffer("rope", torch.polar(torch.ones_like(angles), angles).to(torch.complex64), persistent=False)
+        # inductor cannot generate code for complex ops: compiled graphs use the real form
+        self.register_buffer("rope_cos_sin", torch.stack((angles.cos(), angles.sin())).float(), persistent=False)
         self.fused_head = True
+        self.complex_rope = True
         self.reset_parameters(seeds)
 
     @torch.no_grad()
@@ -166,7 +175,11 @@ class LlamaProxy(nn.Module):
             raise ValueError(f"tokens: expected {self.n_models} members on dim 0, got {K}")
         offsets = torch.arange(K, device=tokens.device).view(K, 1, 1) * V
         x = F.embedding((tokens + offsets).view(K, B * T), self.embed.view(K * V, -1))
-        rope = self.rope[:T].view(T, 1, 1, -1)
+        # complex RoPE is one fused op in eager fp32; inductor and bf16 autocast need the real form
+        if self.complex_rope and not torch.compiler.is_compiling() and not torch.is_autocast_enabled(x.device.type):
+            rope = self.rope[:T].view(T, 1, 1, -1)
+        else:
+            rope = self.rope_cos_sin[:, :T].view(2, T, 1, 1, -1)
         for layer in self.layers:
             x = layer(x, rope, B)
         x = F.rms_norm(x, (x.shape[-1],), eps=self.preset.rms_norm_eps) * self.norm

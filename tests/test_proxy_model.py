@@ -90,3 +90,22 @@ def test_stacked_member_equals_single_model():
         torch.testing.assert_close(stacked(tokens.expand(3, -1, -1))[1], single(tokens)[0], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="seeds"):
         LlamaProxy(preset, 200, n_models=2, seeds=[1])
+
+
+def test_real_rope_form_equals_complex_form():
+    model = LlamaProxy(PRESETS["llama-tiny"], 300)
+    tokens = torch.randint(0, 300, (1, 2, 50))
+    with torch.no_grad():
+        complex_logits = model(tokens)
+        model.complex_rope = False
+        torch.testing.assert_close(model(tokens), complex_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_autocast_forward_and_backward():
+    model = LlamaProxy(PRESETS["llama-tiny"], 300, n_models=2)
+    tokens = torch.randint(0, 300, (2, 2, 17))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(tokens[..., :-1], tokens[..., 1:])
+    losses.sum().backward()
+    assert losses.shape == (2,) and torch.isfinite(losses).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
