@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from . import bench, corpus, server, tokens, worker
+from . import export, runs
 
 app = typer.Typer(help="mixopt: data-mixture search for LLM pretraining.", no_args_is_help=True)
 app.command("server")(server.server)
@@ -13,3 +14,5 @@ app.add_typer(server.db_app, name="db")
 app.add_typer(tokens.app, name="token")
 app.add_typer(corpus.app, name="corpus")
 app.add_typer(bench.app, name="bench")
+app.command("export")(export.export)
+app.add_typer(runs.app, name="runs")
