@@ -151,7 +151,7 @@ def _brief(row, names: list[str]) -> RecommendationBrief:
 
 def _has_predictions(s: Session, rec_id: int) -> bool:
     if s.get_bind().dialect.name == "postgresql":
-        cond = Recommendation.meta.has_key("predictions")  # JSONB ?, without reading the object
+        cond = func.jsonb_exists(Recommendation.meta, "predictions")  # the key test, without reading the object
     else:
         cond = func.json_type(Recommendation.meta, "$.predictions").is_not(None)
     return s.scalar(select(func.count()).where(Recommendation.id == rec_id, cond)) > 0

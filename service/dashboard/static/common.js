@@ -218,8 +218,8 @@ const MX = (() => {
           fillcolor: domainColor(i), hovertemplate: `${d}: %{y:.3f}<br>step %{x} (%{text})<extra></extra>` });
       });
     }
-    plot(mixNode, mixTraces, { xaxis: { title: { text: "optimizer step" } }, yaxis: { title: { text: "proportion" }, range: [0, 1] },
-      showlegend: true }, "no segment handed out yet");
+    plot(mixNode, mixTraces, { xaxis: { title: { text: "optimizer step" } }, yaxis: { title: { text: "proportion" }, range: [0, 1], tickformat: ".0%" },
+      showlegend: true, legend: { orientation: "h", y: -0.22, x: 0, traceorder: "normal" } }, "no segment handed out yet");
 
     const lossTraces = [];
     const ends = segs.filter((s) => s.losses).map((s) => ({ x: xs[segs.indexOf(s)] + s.steps, losses: s.losses, kind: s.kind }));

@@ -176,7 +176,8 @@
       traces.push({ type: many ? "scattergl" : "scatter", mode: "markers", name: `${name} runs`, x: pts[f].x, y: pts[f].y,
         customdata: pts[f].id, text: pts[f].num, marker: { color, size: 5, opacity: 0.35 }, legendgroup: name, showlegend: false,
         hovertemplate: `trial #%{text} (${name})<br>objective %{y:.4f}<br>spent %{x:.3f}<extra></extra>` });
-      traces.push({ type: "scatter", mode: "lines", name: `${name} best so far`, x: b.x, y: b.y, line: { shape: "hv", color, width: 2.2 },
+      traces.push({ type: "scatter", mode: "lines+markers", name: `${name} best so far`, x: b.x, y: b.y,
+        line: { shape: "hv", color, width: 2.2 }, marker: { size: b.x.map((_, j) => (j === b.x.length - 1 ? 0 : 6)), color },
         legendgroup: name, hovertemplate: `best at ${name}: %{y:.4f}<br>spent %{x:.3f}<extra></extra>` });
     });
     plot($("chart-progress"), traces, { xaxis: { title: { text: "cost spent (target-run units)" }, rangemode: "tozero" },
@@ -228,16 +229,22 @@
   }
 
   function renderRecHistory() {
-    if (S.recsDrawn === S.recsVersion) return;
-    S.recsDrawn = S.recsVersion;
+    const key = `${S.recsVersion}:${S.ov.state}:${Math.floor(new Date(S.ov.server_time) / 30000)}`;
+    if (S.recsDrawn === key) return;
+    S.recsDrawn = key;
     const recs = S.recs;
     const traces = [];
     if (recs.length) {
-      const x = recs.map((r) => r.created_at);
-      S.domains.forEach((d, i) => traces.push({ type: "scatter", mode: "lines", name: d, x, y: recs.map((r) => r.mixture[i]),
+      // The last recommendation holds until now (or the study's end): draw its span.
+      const end = S.ov.finished_at || S.ov.server_time;
+      const last = recs[recs.length - 1];
+      const ext = new Date(end) > new Date(last.created_at) ? [Object.assign({}, last, { created_at: end })] : [];
+      const all = recs.concat(ext);
+      const x = all.map((r) => r.created_at);
+      S.domains.forEach((d, i) => traces.push({ type: "scatter", mode: "lines", name: d, x, y: all.map((r) => r.mixture[i]),
         stackgroup: "w", line: { shape: "hv", width: 0.5, color: domainColor(i) }, fillcolor: domainColor(i), legendgroup: d,
         hovertemplate: `${d}: %{y:.1%}<extra></extra>`, xaxis: "x", yaxis: "y" }));
-      const withPred = recs.filter((r) => r.predicted !== null);
+      const withPred = all.filter((r) => r.predicted !== null);
       if (withPred.length) {
         const px = withPred.map((r) => r.created_at), py = withPred.map((r) => show(r.predicted));
         const u = withPred.map((r) => r.uncertainty || 0);
@@ -313,7 +320,8 @@
     traces.push({ type: "scatter", mode: "lines", name: "objective", x, y: obj, yaxis: "y2", line: { color: "#111827", width: 1.5 },
       text: label, hovertemplate: "%{text}<br>objective %{y:.4f}<extra></extra>" });
     plot(node, traces, { barmode: "stack", bargap: bins > 60 ? 0 : 0.1, showlegend: false,
-      xaxis: { title: { text: bins < idx.length ? `rank by objective (1 = best; ${idx.length} trials in ${bins} bins)` : "rank by objective (1 = best)" } },
+      xaxis: { title: { text: bins < idx.length ? `rank by objective (1 = best; ${idx.length} trials in ${bins} bins)` : "rank by objective (1 = best)" },
+        range: [0.5, (bins < idx.length ? idx.length : bins) + 0.5], tickformat: "d" },
       yaxis: { title: { text: "weight" }, tickformat: ".0%", range: [0, 1] },
       yaxis2: { title: { text: S.label }, overlaying: "y", side: "right", showgrid: false }, margin: { l: 56, r: 64, t: 10, b: 44 } });
   }

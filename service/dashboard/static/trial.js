@@ -94,7 +94,14 @@
 
     leases.render(d.leases.map((l) => Object.assign({}, l, {
       duration: ((l.ended_at ? new Date(l.ended_at) : new Date(d.server_time)) - new Date(l.created_at)) / 1000 })));
-    $("log-tail").textContent = d.log_tail || "no log received (the command executor sends the last lines with each heartbeat)";
+    const log = $("log-tail");
+    const text = d.log_tail || "no log received (the command executor sends the last lines with each heartbeat)";
+    if (log.textContent !== text) {
+      const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4 || !log.dataset.seen;
+      log.textContent = text;
+      log.dataset.seen = "1";
+      if (atEnd) log.scrollTop = log.scrollHeight;  // a tail: keep the newest lines in view
+    }
   }
 
   MX.live(tick, () => (S.detail && FINAL.includes(S.detail.trial.state) ? 30000 : 2000));

@@ -40,7 +40,8 @@
     const fast = items.filter((w) => w.tokens_per_s !== null);
     plot($("chart-throughput"), fast.length ? [{ type: "bar", orientation: "h", y: fast.map((w) => `${w.name} #${w.id}`),
       x: fast.map((w) => w.tokens_per_s), marker: { color: "#4C78A8" }, hovertemplate: "%{y}: %{x:,.0f} tokens/s<extra></extra>" }] : [],
-    { xaxis: { title: { text: "training tokens / s" }, rangemode: "tozero" }, showlegend: false, margin: { l: 140, r: 16, t: 10, b: 44 } },
+    { xaxis: { title: { text: "training tokens / s" }, rangemode: "tozero" }, showlegend: false, bargap: 0.45,
+      margin: { l: 140, r: 16, t: 10, b: 44 } },
     "no busy worker reports its throughput");
   }
 
