@@ -100,7 +100,7 @@ class _Block(nn.Module):
         if rope.is_complex():
             qk = torch.view_as_real(torch.view_as_complex(qk.unflatten(-1, (-1, 2))) * rope).flatten(-2)
         else:
-            cos, sin = rope.unbind(0)
+            cos, sin = rope.to(qk.dtype).unbind(0)
             x0, x1 = qk.unflatten(-1, (-1, 2)).unbind(-1)
             qk = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
         q, k = qk.unbind(2)

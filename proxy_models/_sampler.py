@@ -80,6 +80,7 @@ class MixtureSampler:
         seq_len: tokens per example (windows hold ``seq_len + 1``).
         seed: makes the run reproducible: same seed, same weights → same batches.
         scheduler: how examples are assigned to domains.
+        names: domain names, for error messages.
     """
 
     def __init__(
@@ -88,8 +89,10 @@ class MixtureSampler:
         seq_len: int,
         seed: int = 0,
         scheduler: BaseDomainScheduler | None = None,
+        names: Sequence[str] | None = None,
     ):
         self.streams, self.seq_len, self.seed = list(streams), int(seq_len), int(seed)
+        self.names = list(names) if names is not None else [str(i) for i in range(len(self.streams))]
         self.scheduler = scheduler or LowDiscrepancyScheduler()
         k = len(self.streams)
         self.examples = np.zeros(k, dtype=np.int64)  # examples drawn per domain, all epochs
@@ -113,7 +116,8 @@ class MixtureSampler:
             if self._order[domain] is None or self._cursor[domain] >= len(self._order[domain]):
                 n_windows = self.windows_per_epoch(domain)
                 if n_windows <= 0:
-                    raise ValueError(f"domain {domain} has fewer than {2 * self.seq_len + 2} training tokens")
+                    raise ValueError(f"corpus: domain {self.names[domain]!r} has {len(self.streams[domain])} training "
+                                     f"tokens, too few for seq_len {self.seq_len}")
                 rng = np.random.default_rng([self.seed, domain, int(self._epoch[domain]), 1])
                 self._order[domain] = rng.permutation(n_windows)
                 self._offset[domain] = rng.integers(self.seq_len)

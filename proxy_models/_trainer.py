@@ -165,7 +165,7 @@ class _Trainer:
             self.model.fused_head = False  # let inductor fuse the cross-entropy instead
             self.net = torch.compile(self.net)
         streams = [data.train[d] for d in data.domains]
-        self.samplers = [MixtureSampler(streams, cfg.seq_len, seed=s) for s in self.seeds]
+        self.samplers = [MixtureSampler(streams, cfg.seq_len, seed=s, names=data.domains) for s in self.seeds]
         self.counts = np.zeros((n_models, len(data.domains)), dtype=np.int64)  # examples trained per domain
         self.step, self.segment, self.curve, self.stopped = 0, 0, [], False
         self.pending: dict[str, float] | None = None  # losses owed to the segment source

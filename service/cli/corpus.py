@@ -109,4 +109,4 @@ def presets(vocab_size: int = typer.Option(8192, help="Vocabulary for the total 
                f"{'total (V=' + str(vocab_size) + ')':>16s} {'lr':>7s}")
     for row in preset_table(vocab_size):
         typer.echo(f"{row['name']:11s} {row['d_model']:7d} {row['n_layers']:6d} {row['n_heads']:5d} {row['d_ffn']:6d} "
-                   f"{row['params_non_embedding']:15,d} {row['params_total']:16,d} {row['lr']:7.0e}")
+                   f"{row['params_non_embedding']:15,d} {row['params_total']:16,d} {row['lr']:7.2g}")
