@@ -282,6 +282,11 @@ class WorkerDaemon:
         except ApiError as e:
             log.error("server refused the %s of lease %s: %s", letter.kind, letter.lease_id, e)
             self.outbox.reject(letter, str(e))
+            if letter.kind == "complete" and e.status == 422:  # fail it now rather than at lease expiry
+                try:
+                    self.client.fail(letter.lease_id, f"result refused by the server: {e.detail}"[:4000])
+                except (ApiError, ServerUnavailable):
+                    pass
             return False
         if done is None:  # stopping: it stays in the outbox for the next start
             return False

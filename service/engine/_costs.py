@@ -18,10 +18,10 @@ def model_params(model: str | None) -> float | None:
     if model is None:
         return None
     try:
-        from proxy_models.presets import non_embedding_params  # light module: no torch import
+        from proxy_models import get_preset
 
-        return float(non_embedding_params(model))
-    except (ImportError, KeyError, ValueError):
+        return float(get_preset(model).params_non_embedding)
+    except (ImportError, ValueError):
         pass
     m = _SIZE.search(model)
     return float(m.group(1)) * _UNIT[m.group(2).lower()] if m else None

@@ -3,6 +3,7 @@ for online trials, on the segments the server hands out)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -39,7 +40,7 @@ class ProxyExecutor(BaseExecutor):
         f = task.fidelity
         params = {**(f.get("params") or {}), **self.overrides}
         cfg = TrainConfig.from_fidelity(f.get("model"), f.get("tokens"), params)
-        cfg = cfg.replace(seed=task.seed, device=self.device, threads=self.threads or cfg.threads)
+        cfg = dataclasses.replace(cfg, seed=task.seed, device=self.device, threads=self.threads or cfg.threads)
 
         def on_progress(p) -> None:
             ctx.progress(step=p.step, total_steps=p.total_steps, tokens=p.tokens, train_loss=p.train_loss,
@@ -60,7 +61,23 @@ class ProxyExecutor(BaseExecutor):
             kwargs["mixture"] = task.mixture
         result = train_proxy(cfg, self.corpus_dir, **kwargs)
         return ExecResult(
-            losses=dict(result.losses), metrics={**result.metrics, "params_non_embedding": result.params_non_embedding},
+            losses=dict(result.losses),
+            metrics=numeric_metrics({**result.metrics, "params_non_embedding": result.params_non_embedding}),
             tokens=int(result.tokens), wall_s=float(result.wall_s), curve=list(result.curve),
             complete=not result.stopped,
         )
+
+
+def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numbers among the trainer's metrics, nested dicts flattened (``token_shares.code``);
+    text (device names, paths) stays in the worker's log."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            out[key] = float(value)
+        elif isinstance(value, dict):
+            out.update({f"{key}.{k}": float(v) for k, v in value.items()
+                        if isinstance(v, int | float) and not isinstance(v, bool)})
+    return {k: v for k, v in out.items() if v == v and abs(v) != float("inf")}
