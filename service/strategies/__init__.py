@@ -4,6 +4,7 @@ Nothing here touches the database, the API or the workers, so every strategy can
 benchmarked offline. Importing this package registers every built-in strategy.
 """
 
+from ._admire import AdmireStrategy
 from ._base import (
     BaseOnlineStrategy,
     BaseStrategy,
@@ -20,11 +21,13 @@ from ._base import (
     register,
 )
 from ._baselines import FixedStrategy, NaturalStrategy, RandomStrategy, UniformStrategy
+from ._regmix import RegMixStrategy
 from ._sampling import sample_regmix
 from ._space import Domain, Fidelity, MixtureSpace, Pool, SearchSpace, make_space
 from .aioli import AioliStrategy, step_budget
 
 __all__ = [
+    "AdmireStrategy",
     "AioliStrategy",
     "BaseOnlineStrategy",
     "BaseStrategy",
@@ -38,6 +41,7 @@ __all__ = [
     "Proposal",
     "RandomStrategy",
     "Recommendation",
+    "RegMixStrategy",
     "SearchSpace",
     "Segment",
     "SegmentRecord",

@@ -24,13 +24,15 @@ def sample_regmix(
     temperature: float = 0.5,
     max_ratio: float = 15.0,
     min_weight: float = 2e-4,
+    dedupe_rows: bool = True,
 ) -> np.ndarray:
     """``n x k`` mixtures drawn as RegMix draws its proxies.
 
     Each row: a scale from :data:`SCALES`, ``w ~ Dirichlet(scale * prior^temperature)``;
     rows with a weight above ``min(max_ratio * prior, 1)`` are rejected, weights below
     ``min_weight`` zeroed, rows renormalised, near-duplicates (L1 < 1e-5) dropped, and the
-    result projected onto the space's bounds.
+    result projected onto the space's bounds. ``dedupe_rows=False`` skips the (sorting)
+    duplicate check, for the many mixtures RegMix simulates to search its regression.
     """
     prior = space.prior
     alpha = tempered_prior(space, temperature)
@@ -51,11 +53,12 @@ def sample_regmix(
         w = w[s[:, 0] > 0] / s[s[:, 0] > 0]
         out.append(w)
     w = np.concatenate(out)[: max(n * 2, n)]
-    w = dedupe(w)[:n]
+    w = (dedupe(w) if dedupe_rows else w)[:n]
     if len(w) < n:  # pathological bounds: fall back to plain Dirichlet draws
         w = np.concatenate([w, rng.dirichlet(alpha * 10, size=n - len(w))])
-    if not np.all(space.contains(w)):
-        w = space.project(w)
+    bad = ~space.contains(w)
+    if bad.any():  # only rows outside the bounds: projecting a million rows is not free
+        w[bad] = space.project(w[bad])
     return w
 
 

@@ -1,0 +1,320 @@
+"""Retrospective, pool-based search simulation (DESIGN.md section 4.1).
+
+A strategy may only propose mixtures from the pool, at a fidelity where the pool has a result; it
+pays that fidelity's cost and sees the real objective. Trials run on ``parallelism`` simulated
+workers, each run lasting as long as its cost, so batch strategies are charged for what they
+have in flight. The figures: cost (in target-fidelity units) to reach the pool's best
+target-fidelity objective and to come within 0.5% of it, and the regret after fixed budgets.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..strategies import History, TrialRecord, create_strategy
+from .pool import PoolData
+
+WITHIN = 0.005
+"""Relative distance to the pool's best that counts as "within 0.5%"."""
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A strategy as the benchmark runs it: a label, the registered name and its parameters."""
+
+    label: str
+    name: str
+    params: dict = field(default_factory=dict)
+
+
+DEFAULT_STRATEGIES: tuple[StrategySpec, ...] = (
+    StrategySpec("admire-mes", "admire", {"acquisition": "mes"}),
+    StrategySpec("admire-kg", "admire", {"acquisition": "kg"}),
+    StrategySpec("regmix", "regmix", {}),
+    StrategySpec("regmix-seq", "regmix", {"n_initial": 128, "sequential_batches": 6, "batch_size": 64}),
+    StrategySpec("random", "random", {}),
+    StrategySpec("uniform", "uniform", {}),
+    StrategySpec("natural", "natural", {}),
+)
+"""Every strategy and baseline, with the defaults a user gets (nothing tuned to a pool)."""
+
+DEFAULT_BUDGETS = (1.0, 2.0, 5.0, 10.0)
+
+
+@dataclass
+class Trace:
+    """One simulated search.
+
+    Args:
+        label: the strategy's label.
+        seed: the study seed.
+        cost: ``n`` cumulative cost committed (started trials) at each completion.
+        best: ``n`` best target-fidelity objective after each completion (NaN before the first).
+        fidelities: the fidelity name of each of the ``n`` completed trials.
+        strategy_seconds: wall time spent inside the strategy (propose calls).
+    """
+
+    label: str
+    seed: int
+    cost: np.ndarray
+    best: np.ndarray
+    fidelities: list[str]
+    strategy_seconds: float
+
+    def cost_to_reach(self, threshold: float) -> float:
+        """The committed cost when the best target objective first got ``<= threshold`` (inf if never)."""
+        hit = np.flatnonzero(self.best <= threshold)
+        return float(self.cost[hit[0]]) if len(hit) else float("inf")
+
+    def best_within(self, budget: float) -> float:
+        """The best target objective observed with at most ``budget`` committed (inf if none)."""
+        ok = (self.cost <= budget + 1e-12) & ~np.isnan(self.best)
+        return float(self.best[ok].min()) if ok.any() else float("inf")
+
+
+def simulate(
+    pool: PoolData,
+    spec: StrategySpec,
+    seed: int,
+    *,
+    max_cost: float = 40.0,
+    parallelism: int = 1,
+    stop_at: float | None = None,
+) -> Trace:
+    """Run ``spec`` against ``pool`` until ``max_cost`` is committed, the strategy stops
+    proposing, or the best target objective reaches ``stop_at`` (default: the pool's best).
+
+    Raises:
+        ValueError: when the strategy proposes something the pool cannot answer.
+    """
+    if parallelism < 1:
+        raise ValueError("parallelism: must be at least 1")
+    space = pool.space()
+    strategy = create_strategy(spec.name, space, spec.params, seed)
+    costs = {f.name: f.cost for f in space.fidelities}
+    column = {f.name: j for j, f in enumerate(space.fidelities)}
+    target = space.target.name
+    stop_at = pool.best_target if stop_at is None else stop_at
+
+    trials: list[TrialRecord] = []
+    running: list[tuple[float, int]] = []  # (finish time, trial id), a heap
+    now = committed = spent = 0.0
+    best = float("nan")
+    out_cost: list[float] = []
+    out_best: list[float] = []
+    out_fid: list[str] = []
+    while True:
+        free = parallelism - len(running)
+        if free > 0 and committed < max_cost and not (best <= stop_at):
+            history = History(tuple(trials))
+            if not strategy.is_finished(history):
+                t0 = time.perf_counter()
+                proposals = strategy.propose(history, free)
+                spent += time.perf_counter() - t0
+                for p in proposals[:free]:
+                    i, f = p.pool_index, p.fidelity
+                    if i is None or f not in column or not pool.available[i, column[f]]:
+                        raise ValueError(f"{spec.label}: proposal (pool row {i}, fidelity {f!r}) has no result in the pool")
+                    if np.abs(np.asarray(p.weights) - pool.weights[i]).max() > 1e-9:
+                        raise ValueError(f"{spec.label}: proposal weights differ from pool row {i}")
+                    trial_id = len(trials)
+                    trials.append(TrialRecord(trial_id, pool.weights[i], f, "pending", pool_index=int(i), meta=dict(p.meta)))
+                    committed += costs[f]
+                    heapq.heappush(running, (now + costs[f], trial_id))
+        if not running:
+            break
+        now, trial_id = heapq.heappop(running)
+        t = trials[trial_id]
+        y = float(pool.objectives[t.pool_index, column[t.fidelity]])
+        trials[trial_id] = replace(t, state="completed", objective=y)
+        if t.fidelity == target and not (y >= best):
+            best = y
+        out_cost.append(committed)
+        out_best.append(best)
+        out_fid.append(t.fidelity)
+        if best <= stop_at and not running:
+            break
+    return Trace(spec.label, seed, np.array(out_cost), np.array(out_best), out_fid, spent)
+
+
+def _quantiles(values: Sequence[float]) -> dict[str, float]:
+    v = np.asarray(values, dtype=float)
+    q25, q50, q75 = (float(np.percentile(v, q, method="lower" if not np.all(np.isfinite(v)) else "linear")) for q in (25, 50, 75))
+    return {"median": q50, "q25": q25, "q75": q75}
+
+
+def summarize(pool: PoolData, traces: Sequence[Trace], budgets: Sequence[float] = DEFAULT_BUDGETS) -> dict:
+    """Median and IQR over seeds of one strategy's figures (inf: not reached)."""
+    best = pool.best_target
+    within = best + WITHIN * abs(best)
+    target = pool.fidelities[pool.target_index].name
+    return {
+        "seeds": len(traces),
+        "cost_to_best": _quantiles([t.cost_to_reach(best + 1e-12) for t in traces]),
+        "cost_to_within": _quantiles([t.cost_to_reach(within) for t in traces]),
+        "found_best": int(sum(np.isfinite(t.cost_to_reach(best + 1e-12)) for t in traces)),
+        "regret": {f"{b:g}": _quantiles([t.best_within(b) - best for t in traces]) for b in budgets},
+        "trials": _quantiles([len(t.cost) for t in traces]),
+        "target_trials": _quantiles([sum(f == target for f in t.fidelities) for t in traces]),
+        "strategy_seconds": _quantiles([t.strategy_seconds for t in traces]),
+    }
+
+
+def run_benchmark(
+    pool: PoolData,
+    specs: Sequence[StrategySpec] = DEFAULT_STRATEGIES,
+    seeds: Sequence[int] = range(10),
+    *,
+    max_cost: float = 40.0,
+    parallelism: int = 1,
+    budgets: Sequence[float] = DEFAULT_BUDGETS,
+    jobs: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Simulate every strategy over every seed; returns a JSON-ready dict with the summary and
+    every trace. ``jobs > 1`` runs simulations in that many processes."""
+    tasks = [(spec, seed) for spec in specs for seed in seeds]
+    if jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs) as ex:
+            futures = [ex.submit(simulate, pool, spec, seed, max_cost=max_cost, parallelism=parallelism) for spec, seed in tasks]
+            traces = []
+            for fut in futures:
+                traces.append(fut.result())
+                if progress:
+                    progress(1)
+    else:
+        traces = []
+        for spec, seed in tasks:
+            traces.append(simulate(pool, spec, seed, max_cost=max_cost, parallelism=parallelism))
+            if progress:
+                progress(1)
+    results = {}
+    for spec in specs:
+        mine = [t for t in traces if t.label == spec.label]
+        results[spec.label] = {
+            "strategy": spec.name,
+            "params": spec.params,
+            "summary": summarize(pool, mine, budgets),
+            "traces": [
+                {"seed": t.seed, "cost": t.cost.tolist(), "best": [None if np.isnan(b) else b for b in t.best.tolist()],
+                 "fidelities": t.fidelities, "strategy_seconds": t.strategy_seconds}
+                for t in mine
+            ],
+        }
+    return {
+        "pool": pool.summary(),
+        "settings": {"seeds": list(seeds), "max_cost": max_cost, "parallelism": parallelism, "budgets": list(budgets),
+                     "within": WITHIN},
+        "strategies": results,
+    }
+
+
+def _fmt(q: dict[str, float], digits: int = 2) -> str:
+    def one(x: float) -> str:
+        return "never" if not np.isfinite(x) else f"{x:.{digits}f}"
+
+    return f"{one(q['median'])} [{one(q['q25'])}, {one(q['q75'])}]"
+
+
+def format_table(result: dict) -> str:
+    """A Markdown table of the benchmark's figures (median [IQR] over seeds)."""
+    budgets = result["settings"]["budgets"]
+    head = ["strategy", "cost to best", "cost to within 0.5%", "found best",
+            *(f"regret @{b:g}" for b in budgets), "trials", "target runs"]
+    rows = [head, ["---"] * len(head)]
+    baseline = None
+    for label, r in result["strategies"].items():
+        s = r["summary"]
+        if label == "regmix":
+            baseline = s["cost_to_best"]["median"]
+        rows.append([
+            label, _fmt(s["cost_to_best"]), _fmt(s["cost_to_within"]), f"{s['found_best']}/{s['seeds']}",
+            *(_fmt(s["regret"][f"{b:g}"], 3) for b in budgets), f"{s['trials']['median']:.0f}", f"{s['target_trials']['median']:.0f}",
+        ])
+    lines = ["| " + " | ".join(r) + " |" for r in rows]
+    if baseline and np.isfinite(baseline):
+        ratios = []
+        for label, r in result["strategies"].items():
+            m = r["summary"]["cost_to_best"]["median"]
+            if label != "regmix" and np.isfinite(m):
+                ratios.append(f"{label} {m / baseline:.2f}")
+        if ratios:
+            lines.append("")
+            lines.append("median cost to best relative to regmix: " + ", ".join(ratios))
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: str | Path, best: float) -> Path:
+    """Best-so-far target objective vs committed cost (median over seeds, IQR shaded)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    max_cost = result["settings"]["max_cost"]
+    grid = np.logspace(np.log10(1e-2), np.log10(max_cost), 300)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label, r in result["strategies"].items():
+        curves = []
+        for t in r["traces"]:
+            cost = np.asarray(t["cost"], float)
+            vals = np.array([np.nan if b is None else b for b in t["best"]], float)
+            idx = np.searchsorted(cost, grid, side="right") - 1
+            curve = np.where(idx >= 0, vals[np.clip(idx, 0, None)] if len(vals) else np.nan, np.nan)
+            if len(cost):  # a search stopped at the best keeps it
+                curve = np.where(grid >= cost[-1], vals[-1], curve)
+            curves.append(curve)
+        curves = np.array(curves)
+        with np.errstate(all="ignore"):
+            med = np.nanmedian(np.where(np.isnan(curves), np.inf, curves), axis=0)
+            q25 = np.nanpercentile(np.where(np.isnan(curves), np.inf, curves), 25, axis=0)
+            q75 = np.nanpercentile(np.where(np.isnan(curves), np.inf, curves), 75, axis=0)
+        med[~np.isfinite(med)] = np.nan
+        line, = ax.step(grid, med, where="post", label=label)
+        ax.fill_between(grid, np.where(np.isfinite(q25), q25, np.nan), np.where(np.isfinite(q75), q75, np.nan),
+                        step="post", alpha=0.15, color=line.get_color())
+    ax.axhline(best, color="k", lw=0.8, ls="--", label="pool best")
+    ax.axhline(best + WITHIN * abs(best), color="k", lw=0.6, ls=":", label="within 0.5%")
+    ax.set_xscale("log")
+    ax.set_xlabel("cost committed (target-fidelity runs)")
+    ax.set_ylabel("best target-fidelity objective so far")
+    ax.set_title(f"search efficiency, median over {len(result['settings']['seeds'])} seeds (IQR shaded)")
+    ax.legend(fontsize=8)
+    finite = [v for r in result["strategies"].values() for t in r["traces"] for v in t["best"] if v is not None]
+    if finite:
+        ax.set_ylim(best - 0.01 * abs(best), np.percentile(finite, 90) + 0.01 * abs(best))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def save(result: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_finite(result), indent=1))
+    return path
+
+
+def _finite(x):
+    """JSON has no infinity: a figure never reached is written as ``null``."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    if isinstance(x, float | np.floating):
+        return float(x) if np.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x

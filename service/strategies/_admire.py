@@ -1,0 +1,444 @@
+"""ADMIRE-style multi-fidelity Bayesian optimisation (DESIGN.md section 3.3).
+
+Surrogate: BoTorch's ``SingleTaskMultiFidelityGP`` over ``k`` weights plus one fidelity column
+``s`` (``s = 0`` for the cheapest fidelity, ``1`` for the target, log-cost in between), outcomes
+standardised, trained on the negated objective (BoTorch maximises).
+
+Acquisition, cost-aware through ``InverseCostWeightedUtility``:
+
+- ``mes``: ``qMultiFidelityMaxValueEntropy`` with ``project_to_target_fidelity``; the max
+  values are sampled over the candidate mixtures at the target fidelity.
+- ``kg``: multi-fidelity knowledge gradient with the inner maximisation over a finite set of
+  target-fidelity mixtures (the discrete form of ``qMultiFidelityKnowledgeGradient``): the
+  expected rise of the best target posterior mean after observing ``x`` at its fidelity,
+  computed from the joint posterior, per unit cost.
+
+Candidates: pool mode, every (pool row, fidelity) pair the pool can run and the study has not
+run yet; continuous mode, RegMix-style draws plus local perturbations of the best posterior means,
+at every fidelity, the best few then refined by SLSQP on the simplex (``sum(w) = 1``, bounds and
+epoch cap) and projected onto the :class:`MixtureSpace`. Batches are greedy: each pick joins the
+pending trials as ``X_pending`` (fantasies) for the next.
+
+The recommendation is the best posterior mean at the target fidelity, never the acquisition's
+argmax. Fitted GP hyperparameters travel in ``Proposal.meta["gp"]`` and warm-start the next fit.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Literal
+
+import numpy as np
+import torch
+from gpytorch.means import Mean
+from pydantic import Field
+from scipy.stats import spearmanr
+
+from ._base import BaseStrategy, History, Proposal, Recommendation, StrategyParams, TrialRecord, register
+from ._sampling import sample_regmix
+
+_INIT_STREAM, _CAND_STREAM = 11, 12
+
+
+class AdmireParams(StrategyParams):
+    acquisition: Literal["mes", "kg"] = Field("mes", description="multi-fidelity max-value entropy (mes) or knowledge gradient (kg)")
+    n_initial: int = Field(2, ge=1, le=10_000, description="random initial runs at the initial fidelity before the GP takes over")
+    initial_fidelity: str | None = Field(None, description="fidelity of the initial runs; default: the cheapest")
+    num_candidates: int = Field(1024, ge=16, le=100_000, description="continuous mode: candidate mixtures scored per fidelity")
+    num_mv_samples: int = Field(10, ge=1, le=1000, description="mes: max-value samples (Gumbel approximation)")
+    use_gumbel: bool = Field(True, description="mes: Gumbel approximation of the max values (else Thompson samples on the candidates)")
+    num_y_samples: int = Field(128, ge=8, le=4096, description="mes: samples of the observation at a candidate")
+    num_fantasies: int = Field(16, ge=1, le=256, description="fantasy models for pending trials (and kg's outer samples)")
+    refine: bool = Field(True, description="continuous mode: refine the best candidates by gradient (SLSQP on the simplex)")
+    refine_restarts: int = Field(2, ge=1, le=64, description="continuous mode: candidates refined per fidelity")
+    refine_maxiter: int = Field(30, ge=1, le=1000, description="continuous mode: SLSQP iterations per refinement")
+    fit_maxiter: int = Field(200, ge=1, le=10_000, description="L-BFGS iterations of the GP hyperparameter fit")
+    refit_growth: float = Field(
+        0.1, ge=0, le=10, description="re-optimise the GP hyperparameters once the completed trials grew by this "
+        "fraction since the last fit (always while there are at most 20); in between they are reused")
+
+
+def fidelity_levels(costs: np.ndarray, target_cost: float) -> np.ndarray:
+    """``F`` fidelity features in [0, 1]: 0 for the cheapest, 1 for the target, log-cost between
+    (fidelities dearer than the target are clipped to 1)."""
+    lo = float(np.min(costs))
+    if target_cost <= lo * (1 + 1e-12):
+        return np.ones(len(costs))
+    return np.clip((np.log(costs) - math.log(lo)) / (math.log(target_cost) - math.log(lo)), 0.0, 1.0)
+
+
+WARP_EPS = 1e-4
+
+
+def warp(w):
+    """``sqrt(w + eps) - sqrt(eps)``: the GP sees weights in (nearly) Hellinger geometry, where a
+    change from 0 to 1% counts for more than one from 40 to 41%; numpy or torch."""
+    if isinstance(w, torch.Tensor):
+        return (w.clamp_min(0) + WARP_EPS).sqrt() - WARP_EPS**0.5
+    return np.sqrt(np.clip(w, 0, None) + WARP_EPS) - WARP_EPS**0.5
+
+
+class FidelityMean(Mean):
+    """Prior mean ``c + a * s``: proxies of different scale differ first by a level shift."""
+
+    def __init__(self, fidelity_dim: int):
+        super().__init__()
+        self.fidelity_dim = fidelity_dim
+        self.register_parameter("constant", torch.nn.Parameter(torch.zeros(1, dtype=torch.double)))
+        self.register_parameter("slope", torch.nn.Parameter(torch.zeros(1, dtype=torch.double)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.constant + self.slope * x[..., self.fidelity_dim]
+
+
+def build_model(X: torch.Tensor, Y: torch.Tensor, k: int):
+    """``SingleTaskMultiFidelityGP`` on ``n x (k + 1)`` inputs (warped weights, fidelity level)
+    and ``n x 1`` outcomes: a scaled Matern-5/2 ARD kernel on the weights times BoTorch's
+    downsampling kernel on the fidelity (so the target posterior ranks like the proxies' until
+    target results say otherwise), a :class:`FidelityMean`, standardised outcomes."""
+    from botorch.models import SingleTaskMultiFidelityGP
+    from gpytorch.kernels import MaternKernel, ScaleKernel
+    from gpytorch.priors import GammaPrior
+
+    weights_kernel = ScaleKernel(MaternKernel(nu=2.5, ard_num_dims=k, active_dims=list(range(k)),
+                                              lengthscale_prior=GammaPrior(3.0, 6.0)))
+    model = SingleTaskMultiFidelityGP(X, Y, data_fidelities=[k], linear_truncated=False, covar_module=weights_kernel)
+    model.mean_module = FidelityMean(k)
+    return model
+
+
+@register
+class AdmireStrategy(BaseStrategy):
+    """Cost-aware multi-fidelity Bayesian optimisation of the mixture (ADMIRE-BayesOpt)."""
+
+    name = "admire"
+    Params = AdmireParams
+
+    def __init__(self, space, params=None, seed: int = 0):
+        super().__init__(space, params, seed)
+        names = [f.name for f in space.fidelities]
+        p = self.params
+        if p.initial_fidelity is not None and p.initial_fidelity not in names:
+            raise ValueError(f"strategy.params.initial_fidelity: unknown fidelity {p.initial_fidelity!r}; study has {names}")
+        self.initial_fidelity = p.initial_fidelity or min(space.fidelities, key=lambda f: f.cost).name
+        self.levels = fidelity_levels(space.costs, space.target.cost)
+        self.k = space.mixture.k
+
+    # ---- data -----------------------------------------------------------------------------
+
+    def _x(self, weights: np.ndarray, fidelity: str | np.ndarray) -> torch.Tensor:
+        """``n x (k + 1)`` model inputs (warped weights, fidelity level) for ``n x k`` weights at a
+        fidelity (its name, or ``n`` levels)."""
+        w = np.atleast_2d(weights)
+        s = self.levels[self.space.fidelity_index(fidelity)] if isinstance(fidelity, str) else fidelity
+        s = np.broadcast_to(np.asarray(s, float), (len(w),))
+        return torch.as_tensor(np.hstack([warp(w), s[:, None]]), dtype=torch.double)
+
+    def _train_data(self, trials: list[TrialRecord]) -> tuple[torch.Tensor, torch.Tensor]:
+        X = torch.cat([self._x(t.weights, t.fidelity) for t in trials])
+        Y = -torch.tensor([[t.objective] for t in trials], dtype=torch.double)
+        return X, Y
+
+    def _fit(self, history: History):
+        """The GP on all completed trials. Hyperparameters come from the latest proposal's
+        ``meta["gp"]`` and are re-optimised (from there) once the data grew by ``refit_growth``."""
+        from botorch.fit import fit_gpytorch_mll
+        from gpytorch.mlls import ExactMarginalLogLikelihood
+
+        done = history.completed
+        X, Y = self._train_data(done)
+        model = build_model(X, Y, self.k)
+        warm = next((t.meta for t in reversed(history.trials) if isinstance(t.meta.get("gp"), dict)), None)
+        fitted_on = len(done)
+        if warm is not None:
+            params = dict(model.named_parameters())
+            with torch.no_grad():
+                for name, value in warm["gp"].items():
+                    if name in params and params[name].numel() == len(value):
+                        params[name].copy_(torch.tensor(value, dtype=torch.double).view_as(params[name]))
+            fitted_on = int(warm.get("gp_n", 0))
+        if warm is None or len(done) >= fitted_on * (1 + self.params.refit_growth) or len(done) <= 20:
+            mll = ExactMarginalLogLikelihood(model.likelihood, model)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": self.params.fit_maxiter}})
+                except Exception:  # keep the (warm or default) hyperparameters rather than fail the study
+                    pass
+            fitted_on = len(done)
+        model.eval()
+        model.fitted_on = fitted_on
+        return model
+
+    @staticmethod
+    def _hyperparameters(model) -> dict[str, list[float]]:
+        return {name: [round(float(v), 6) for v in p.detach().flatten()] for name, p in model.named_parameters()}
+
+    # ---- acquisition ----------------------------------------------------------------------
+
+    def _cost_utility(self):
+        from botorch.acquisition.cost_aware import InverseCostWeightedUtility
+        from botorch.models.cost import AffineFidelityCostModel
+        from botorch.models.deterministic import GenericDeterministicModel
+
+        costs = torch.as_tensor(self.space.costs, dtype=torch.double)
+        levels = torch.as_tensor(self.levels, dtype=torch.double)
+        if len(costs) == 2 and levels.max() > levels.min():
+            lo, hi = costs[levels.argmin()], costs[levels.argmax()]
+            cost_model = AffineFidelityCostModel(fidelity_weights={self.k: float(hi - lo)}, fixed_cost=float(lo))
+        else:  # several fidelities: interpolate log-cost between the levels exactly
+            order = torch.argsort(levels)
+            xs, ys = levels[order], costs[order].log()
+
+            def cost(X: torch.Tensor) -> torch.Tensor:
+                s = X[..., self.k].clamp(float(xs[0]), float(xs[-1]))
+                i = torch.searchsorted(xs, s.contiguous()).clamp(1, len(xs) - 1)
+                x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+                t = torch.where(x1 > x0, (s - x0) / (x1 - x0).clamp_min(1e-12), torch.zeros_like(s))
+                return (y0 + t * (y1 - y0)).exp().unsqueeze(-1)
+
+            cost_model = GenericDeterministicModel(cost, num_outputs=1)
+        return InverseCostWeightedUtility(cost_model=cost_model)
+
+    def _project(self, X: torch.Tensor) -> torch.Tensor:
+        from botorch.acquisition.utils import project_to_target_fidelity
+
+        return project_to_target_fidelity(X, target_fidelities={self.k: 1.0}, d=self.k + 1)
+
+    def _acquisition(self, model, targets: np.ndarray, X_pending: torch.Tensor | None):
+        """The acquisition function; ``targets`` (``m x k``) discretise the target fidelity."""
+        p = self.params
+        target_set = torch.as_tensor(targets, dtype=torch.double)
+        if p.acquisition == "mes":
+            from botorch.acquisition.max_value_entropy_search import qMultiFidelityMaxValueEntropy
+
+            return qMultiFidelityMaxValueEntropy(
+                model, candidate_set=self._project(target_set), num_fantasies=p.num_fantasies,
+                num_mv_samples=p.num_mv_samples, num_y_samples=p.num_y_samples, X_pending=X_pending, use_gumbel=p.use_gumbel,
+                cost_aware_utility=self._cost_utility(), project=self._project,
+            )
+        return DiscreteMultiFidelityKG(model, self._project(target_set), self._cost_utility(),
+                                       num_samples=64, num_fantasies=p.num_fantasies, X_pending=X_pending)
+
+    @staticmethod
+    def _score(acq, X: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([acq(X[i : i + chunk].unsqueeze(-2)) for i in range(0, len(X), chunk)])
+
+    # ---- proposals ------------------------------------------------------------------------
+
+    def propose(self, history: History, n: int) -> list[Proposal]:
+        if n <= 0:
+            return []
+        with torch.random.fork_rng():
+            torch.manual_seed(int(self.rng(history, _CAND_STREAM).integers(2**31)))
+            return self._propose(history, n)
+
+    def _initial(self, history: History, n: int) -> list[Proposal]:
+        p = self.params
+        already = sum(t.meta.get("phase") == "initial" for t in history.trials)
+        count = min(n, p.n_initial - already)
+        if count <= 0:
+            return []
+        rng = np.random.default_rng([self.seed, _INIT_STREAM])
+        pool = self.space.pool
+        if pool is not None:
+            rows = np.flatnonzero(pool.available[:, self.space.fidelity_index(self.initial_fidelity)])
+            rows = rng.permutation(rows)[already : already + count]
+            return [Proposal(pool.weights[i], self.initial_fidelity, pool_index=int(i), meta={"phase": "initial"}) for i in rows]
+        w = sample_regmix(self.space.mixture, rng, p.n_initial)[already : already + count]
+        return [Proposal(x, self.initial_fidelity, meta={"phase": "initial"}) for x in w]
+
+    def _propose(self, history: History, n: int) -> list[Proposal]:
+        done = history.completed
+        init = self._initial(history, n) if len(done) < self.params.n_initial else []
+        if init or len(done) < 2:
+            return init
+        model = self._fit(history)
+        gp = self._hyperparameters(model)
+        pending = [self._x(t.weights, t.fidelity) for t in history.pending]
+        if self.space.pool is not None:
+            return self._propose_pool(history, model, pending, n, gp)
+        return self._propose_continuous(history, model, pending, n, gp)
+
+    def _propose_pool(self, history, model, pending, n, gp) -> list[Proposal]:
+        pool = self.space.pool
+        taken = {(t.pool_index, t.fidelity) for t in history.trials if t.state != "failed"}
+        pairs = [(i, f.name) for j, f in enumerate(self.space.fidelities)
+                 for i in np.flatnonzero(pool.available[:, j]) if (int(i), f.name) not in taken]
+        if not pairs:
+            return []
+        X = torch.cat([self._x(pool.weights[i], f) for i, f in pairs])
+        targets = pool.weights[pool.available[:, self.space.fidelity_index(self.space.target.name)]]
+        out: list[Proposal] = []
+        free = np.ones(len(pairs), dtype=bool)
+        for _ in range(min(n, len(pairs))):
+            acq = self._acquisition(model, targets, torch.cat(pending) if pending else None)
+            score = self._score(acq, X)
+            score[~torch.as_tensor(free)] = -math.inf
+            j = int(torch.argmax(score))
+            free[j] = False
+            i, f = pairs[j]
+            pending.append(X[j : j + 1])
+            out.append(self._proposal(model, pool.weights[i], f, float(score[j]), gp, pool_index=int(i)))
+        return out
+
+    def _continuous_candidates(self, history: History, model, rng: np.random.Generator) -> np.ndarray:
+        """``c x k`` feasible mixtures: RegMix-style draws, the completed mixtures and local
+        perturbations of the best target posterior means among them."""
+        space = self.space.mixture
+        draws = sample_regmix(space, rng, self.params.num_candidates)
+        seen = np.stack([t.weights for t in history.completed])
+        with torch.no_grad():
+            mean = model.posterior(self._x(np.vstack([draws, seen]), self.space.target.name)).mean.squeeze(-1)
+        best = np.vstack([draws, seen])[torch.argsort(mean, descending=True)[:8].numpy()]
+        local = np.stack([rng.dirichlet(100.0 * b + 0.05) for b in best for _ in range(16)])
+        return space.project(np.vstack([draws, seen, local]))
+
+    def _propose_continuous(self, history, model, pending, n, gp) -> list[Proposal]:
+        rng = self.rng(history, _CAND_STREAM)
+        mixtures = self._continuous_candidates(history, model, rng)
+        names = [f.name for f in self.space.fidelities]
+        X = torch.cat([self._x(mixtures, f) for f in names])
+        out: list[Proposal] = []
+        for _ in range(n):
+            acq = self._acquisition(model, mixtures, torch.cat(pending) if pending else None)
+            score = self._score(acq, X)
+            best_w, best_f, best_v = None, None, -math.inf
+            for j, f in enumerate(names):
+                block = score[j * len(mixtures) : (j + 1) * len(mixtures)]
+                top = torch.argsort(block, descending=True)[: self.params.refine_restarts]
+                w, v = mixtures[int(top[0])], float(block[top[0]])
+                if self.params.refine:
+                    w, v = self._refine(acq, mixtures[top.numpy()], f, w, v)
+                if v > best_v:
+                    best_w, best_f, best_v = w, f, v
+            pending.append(self._x(best_w, best_f))
+            out.append(self._proposal(model, best_w, best_f, best_v, gp))
+        return out
+
+    def _refine(self, acq, starts: np.ndarray, fidelity: str, w0: np.ndarray, v0: float) -> tuple[np.ndarray, float]:
+        """SLSQP from ``starts`` (``r x k``) at a fixed fidelity, under ``sum(w) = 1`` and the bounds."""
+        from botorch.acquisition.fixed_feature import FixedFeatureAcquisitionFunction
+        from botorch.optim import optimize_acqf
+
+        space = self.space.mixture
+        s = float(self.levels[self.space.fidelity_index(fidelity)])
+        fixed = FixedFeatureAcquisitionFunction(acq, d=self.k + 1, columns=[self.k], values=[s])
+        bounds = torch.as_tensor(np.stack([space.lower, space.upper]), dtype=torch.double)
+        start = torch.as_tensor(np.clip(starts, space.lower, space.upper), dtype=torch.double).unsqueeze(-2)
+        constraint = [(torch.arange(self.k), torch.ones(self.k, dtype=torch.double), 1.0)]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cand, _ = optimize_acqf(fixed, bounds=bounds, q=1, num_restarts=len(starts), batch_initial_conditions=start,
+                                        equality_constraints=constraint, options={"maxiter": self.params.refine_maxiter},
+                                        retry_on_optimization_warning=False)
+            w = space.project(cand.detach().numpy().reshape(-1))
+            with torch.no_grad():
+                v = float(acq(self._x(w, fidelity).unsqueeze(-2)))
+        except Exception:  # an SLSQP failure leaves the best raw candidate
+            return w0, v0
+        return (w, v) if v > v0 else (w0, v0)
+
+    def _proposal(self, model, weights, fidelity, score, gp, pool_index=None) -> Proposal:
+        with torch.no_grad():
+            post = model.posterior(self._x(weights, fidelity))
+        return Proposal(np.asarray(weights, float), fidelity, pool_index=pool_index, predicted=-float(post.mean),
+                        uncertainty=float(post.variance.clamp_min(0).sqrt()),
+                        meta={"phase": "bo", "acquisition": self.params.acquisition, "score": score, "gp": gp,
+                              "gp_n": model.fitted_on})
+
+    # ---- recommendation -------------------------------------------------------------------
+
+    def recommend(self, history: History) -> Recommendation | None:
+        done = history.completed
+        if len(done) < 2:
+            return super().recommend(history)
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed)
+            model = self._fit(history)
+            pool = self.space.pool
+            if pool is not None:
+                mixtures = pool.weights
+            else:
+                rng = np.random.default_rng([self.seed, len(done), _CAND_STREAM])
+                mixtures = self._continuous_candidates(history, model, rng)
+            with torch.no_grad():
+                post = model.posterior(self._x(mixtures, self.space.target.name))
+                mean = post.mean.squeeze(-1)
+                j = int(torch.argmax(mean))
+                std = float(post.variance.squeeze(-1)[j].clamp_min(0).sqrt())
+            loo = self._loo_predictions(model)
+        y = np.array([t.objective for t in done])
+        rho = float(spearmanr(loo, y)[0]) if np.ptp(y) > 0 else float("nan")
+        meta = {
+            "acquisition": self.params.acquisition,
+            "predictions": {int(t.trial_id): float(v) for t, v in zip(done, loo)},
+            "spearman": rho,
+            "predicted_fidelity": self.space.target.name,
+        }
+        if pool is not None:
+            meta["pool_index"] = j
+        return Recommendation(np.asarray(mixtures[j], float), -float(mean[j]), std, len(done), meta)
+
+    @staticmethod
+    def _loo_predictions(model) -> np.ndarray:
+        """``n`` leave-one-out posterior means of the training outcomes, in objective units
+        (closed form for an exact GP: ``y_i - [K^-1 y]_i / [K^-1]_ii`` on the standardised scale)."""
+        X = model.train_inputs[0]
+        y = model.train_targets
+        with torch.no_grad():
+            K = model.covar_module(X).to_dense() + model.likelihood.noise * torch.eye(len(X), dtype=X.dtype)
+            mean = model.mean_module(X)
+            Kinv = torch.linalg.inv(K)
+            loo = y - (Kinv @ (y - mean)) / Kinv.diagonal()
+            tf = model.outcome_transform
+            loo = loo * tf.stdvs.squeeze() + tf.means.squeeze()
+        return -loo.numpy()
+
+
+class DiscreteMultiFidelityKG(torch.nn.Module):
+    """Cost-aware multi-fidelity knowledge gradient over a finite target set.
+
+    For a candidate ``x`` (any fidelity) and target-fidelity points ``Z`` (``m x d``):
+    ``KG(x) = E[max_z mu'(z)] - max_z mu(z)``, where ``mu'`` is the posterior mean after observing
+    ``y(x)``: ``mu'(z) = mu(z) + Sigma(z, x) / sqrt(Sigma(x, x) + noise) * eps``, ``eps ~ N(0, 1)``
+    (quasi-random samples). Divided by the cost through ``cost_aware_utility``. With pending
+    points the model is conditioned on their fantasies and KG averaged over them.
+    """
+
+    def __init__(self, model, targets: torch.Tensor, cost_aware_utility, *, num_samples: int = 64,
+                 num_fantasies: int = 16, X_pending: torch.Tensor | None = None):
+        super().__init__()
+        from botorch.sampling import SobolQMCNormalSampler
+
+        if X_pending is not None and len(X_pending):
+            model = model.fantasize(X_pending, sampler=SobolQMCNormalSampler(torch.Size([num_fantasies])))
+        self.model = model
+        self.targets = targets
+        self.cost_aware_utility = cost_aware_utility
+        eps = torch.quasirandom.SobolEngine(1, scramble=True).draw(num_samples, dtype=torch.double).squeeze(-1)
+        self.eps = torch.distributions.Normal(0.0, 1.0).icdf(eps.clamp(1e-6, 1 - 1e-6))
+        with torch.no_grad():
+            self.current = model.posterior(targets).mean.squeeze(-1).max(-1).values  # (fantasies)
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        """``b`` values for ``b x 1 x d`` candidates."""
+        x = X.squeeze(-2)
+        b, m = len(x), len(self.targets)
+        post = self.model.posterior(torch.cat([x, self.targets]), observation_noise=False)
+        cov = post.distribution.covariance_matrix  # (fantasies) x (b + m) x (b + m)
+        mean = post.mean.squeeze(-1)
+        noise = self.model.posterior(x, observation_noise=True).variance.squeeze(-1) - post.variance.squeeze(-1)[..., :b]
+        var_x = cov.diagonal(dim1=-2, dim2=-1)[..., :b] + noise.clamp_min(0)
+        cross = cov[..., :b, b:]  # (fantasies) x b x m
+        s = cross / var_x.clamp_min(1e-12).sqrt().unsqueeze(-1)
+        mu = mean[..., b:].unsqueeze(-2)  # (fantasies) x 1 x m
+        best = torch.zeros_like(s[..., 0])
+        for eps in self.eps.split(8):  # in slices: samples x (fantasies) x b x m gets large
+            best += (mu + s * eps.view(-1, *([1] * s.dim()))).max(-1).values.sum(0)
+        gain = best / len(self.eps) - self.current.unsqueeze(-1)  # (fantasies) x b
+        gain = gain.reshape(-1, b).clamp_min(0)
+        return self.cost_aware_utility(X=X, deltas=gain).mean(0)
