@@ -240,6 +240,10 @@ class WorkerDaemon:
         if error is not None:
             log.error("trial %s failed: %s", task.trial_id, error.splitlines()[0])
             self._deliver(self.outbox.put(task.lease_id, "fail", {"reason": error[:4000], "retryable": True}))
+        elif result is not None and result.complete and result.diverged():
+            reason = f"the run diverged: non-finite final loss for {result.diverged()}"
+            log.error("trial %s failed: %s", task.trial_id, reason)
+            self._deliver(self.outbox.put(task.lease_id, "fail", {"reason": reason, "retryable": False}))
         elif result is not None and result.complete:
             log.info("trial %s done: %s", task.trial_id, {k: round(v, 4) for k, v in result.losses.items()})
             self._deliver(self.outbox.put(task.lease_id, "complete", result.payload()))

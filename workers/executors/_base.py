@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,9 +42,30 @@ class ExecResult:
     complete: bool = True
 
     def payload(self) -> dict[str, Any]:
-        """The body of ``POST /leases/{id}/complete``."""
-        return {"losses": self.losses, "metrics": self.metrics, "tokens": self.tokens, "wall_s": self.wall_s,
-                "curve": self.curve[-10_000:]}
+        """The body of ``POST /leases/{id}/complete``. JSON has no NaN: non-finite curve values
+        become null (a 0-step segment has no training loss), non-finite metrics are dropped."""
+        curve = [
+            {"step": int(p.get("step", 0)), "tokens": p.get("tokens"), "train_loss": _finite(p.get("train_loss")),
+             "losses": {k: v for k, v in (p.get("losses") or {}).items() if _finite(v) is not None}}
+            for p in self.curve[-10_000:]
+        ]
+        metrics = {k: v for k, v in self.metrics.items() if _finite(v) is not None}
+        return {"losses": self.losses, "metrics": metrics, "tokens": self.tokens, "wall_s": self.wall_s,
+                "curve": curve}
+
+    def diverged(self) -> list[str]:
+        """Domains whose final loss is not a finite number."""
+        return [d for d, v in self.losses.items() if _finite(v) is None]
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 class RunContext(Protocol):
