@@ -4,7 +4,8 @@ thousands of trials (one query per concern, no ORM objects per trial, nothing bu
 from __future__ import annotations
 
 import base64
-from collections import defaultdict
+import threading
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -209,10 +210,67 @@ def study_overview(s: Session, study_id: int) -> StudyOverview:
     )
 
 
-def encode_weights(weights: np.ndarray) -> str:
-    """``n x k`` weights in [0, 1] -> base64 of little-endian uint16 (see ``WEIGHT_SCALE``)."""
-    q = np.rint(np.clip(weights, 0.0, 1.0) * WEIGHT_SCALE).astype("<u2")
-    return base64.b64encode(q.tobytes()).decode("ascii")
+def quantize(weights: np.ndarray) -> np.ndarray:
+    """``n x k`` weights in [0, 1] -> little-endian uint16 (see ``WEIGHT_SCALE``)."""
+    return np.rint(np.clip(weights, 0.0, 1.0) * WEIGHT_SCALE).astype("<u2")
+
+
+class MixtureCache:
+    """Trial mixtures never change once a trial exists, so each study's quantised mixtures are
+    kept in memory (``n x k`` uint16, by trial id) and only trials not seen yet are read: pulling
+    every mixture out of its JSON document is most of the cost of a 10,000-trial answer."""
+
+    def __init__(self, max_studies: int = 32):
+        self.max_studies = max_studies
+        self._studies: OrderedDict[tuple, tuple[tuple[str, ...], np.ndarray, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, s: Session, study: Study, ids: np.ndarray) -> np.ndarray:
+        """The ``len(ids) x k`` quantised mixtures of the trials ``ids`` of ``study``."""
+        names = tuple(d.name for d in study.domains)
+        # The database and the study's creation time are in the key: ids repeat across databases.
+        key = (s.get_bind().url.render_as_string(hide_password=True), study.id, study.created_at)
+        with self._lock:
+            cached = self._studies.get(key)
+            if cached is None or cached[0] != names:
+                cached = (names, np.zeros(0, np.int64), np.zeros((0, len(names)), "<u2"))
+        known_ids, known = cached[1], cached[2]
+        pos = np.searchsorted(known_ids, ids)
+        hit = (pos < len(known_ids)) & (known_ids[np.minimum(pos, len(known_ids) - 1)] == ids) if len(known_ids) else \
+            np.zeros(len(ids), bool)
+        missing = ids[~hit]
+        if len(missing):
+            new_ids, new = self._read(s, names, missing)
+            known_ids = np.concatenate([known_ids, new_ids])
+            order = np.argsort(known_ids, kind="stable")
+            known_ids, known = known_ids[order], np.concatenate([known, new])[order]
+            with self._lock:
+                self._studies[key] = (names, known_ids, known)
+                self._studies.move_to_end(key)
+                while len(self._studies) > self.max_studies:
+                    self._studies.popitem(last=False)
+            pos = np.searchsorted(known_ids, ids)
+        return known[pos] if len(ids) else np.zeros((0, len(names)), "<u2")
+
+    @staticmethod
+    def _read(s: Session, names: tuple[str, ...], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out_ids, out = [], []
+        for lo in range(0, len(ids), 5000):
+            # One column per domain, extracted by the database (JSONB ->> / json_extract).
+            chunk = [int(i) for i in ids[lo:lo + 5000]]
+            rows = s.execute(select(Trial.id, *(Trial.mixture[n].as_float() for n in names))
+                             .where(Trial.id.in_(chunk))).all()
+            c = list(zip(*rows))
+            out_ids.append(np.array(c[0], np.int64))
+            out.append(quantize(np.nan_to_num(np.array(c[1:], dtype=float)).T))
+        return np.concatenate(out_ids), np.concatenate(out)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._studies.clear()
+
+
+MIXTURES = MixtureCache()
 
 
 def trial_columns(s: Session, study_id: int, *, after_id: int | None = None, changed_since: datetime | None = None,
@@ -230,26 +288,24 @@ def trial_columns(s: Session, study_id: int, *, after_id: int | None = None, cha
     elif changed_since is not None:
         where.append(Trial.updated_at >= changed_since - CHANGE_SLACK)
     cols = (Trial.id, Trial.number, Trial.fidelity_id, Trial.state, Trial.objective, Trial.predicted, Trial.cost,
-            Trial.attempts, Trial.dynamic, Trial.created_at, Trial.finished_at, Trial.mixture)
+            Trial.attempts, Trial.dynamic, Trial.finished_at)
     rows = s.execute(select(*cols).where(*where).order_by(Trial.id).limit(limit + 1)).all()
     truncated = len(rows) > limit
     rows = rows[:limit]
     total = s.scalar(select(func.count()).select_from(Trial).where(Trial.study_id == study_id))
-    weights = np.array([[m.get(n, 0.0) for n in names] for m in (r[11] for r in rows)], dtype=float).reshape(
-        len(rows), len(names))
-    ids = [r[0] for r in rows]
-    seen = max([after_id or 0, *ids])
+    # Transposed once (row iteration is native; per-row slicing is not): one tuple per column.
+    c = list(zip(*rows)) if rows else [()] * len(cols)
+    weights = MIXTURES.get(s, study, np.fromiter(c[0], dtype=np.int64, count=len(rows)))
+    seen = max(after_id or 0, *c[0]) if rows else (after_id or 0)
     # Truncated: the rest (all ids above ``seen``) comes with the next call, and changes to the
     # rows sent are caught by keeping the change cursor where this paged load began.
     cursor = TrialCursor(after_id=seen, changed_since=(changed_since or started) if truncated else started)
     return TrialColumns(
-        domains=names, fidelities=[f.name for f in study.fidelities], n=len(rows), id=ids,
-        number=[r[1] for r in rows], fidelity=[fid_index[r[2]] for r in rows], state=[_state(r[3]) for r in rows],
-        objective=[r[4] for r in rows], predicted=[r[5] for r in rows], cost=[r[6] for r in rows],
-        attempts=[r[7] for r in rows], dynamic=[bool(r[8]) for r in rows],
-        created_at=[r[9].timestamp() for r in rows],
-        finished_at=[None if r[10] is None else r[10].timestamp() for r in rows],
-        weights=encode_weights(weights), total=total, cursor=cursor, truncated=truncated,
+        domains=names, fidelities=[f.name for f in study.fidelities], n=len(rows), id=list(c[0]),
+        number=list(c[1]), fidelity=[fid_index[f] for f in c[2]], state=[_state(x) for x in c[3]],
+        objective=list(c[4]), predicted=list(c[5]), cost=list(c[6]), attempts=list(c[7]), dynamic=[bool(x) for x in c[8]],
+        finished_at=[None if x is None else x.timestamp() for x in c[9]],
+        weights=base64.b64encode(weights.tobytes()).decode("ascii"), total=total, cursor=cursor, truncated=truncated,
     )
 
 

@@ -138,7 +138,6 @@ class TrialColumns(BaseModel):
     cost: list[float] = Field(..., description="cost in target-run units")
     attempts: list[int] = Field(..., description="leases taken")
     dynamic: list[bool] = Field(..., description="online (segment-driven) trial")
-    created_at: list[float] = Field(..., description="creation time, Unix seconds")
     finished_at: list[float | None] = Field(..., description="completion or failure time, Unix seconds")
     weights: str = Field(
         ..., description=f"`n x k` mixture matrix, row-major, base64 of little-endian uint16 = round(weight x {WEIGHT_SCALE})"

@@ -36,11 +36,12 @@ def register_worker(http, name: str, **capabilities) -> tuple[int, dict]:
 
 
 def regmix_study(http, database_url: str, *, n_initial: int = 48, n_verify: int = 4, name: str = "pile-4 regmix") -> dict:
-    """A RegMix study at two fidelities: the design at `small` and verification runs at `big`, all
-    through ask/report, except the last two target runs: one stays with its outside client, the
-    other failed once (retryable) and is now trained by a worker that heartbeats progress, a loss
-    curve and a log tail. The study stays running. Without ``regmix`` registered, ``random``
-    runs the design and recommendations with held-out predictions are written as RegMix writes them.
+    """A RegMix study at two fidelities, run through ask/report: the design at `small`, RegMix's
+    verification runs at `big`, two earlier `big` runs imported with their results, and two `big`
+    runs queued by the user that never finish here: one stays with its outside client, the other
+    failed once (retryable) and is now trained by a worker that heartbeats progress, a loss curve
+    and a log tail. So the study stays running. Without ``regmix`` registered, ``random`` runs
+    the design and recommendations with held-out predictions are written as RegMix writes them.
 
     Returns ``{"id", "strategy", "worker_trial_id", "client_trial_id", "worker_id", "lease_id", "headers"}``.
     """
@@ -48,40 +49,50 @@ def regmix_study(http, database_url: str, *, n_initial: int = 48, n_verify: int 
 
     has_regmix = "regmix" in available_strategies()
     strategy = ({"name": "regmix", "params": {"n_initial": n_initial, "n_verify": n_verify, "num_rounds": 200,
-                                              "n_simulated": 4000, "top_k": 32, "refit_every": 16}}
+                                              "n_simulated": 4000, "top_k": 32, "refit_every": 16,
+                                              "learning_rate": 0.1}}
                 if has_regmix else {"name": "random", "params": {"fidelity": "small"}})
+    budget = n_initial + (n_verify if has_regmix else 0) + 2
     body = study_body(
         name=name, domains=[{"name": d, "tokens": DOMAIN_TOKENS[d]} for d in DOMAINS],
         fidelities=[{"name": "small", "model": "llama-1m", "tokens": 2e7, "cost": 0.05},
                     {"name": "big", "model": "llama-60m", "tokens": 2e8, "cost": 1.0, "target": True}],
-        strategy=strategy, budget={"max_trials": n_initial + (n_verify if has_regmix else 0)}, parallelism=8, start=True,
+        strategy=strategy, budget={"max_trials": budget}, parallelism=8, start=True,
     )
-    study = _ok(http.post("/api/v1/studies", json=body), 201)
-    sid = study["id"]
-    held: list[dict] = []
-    reported_target = 0
-    budget = body["budget"]["max_trials"]
-    for _ in range(400):
+    sid = _ok(http.post("/api/v1/studies", json=body), 201)["id"]
+    rng = np.random.default_rng(0)
+    held_ids = []
+    for imported in (True, True, False, False):
+        w = rng.dirichlet(np.ones(len(DOMAINS)))
+        mixture = {d: float(x) for d, x in zip(DOMAINS, w / w.sum())}
+        result = {"losses": known_losses(mixture, "big"), "curve": _curve(mixture, "big")} if imported else None
+        t = _ok(http.post(f"/api/v1/studies/{sid}/trials", json={"mixture": mixture, "fidelity": "big", "result": result}), 201)
+        if not imported:
+            held_ids.append(t["id"])
+    held: dict[int, dict] = {}
+    quiet = 0
+    for _ in range(1000):
         asked = _ok(http.post(f"/api/v1/studies/{sid}/ask", json={"n": 8, "client": "pytest"}))
         if not asked["trials"]:
-            # The engine thread may be enqueuing the next proposals right now: wait for them.
+            # The engine thread may be enqueuing the next proposals right now: wait for them, and
+            # stop when the budget is used or nothing new came for a second.
             counts = _ok(http.get(f"/api/v1/studies/{sid}"))["trial_counts"]
-            if sum(counts.values()) >= budget and counts["queued"] == 0:
+            idle = counts["queued"] == 0 and counts["leased"] + counts["running"] == len(held)
+            quiet = quiet + 1 if idle else 0
+            if idle and (sum(counts.values()) >= budget + 2 or quiet >= 20):
                 break
             time.sleep(0.05)
             continue
+        quiet = 0
         for t in asked["trials"]:
-            if t["fidelity"] == "big" and reported_target >= n_verify - 2:
-                held.append(t)
+            if t["id"] in held_ids:
+                held[t["id"]] = t
                 continue
-            reported_target += t["fidelity"] == "big"
             _ok(http.post(f"/api/v1/trials/{t['id']}/result", json={
                 "losses": known_losses(t["mixture"], t["fidelity"]), "lease_id": t["lease_id"],
                 "curve": _curve(t["mixture"], t["fidelity"]), "tokens": 20_000_000, "wall_s": 95.0}))
-    if not has_regmix:
-        held = _warm_start_target_runs(http, sid, n_verify)
-    assert len(held) == 2, f"expected two held target trials, got {len(held)}: {_ok(http.get(f'/api/v1/studies/{sid}'))}"
-    client_trial, worker_trial = held
+    assert len(held) == 2, f"expected the two user trials held, got {len(held)}: {_ok(http.get(f'/api/v1/studies/{sid}'))}"
+    client_trial, worker_trial = held[held_ids[0]], held[held_ids[1]]
     # The worker's trial: attempt 1 failed (retryable), attempt 2 is being trained now.
     _ok(http.post(f"/api/v1/trials/{worker_trial['id']}/fail", json={
         "reason": "CUDA out of memory", "retryable": True, "lease_id": worker_trial["lease_id"]}))
@@ -101,22 +112,6 @@ def regmix_study(http, database_url: str, *, n_initial: int = 48, n_verify: int 
         _recommendations_like_regmix(http, database_url, sid)
     return {"id": sid, "strategy": strategy["name"], "worker_trial_id": worker_trial["id"],
             "client_trial_id": client_trial["id"], "worker_id": worker_id, "lease_id": lease, "headers": headers}
-
-
-def _warm_start_target_runs(http, sid: int, n: int) -> list[dict]:
-    """Fallback without RegMix: target-fidelity runs as user trials, the last two left queued and
-    asked (so that they are held like RegMix's verification runs)."""
-    rng = np.random.default_rng(0)
-    for j in range(n - 2):
-        w = rng.dirichlet(np.ones(len(DOMAINS)))
-        mixture = {d: float(x) for d, x in zip(DOMAINS, w / w.sum())}
-        _ok(http.post(f"/api/v1/studies/{sid}/trials", json={"mixture": mixture, "fidelity": "big", "result": {
-            "losses": known_losses(mixture, "big"), "curve": _curve(mixture, "big")}}), 201)
-    for _ in range(2):
-        w = rng.dirichlet(np.ones(len(DOMAINS)))
-        _ok(http.post(f"/api/v1/studies/{sid}/trials", json={
-            "mixture": {d: float(x) for d, x in zip(DOMAINS, w / w.sum())}, "fidelity": "big"}), 201)
-    return _ok(http.post(f"/api/v1/studies/{sid}/ask", json={"n": 2, "client": "pytest"}))["trials"]
 
 
 def _recommendations_like_regmix(http, database_url: str, sid: int) -> None:

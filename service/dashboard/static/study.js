@@ -10,7 +10,7 @@
   const S = {
     ov: null, domains: [], fids: [], k: 0, sign: 1, label: "objective",
     // trials, column by column (row i = one trial, id order); W[i] = Float32Array of k weights
-    T: { id: [], number: [], fid: [], state: [], obj: [], pred: [], cost: [], attempts: [], dyn: [], created: [], finished: [], W: [] },
+    T: { id: [], number: [], fid: [], state: [], obj: [], pred: [], cost: [], attempts: [], dyn: [], finished: [], W: [] },
     index: new Map(), cursor: null, loaded: false, version: 0, drawn: -1,
     recs: [], recsDrawn: -1, preds: null, predKey: null, predDrawn: null, fresh: new Set(),
     aioli: { id: null, detail: null, curve: null, key: null },
@@ -32,7 +32,7 @@
       }
       T.number[i] = c.number[r]; T.fid[i] = c.fidelity[r]; T.state[i] = c.state[r]; T.obj[i] = c.objective[r];
       T.pred[i] = c.predicted[r]; T.cost[i] = c.cost[r]; T.attempts[i] = c.attempts[r]; T.dyn[i] = c.dynamic[r];
-      T.created[i] = c.created_at[r]; T.finished[i] = c.finished_at[r]; T.W[i] = W.subarray(r * k, (r + 1) * k);
+      T.finished[i] = c.finished_at[r]; T.W[i] = W.subarray(r * k, (r + 1) * k);
     }
     if (c.n) S.version++;
   }
@@ -102,7 +102,8 @@
     MX.legend($("domain-legend"), S.domains);
     $("filter-state").append(...["queued", "leased", "running", "completed", "failed", "cancelled"].map((s) => el("option", { value: s }, s)));
     $("filter-fidelity").append(...S.fids.map((f, i) => el("option", { value: i }, f)));
-    for (const id of ["mix-fidelity", "mix-view"]) $(id).addEventListener("change", () => { S.drawn = -1; render(); });
+    $("mix-fidelity").addEventListener("change", () => { $("mix-fidelity").dataset.touched = "1"; S.drawn = -1; render(); });
+    $("mix-view").addEventListener("change", () => { S.drawn = -1; render(); });
     $("pred-source").addEventListener("change", () => { S.predDrawn = null; render(); });
     $("aioli-trial").addEventListener("change", () => { S.aioli.id = null; loadAioli().then(render); });
     for (const id of ["filter-state", "filter-fidelity"]) $(id).addEventListener("change", () => { table.page = 0; renderTable(); });
@@ -280,7 +281,6 @@
       const pick = counts[target] >= Math.max(2, Math.max(...counts) / 10) ? target : counts.indexOf(Math.max(...counts));
       sel.value = String(pick);
     }
-    sel.onchange = () => { sel.dataset.touched = "1"; };
     return Number(sel.value);
   }
 
