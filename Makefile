@@ -21,7 +21,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/mixopt demo
 
+# The dashboard's browser tests drive Debian's chromium (CI runs as root on Debian).
 test: $(STAMP)
+	@test -x /usr/bin/chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 	$(BIN)/python -m pytest -m "not slow" -q -rs $(PYTEST_ARGS)
 
 test-all: $(STAMP)
