@@ -1,4 +1,4 @@
-"""Server settings, read from ``MIXOPT_*`` environment variables (and a ``.env`` file)."""
+"""Server settings, read from ``MIXOPT_*`` environment variables."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ def default_database_url() -> str:
 class Settings(BaseSettings):
     """Everything the server can be configured with. Defaults run with nothing else installed."""
 
-    model_config = SettingsConfigDict(env_prefix="MIXOPT_", env_file=".env", extra="ignore")
+    # No .env file: docker compose keeps its secrets in ./.env, which must not configure a local server.
+    model_config = SettingsConfigDict(env_prefix="MIXOPT_", extra="ignore")
 
     database_url: str = Field(default_factory=default_database_url, description="SQLAlchemy URL; SQLite file by default")
     data_dir: Path = Field(default_factory=default_data_dir, description="where local state (join secret) is kept")

@@ -191,7 +191,10 @@ def check_mixture(study: Study, mixture: dict[str, float], loc: tuple) -> dict[s
     total = sum(mixture.values())
     if abs(total - 1.0) > SUM_TOLERANCE:
         raise InputError(loc, f"weights sum to {total:.9g}, not 1 (tolerance {SUM_TOLERANCE:g})")
-    full = {n: float(mixture.get(n, 0.0)) / total for n in names}
+    # Renormalise only what needs it: dividing an exact mixture by its sum moves weights by an ulp,
+    # enough to change a tree model's binning.
+    scale = 1.0 if abs(total - 1.0) <= 1e-12 else total
+    full = {n: float(mixture.get(n, 0.0)) / scale for n in names}
     space = space_for(study).mixture
     lo, hi = space.lower, space.upper
     for i, n in enumerate(names):
