@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     )
     auto_migrate: bool = Field(True, description="run the database migrations when the server starts")
     db_pool_size: int = Field(10, ge=1, description="connection pool size (Postgres)")
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="largest request body accepted (bytes); larger ones get a 413"
+    )
     log_json: bool = Field(False, description="structured logs as JSON lines instead of console text")
     log_level: str = Field("INFO", description="root log level")
 

@@ -8,12 +8,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from .. import dashboard
 from ..db import Database, upgrade
 from ..engine import EngineRunner
 from ..errors import InputError, MixoptError
+from ..logs import configure_logging, register_secret
 from ..settings import Settings, get_settings
+from ._limits import BodySizeLimit
 from .routes import health, leases, studies, trials, workers
 
 log = logging.getLogger(__name__)
@@ -25,6 +29,10 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
     """Build the app. ``migrate`` runs the Alembic migrations at start (default: the
     ``auto_migrate`` setting), so that ``mixopt server`` works on a fresh SQLite file."""
     settings = settings or get_settings()
+    if not logging.getLogger().handlers:  # a process of `mixopt server --workers N` starts bare
+        configure_logging(settings.log_level, settings.log_json)
+    register_secret(settings.admin_token.get_secret_value() if settings.admin_token else None)
+    register_secret(settings.join_secret.get_secret_value() if settings.join_secret else None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -66,6 +74,25 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
     async def _mixopt_error(_: Request, exc: MixoptError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.message})
 
+    async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        # The database is down, restarting or out of connections: a 503 tells clients (the worker
+        # daemon retries with backoff) that the same call may succeed later. No stack, no SQL.
+        orig = getattr(exc, "orig", None) or exc
+        reason = (str(orig).strip().splitlines() or [""])[0][:300]
+        log.warning("database unavailable: %s: %s", type(orig).__name__, reason)
+        return JSONResponse(status_code=503, headers={"Retry-After": "1"},
+                            content={"detail": f"database unavailable ({type(orig).__name__}: {reason}); retry later"})
+
+    for unavailable in (OperationalError, InterfaceError, PoolTimeout):
+        app.add_exception_handler(unavailable, _database_unavailable)
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        if exc.connection_invalidated:
+            return await _database_unavailable(request, exc)
+        raise exc
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     for module in (health, studies, trials, workers, leases):
         app.include_router(module.router)
     app.include_router(dashboard.router)

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Enum, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Enum, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from ._types import JSONType, UTCDateTime, utcnow
@@ -180,7 +180,7 @@ class Result(Base):
     losses: Mapped[dict[str, Any]]
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     objective: Mapped[float]
-    tokens: Mapped[int | None]
+    tokens: Mapped[int | None] = mapped_column(BigInteger)  # token counts pass 2**31 at real scales
     wall_s: Mapped[float | None]
     payload_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -195,7 +195,7 @@ class LossCurvePoint(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"), index=True)
     step: Mapped[int]
-    tokens: Mapped[int | None]
+    tokens: Mapped[int | None] = mapped_column(BigInteger)
     train_loss: Mapped[float | None]
     losses: Mapped[dict[str, Any]] = mapped_column(default=dict)
 

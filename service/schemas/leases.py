@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._common import FiniteFloat, LossValues, Mixture
+from ._common import Count, FiniteFloat, LossValues, Mixture
 from .trials import CurvePoint, FidelityRef
 
 
@@ -39,9 +39,9 @@ class LeaseGrant(BaseModel):
 
 
 class Progress(_In):
-    step: int | None = Field(None, ge=0, description="optimizer step")
-    total_steps: int | None = Field(None, ge=0, description="steps of the whole run")
-    tokens: int | None = Field(None, ge=0, description="training tokens seen")
+    step: Count | None = Field(None, description="optimizer step")
+    total_steps: Count | None = Field(None, description="steps of the whole run")
+    tokens: Count | None = Field(None, description="training tokens seen")
     train_loss: FiniteFloat | None = Field(None, description="latest training loss")
     tokens_per_s: FiniteFloat | None = Field(None, ge=0, description="throughput")
     losses: LossValues | None = Field(None, description="latest validation losses per domain")

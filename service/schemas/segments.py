@@ -7,17 +7,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._common import LossValues, Mixture
+from ._common import DbId, LossValues, Mixture
 
 
 class SegmentReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    completed_index: int | None = Field(
-        None, ge=0, description="the segment just finished (null on the first call of an attempt)"
+    completed_index: DbId | None = Field(
+        None, description="the segment just finished (null on the first call of an attempt)"
     )
     losses: LossValues | None = Field(None, description="per-domain validation losses at its end, if it asked for them")
-    step: int | None = Field(None, ge=0, description="the run's optimizer step at the boundary")
+    step: DbId | None = Field(None, description="the run's optimizer step at the boundary")
 
 
 class SegmentPublic(BaseModel):

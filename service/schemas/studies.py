@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ._common import MAX_DOMAINS, FiniteFloat, Mixture, Name
+from ._common import MAX_DOMAINS, FiniteFloat, FreeJSON, Mixture, Name
 
 
 class _In(BaseModel):
@@ -38,9 +38,13 @@ class ObjectiveSpec(_In):
         "mean_loss", description="`mean_loss` over `domains`; `domain_loss` of `domain`; `weighted_loss` with "
         "`weights`; `metric` named `name` with `direction`"
     )
-    domains: list[Name] | None = Field(None, description="mean_loss: the domains to average (default: all)")
+    domains: list[Name] | None = Field(
+        None, max_length=MAX_DOMAINS, description="mean_loss: the domains to average (default: all)"
+    )
     domain: Name | None = Field(None, description="domain_loss: the domain")
-    weights: dict[Name, FiniteFloat] | None = Field(None, description="weighted_loss: weight per domain")
+    weights: dict[Name, FiniteFloat] | None = Field(
+        None, max_length=MAX_DOMAINS, description="weighted_loss: weight per domain"
+    )
     name: Name | None = Field(None, description="metric: the metric's name in the reported `metrics`")
     direction: Literal["minimize", "maximize"] = Field("minimize", description="metric: which way is better")
 
@@ -65,7 +69,7 @@ class FidelitySpec(_In):
         description="cost of one run in target units (target = 1); default: from model size x tokens",
     )
     target: bool = Field(False, description="whether this is the scale the recommendation is for (exactly one)")
-    params: dict[str, Any] = Field(
+    params: FreeJSON = Field(
         default_factory=dict, description="trainer settings for the worker (batch_size, seq_len, lr, ...)"
     )
 
@@ -76,7 +80,7 @@ class StrategySpec(_In):
     name: Literal["regmix", "aioli", "admire", "uniform", "natural", "random", "fixed"] | str = Field(
         ..., max_length=64, description="one of `regmix`, `aioli`, `admire`, `uniform`, `natural`, `random`, `fixed`"
     )
-    params: dict[str, Any] = Field(default_factory=dict, description="the strategy's parameters (see its docs)")
+    params: FreeJSON = Field(default_factory=dict, description="the strategy's parameters (see its docs)")
 
 
 class BudgetSpec(_In):

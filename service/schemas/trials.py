@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._common import MAX_ASK, MAX_CURVE_POINTS, FiniteFloat, LossValues, Mixture, Name
+from ._common import MAX_ASK, MAX_CURVE_POINTS, Count, DbId, FiniteFloat, LossValues, Metrics, Mixture, Name
 
 
 class _In(BaseModel):
@@ -48,8 +48,8 @@ class AskResponse(BaseModel):
 
 
 class CurvePoint(_In):
-    step: int = Field(..., ge=0, description="optimizer step")
-    tokens: int | None = Field(None, ge=0, description="training tokens seen")
+    step: DbId = Field(..., description="optimizer step")
+    tokens: Count | None = Field(None, description="training tokens seen")
     train_loss: FiniteFloat | None = Field(None, description="training loss")
     losses: LossValues = Field(default_factory=dict, description="validation loss per domain")
 
@@ -58,8 +58,8 @@ class ResultCreate(_In):
     """Final results of a trial."""
 
     losses: LossValues = Field(..., min_length=1, description="final validation loss per domain (finite)")
-    metrics: dict[Name, FiniteFloat] = Field(default_factory=dict, description="other final metrics")
-    tokens: int | None = Field(None, ge=0, description="training tokens consumed")
+    metrics: Metrics = Field(default_factory=dict, description="other final metrics")
+    tokens: Count | None = Field(None, description="training tokens consumed")
     wall_s: float | None = Field(None, ge=0, allow_inf_nan=False, description="wall-clock seconds")
     curve: list[CurvePoint] = Field(
         default_factory=list, max_length=MAX_CURVE_POINTS, description="loss curve (validation losses at intervals)"

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from ._common import check_free_json
+
+MAX_CAPABILITIES = 64
+"""Most extra capability fields a worker may declare."""
 
 
 class Capabilities(BaseModel):
@@ -15,10 +20,20 @@ class Capabilities(BaseModel):
 
     device: str = Field("cpu", max_length=64, description="`cpu`, `cuda`, `cuda:0`, ...")
     memory_gb: float | None = Field(None, ge=0, allow_inf_nan=False, description="device memory")
-    models: list[str] | None = Field(None, max_length=256, description="model presets it runs (null: any)")
+    models: list[Annotated[str, StringConstraints(max_length=128)]] | None = Field(
+        None, max_length=256, description="model presets it runs (null: any)"
+    )
     max_params: float | None = Field(None, gt=0, allow_inf_nan=False, description="largest model (non-embedding params)")
     dynamic: bool = Field(True, description="whether it runs online (segment-driven) trials")
     executor: str = Field("proxy", max_length=64, description="`proxy` (built-in trainer) or `command`")
+
+    @model_validator(mode="after")
+    def _bounded_extras(self) -> Capabilities:
+        extra = self.model_extra or {}
+        if len(extra) > MAX_CAPABILITIES:
+            raise ValueError(f"more than {MAX_CAPABILITIES} extra capabilities")
+        check_free_json(extra)
+        return self
 
 
 class WorkerCreate(BaseModel):

@@ -14,7 +14,7 @@ from ...schemas.segments import SegmentAnswer, SegmentReport
 from ...schemas.leases import Heartbeat, HeartbeatAnswer, LeaseFail, LeaseGrant, LeaseOutcome, LeaseRequest
 from ...schemas.trials import ResultCreate
 from ..auth import WorkerDep
-from ..deps import DbDep, RunnerDep, SettingsDep
+from ..deps import DbDep, LeaseId, RunnerDep, SettingsDep
 
 router = APIRouter(prefix="/api/v1/leases", tags=["leases"],
                    responses={401: {"description": "no or invalid worker token"},
@@ -39,21 +39,21 @@ async def lease(worker: WorkerDep, db: DbDep, settings: SettingsDep, body: Lease
 
 @router.post("/{lease_id}/heartbeat", response_model=HeartbeatAnswer,
              responses={409: {"description": "the lease is over: abandon the run"}})
-def heartbeat(lease_id: str, worker: WorkerDep, db: DbDep, body: Heartbeat | None = None) -> HeartbeatAnswer:
+def heartbeat(lease_id: LeaseId, worker: WorkerDep, db: DbDep, body: Heartbeat | None = None) -> HeartbeatAnswer:
     """Renew the lease and report progress; the answer says `stop` when the study was cancelled."""
     return engine.heartbeat(db, lease_id, worker, body or Heartbeat())
 
 
 @router.post("/{lease_id}/segment", response_model=SegmentAnswer,
              responses={409: {"description": "the report does not fit the recorded segments, or the lease is over"}})
-def segment(lease_id: str, body: SegmentReport, worker: WorkerDep, db: DbDep) -> SegmentAnswer:
+def segment(lease_id: LeaseId, body: SegmentReport, worker: WorkerDep, db: DbDep) -> SegmentAnswer:
     """Online trials: report the losses at a segment's end, get the next segment (or `done`)."""
     return engine.report_segment(db, lease_id, worker, body)
 
 
 @router.post("/{lease_id}/complete", response_model=LeaseOutcome,
              responses={409: {"description": "the lease expired or the trial has another result"}})
-def complete(lease_id: str, body: ResultCreate, worker: WorkerDep, db: DbDep, runner: RunnerDep) -> LeaseOutcome:
+def complete(lease_id: LeaseId, body: ResultCreate, worker: WorkerDep, db: DbDep, runner: RunnerDep) -> LeaseOutcome:
     """Final results of the leased trial; repeating the same call is harmless (`duplicate`)."""
     out = engine.complete_lease(db, lease_id, worker, body)
     if not out.duplicate:
@@ -62,7 +62,7 @@ def complete(lease_id: str, body: ResultCreate, worker: WorkerDep, db: DbDep, ru
 
 
 @router.post("/{lease_id}/fail", response_model=LeaseOutcome)
-def fail(lease_id: str, body: LeaseFail, worker: WorkerDep, db: DbDep, runner: RunnerDep) -> LeaseOutcome:
+def fail(lease_id: LeaseId, body: LeaseFail, worker: WorkerDep, db: DbDep, runner: RunnerDep) -> LeaseOutcome:
     """The run failed: requeued when `retryable` and attempts remain, else the trial fails."""
     out = engine.fail_lease(db, lease_id, worker, body)
     runner.notify(_study_of(db, out.trial_id))
@@ -70,7 +70,7 @@ def fail(lease_id: str, body: LeaseFail, worker: WorkerDep, db: DbDep, runner: R
 
 
 @router.post("/{lease_id}/release", response_model=LeaseOutcome)
-def release(lease_id: str, worker: WorkerDep, db: DbDep, runner: RunnerDep) -> LeaseOutcome:
+def release(lease_id: LeaseId, worker: WorkerDep, db: DbDep, runner: RunnerDep) -> LeaseOutcome:
     """Give the trial back without counting an attempt (e.g. the worker is shutting down)."""
     out = engine.release_lease(db, lease_id, worker)
     runner.notify(_study_of(db, out.trial_id), results_changed=False)

@@ -10,10 +10,11 @@ from sqlalchemy import func, select
 from ... import engine
 from ...db import Study, StudyState
 from ...errors import NotFound
+from ...schemas._common import MAX_ID
 from ...schemas.studies import RecommendationPublic, StudyAction, StudyCreate, StudyList, StudyPublic
 from ...schemas.trials import AskRequest, AskResponse, TrialCreate, TrialPage, TrialPublic
 from ..auth import read_access, write_access
-from ..deps import DbDep, RunnerDep, SettingsDep
+from ..deps import DbDep, RunnerDep, SettingsDep, StudyId
 
 router = APIRouter(prefix="/api/v1/studies", tags=["studies"])
 
@@ -43,7 +44,7 @@ def list_studies(
     db: DbDep,
     state: Annotated[StateFilter | None, Query(description="only studies in this state")] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="page size")] = 100,
-    offset: Annotated[int, Query(ge=0, description="studies to skip")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID, description="studies to skip")] = 0,
 ) -> StudyList:
     """All studies, newest first."""
     with db.session() as s:
@@ -54,13 +55,13 @@ def list_studies(
 
 
 @router.get("/{study_id}", response_model=StudyPublic, dependencies=[read_access])
-def read_study(study_id: int, db: DbDep) -> StudyPublic:
+def read_study(study_id: StudyId, db: DbDep) -> StudyPublic:
     """One study with budget spent, trial counts per state, best trials and recommendation."""
     return _public(db, study_id)
 
 
 def _state_change(action: str):
-    def handler(study_id: int, db: DbDep, runner: RunnerDep, body: StudyAction | None = None) -> StudyPublic:
+    def handler(study_id: StudyId, db: DbDep, runner: RunnerDep, body: StudyAction | None = None) -> StudyPublic:
         engine.change_state(db, study_id, action, body.reason if body else None)
         if action in ("start", "resume"):
             engine.advance(db, study_id)
@@ -83,14 +84,14 @@ for _action in ("start", "pause", "resume", "cancel"):
 
 
 @router.post("/{study_id}/ask", response_model=AskResponse, dependencies=[write_access])
-def ask(study_id: int, body: AskRequest, db: DbDep, settings: SettingsDep) -> AskResponse:
+def ask(study_id: StudyId, body: AskRequest, db: DbDep, settings: SettingsDep) -> AskResponse:
     """For outside trainers: up to `n` trials, leased to the caller until reported."""
     return engine.ask(db, study_id, body, settings.ask_lease_seconds)
 
 
 @router.post("/{study_id}/trials", response_model=TrialPublic, status_code=status.HTTP_201_CREATED,
              dependencies=[write_access])
-def create_trial(study_id: int, body: TrialCreate, db: DbDep, runner: RunnerDep) -> TrialPublic:
+def create_trial(study_id: StudyId, body: TrialCreate, db: DbDep, runner: RunnerDep) -> TrialPublic:
     """Queue a mixture of your choosing, or record a run done elsewhere (with `result`)."""
     trial = engine.create_trial(db, study_id, body)
     runner.notify(study_id)
@@ -100,11 +101,11 @@ def create_trial(study_id: int, body: TrialCreate, db: DbDep, runner: RunnerDep)
 
 @router.get("/{study_id}/trials", response_model=TrialPage, dependencies=[read_access])
 def list_trials(
-    study_id: int,
+    study_id: StudyId,
     db: DbDep,
     state: Annotated[TrialStateFilter | None, Query(description="only trials in this state")] = None,
     fidelity: Annotated[str | None, Query(max_length=64, description="only trials at this fidelity")] = None,
-    after_id: Annotated[int | None, Query(ge=0, description="only trials with a larger id (paging, live updates)")] = None,
+    after_id: Annotated[int | None, Query(ge=0, le=MAX_ID, description="only trials with a larger id (paging, live updates)")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000, description="page size")] = 100,
 ) -> TrialPage:
     """Trials with mixture, fidelity, state and results, in id order (paged by `after_id`)."""
@@ -114,7 +115,7 @@ def list_trials(
 
 
 @router.get("/{study_id}/recommendation", response_model=RecommendationPublic, dependencies=[read_access])
-def recommendation(study_id: int, db: DbDep) -> RecommendationPublic:
+def recommendation(study_id: StudyId, db: DbDep) -> RecommendationPublic:
     """The strategy's current best mixture, its predicted objective and uncertainty."""
     with db.session() as s:
         engine.get_study(s, study_id)

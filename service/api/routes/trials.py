@@ -10,20 +10,20 @@ from ...db import LossCurvePoint
 from ...schemas.segments import SegmentList
 from ...schemas.trials import CurvePoint, CurvePublic, FailCreate, ResultCreate, TrialPublic
 from ..auth import read_access, write_access
-from ..deps import DbDep, RunnerDep
+from ..deps import DbDep, RunnerDep, TrialId
 
 router = APIRouter(prefix="/api/v1/trials", tags=["trials"])
 
 
 @router.get("/{trial_id}", response_model=TrialPublic, dependencies=[read_access])
-def read_trial(trial_id: int, db: DbDep) -> TrialPublic:
+def read_trial(trial_id: TrialId, db: DbDep) -> TrialPublic:
     """One trial with its results."""
     with db.session() as s:
         return engine.trial_public(engine.get_trial(s, trial_id))
 
 
 @router.get("/{trial_id}/curve", response_model=CurvePublic, dependencies=[read_access])
-def read_curve(trial_id: int, db: DbDep) -> CurvePublic:
+def read_curve(trial_id: TrialId, db: DbDep) -> CurvePublic:
     """The trial's loss curve: validation losses per domain at intervals."""
     with db.session() as s:
         engine.get_trial(s, trial_id)
@@ -33,7 +33,7 @@ def read_curve(trial_id: int, db: DbDep) -> CurvePublic:
 
 
 @router.post("/{trial_id}/result", response_model=TrialPublic, dependencies=[write_access])
-def report_result(trial_id: int, body: ResultCreate, db: DbDep, runner: RunnerDep) -> TrialPublic:
+def report_result(trial_id: TrialId, body: ResultCreate, db: DbDep, runner: RunnerDep) -> TrialPublic:
     """Report the final result of an asked trial. Repeating the same result is harmless (200);
     a different result for a completed trial, or one for a trial not leased, is a 409."""
     trial, created = engine.report_result(db, trial_id, body)
@@ -44,7 +44,7 @@ def report_result(trial_id: int, body: ResultCreate, db: DbDep, runner: RunnerDe
 
 
 @router.post("/{trial_id}/fail", response_model=TrialPublic, dependencies=[write_access])
-def report_failure(trial_id: int, body: FailCreate, db: DbDep, runner: RunnerDep) -> TrialPublic:
+def report_failure(trial_id: TrialId, body: FailCreate, db: DbDep, runner: RunnerDep) -> TrialPublic:
     """Report that an asked trial failed; with `retryable` it is queued again while attempts remain."""
     trial = engine.report_failure(db, trial_id, body)
     runner.notify(trial.study_id)
@@ -53,7 +53,7 @@ def report_failure(trial_id: int, body: FailCreate, db: DbDep, runner: RunnerDep
 
 
 @router.get("/{trial_id}/segments", response_model=SegmentList, dependencies=[read_access])
-def read_segments(trial_id: int, db: DbDep) -> SegmentList:
+def read_segments(trial_id: TrialId, db: DbDep) -> SegmentList:
     """Online trials: every segment handed out (all attempts) with the losses reported."""
     with db.session() as s:
         return SegmentList(items=engine.list_segments(s, trial_id))

@@ -10,7 +10,7 @@ from ...errors import NotFound
 from ...schemas.workers import WorkerCreate, WorkerList, WorkerPublic, WorkerRegistered
 from ...settings import resolve_join_secret
 from ..auth import WorkerDep, read_access
-from ..deps import DbDep, SettingsDep
+from ..deps import DbDep, SettingsDep, WorkerId
 
 router = APIRouter(prefix="/api/v1/workers", tags=["workers"])
 
@@ -46,7 +46,7 @@ def read_me(worker: WorkerDep, db: DbDep) -> WorkerPublic:
 
 
 @router.get("/{worker_id}", response_model=WorkerPublic, dependencies=[read_access])
-def read_worker(worker_id: int, db: DbDep) -> WorkerPublic:
+def read_worker(worker_id: WorkerId, db: DbDep) -> WorkerPublic:
     with db.session() as s:
         for row in engine.list_workers(s):
             if row[0].id == worker_id:
