@@ -18,7 +18,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from .. import engine
-from ..api.deps import DbDep
+from ..api.deps import DbDep, StudyId, TrialId
+from ..schemas._common import MAX_ID
 from ..schemas.dashboard import (
     CurveColumns,
     Predictions,
@@ -58,7 +59,7 @@ def studies(request: Request, db: DbDep) -> Response:
 
 
 @router.get("/studies/{study_id}", response_model=StudyOverview)
-def study(study_id: int, request: Request, db: DbDep) -> Response:
+def study(study_id: StudyId, request: Request, db: DbDep) -> Response:
     """A study's header: domains, objective label, fidelities with their spending, counts, the
     latest recommendation (without bulky diagnostics). Cheap at any number of trials."""
     with db.session() as s:
@@ -67,10 +68,10 @@ def study(study_id: int, request: Request, db: DbDep) -> Response:
 
 @router.get("/studies/{study_id}/trials", response_model=TrialColumns)
 def trials(
-    study_id: int,
+    study_id: StudyId,
     request: Request,
     db: DbDep,
-    after_id: Annotated[int | None, Query(ge=0, description="cursor: only trials with a larger id ...")] = None,
+    after_id: Annotated[int | None, Query(ge=0, le=MAX_ID, description="cursor: only trials with a larger id ...")] = None,
     changed_since: Annotated[datetime | None, Query(description="... or changed since this time (cursor)")] = None,
     limit: Annotated[int, Query(ge=1, le=50_000, description="most trials in the answer")] = 20_000,
 ) -> Response:
@@ -83,10 +84,10 @@ def trials(
 
 @router.get("/studies/{study_id}/recommendations", response_model=RecommendationHistory)
 def recommendations(
-    study_id: int,
+    study_id: StudyId,
     request: Request,
     db: DbDep,
-    after_id: Annotated[int | None, Query(ge=0, description="only recommendations with a larger id")] = None,
+    after_id: Annotated[int | None, Query(ge=0, le=MAX_ID, description="only recommendations with a larger id")] = None,
     max_points: Annotated[int, Query(ge=2, le=5000, description="thin out to about this many rows")] = 500,
 ) -> Response:
     """How the recommendation changed over time: mixture, prediction and uncertainty per row."""
@@ -95,7 +96,7 @@ def recommendations(
 
 
 @router.get("/studies/{study_id}/predictions", response_model=Predictions)
-def predictions(study_id: int, request: Request, db: DbDep) -> Response:
+def predictions(study_id: StudyId, request: Request, db: DbDep) -> Response:
     """Predicted vs actual objective: the latest model's held-out predictions (RegMix, ADMIRE) and
     the predictions made when trials were proposed, each with its Spearman correlation."""
     with db.session() as s:
@@ -103,7 +104,7 @@ def predictions(study_id: int, request: Request, db: DbDep) -> Response:
 
 
 @router.get("/trials/{trial_id}", response_model=TrialDetail)
-def trial(trial_id: int, request: Request, db: DbDep) -> Response:
+def trial(trial_id: TrialId, request: Request, db: DbDep) -> Response:
     """A trial with its attempts (leases, workers, outcomes), log tail and segments."""
     with db.session() as s:
         return _json(request, engine.trial_detail(s, trial_id))
@@ -111,10 +112,10 @@ def trial(trial_id: int, request: Request, db: DbDep) -> Response:
 
 @router.get("/trials/{trial_id}/curve", response_model=CurveColumns)
 def curve(
-    trial_id: int,
+    trial_id: TrialId,
     request: Request,
     db: DbDep,
-    after_step: Annotated[int | None, Query(ge=-1, description="only points after this step (incremental)")] = None,
+    after_step: Annotated[int | None, Query(ge=-1, le=MAX_ID, description="only points after this step (incremental)")] = None,
     max_points: Annotated[int, Query(ge=2, le=20_000, description="thin out to about this many points")] = 2000,
 ) -> Response:
     """A trial's loss curve as columns (per-domain validation losses, training loss, tokens)."""
@@ -160,7 +161,7 @@ def _json_lines(names: list[str], metrics: list[str], rows) -> Iterator[bytes]:
 
 @router.get("/studies/{study_id}/export.csv", response_class=StreamingResponse,
             responses={200: {"content": {"text/csv": {}}, "description": "one row per trial"}})
-def export_csv(study_id: int, db: DbDep) -> StreamingResponse:
+def export_csv(study_id: StudyId, db: DbDep) -> StreamingResponse:
     """Every trial as CSV: state, objective, cost, prediction, `w_<domain>` weights,
     `loss_<domain>` final losses and `metric_<name>` metrics."""
     with db.session() as s:
@@ -171,7 +172,7 @@ def export_csv(study_id: int, db: DbDep) -> StreamingResponse:
 
 @router.get("/studies/{study_id}/export.json", response_class=StreamingResponse,
             responses={200: {"content": {"application/json": {}}, "description": "a JSON array, one object per trial"}})
-def export_json(study_id: int, db: DbDep) -> StreamingResponse:
+def export_json(study_id: StudyId, db: DbDep) -> StreamingResponse:
     """Every trial as a JSON array of objects with mixture, losses, metrics and timings."""
     with db.session() as s:
         engine.get_study(s, study_id)

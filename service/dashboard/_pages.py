@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from .. import engine
-from ..api.deps import DbDep, SettingsDep
+from ..api.deps import DbDep, SettingsDep, StudyId, TrialId
 from ..errors import Forbidden, NotFound, Unauthorized
 from ._assets import asset_url
 from ._auth import COOKIE, auth_required, check_read
@@ -58,13 +58,13 @@ def studies_page(request: Request, db: DbDep, settings: SettingsDep) -> Response
 
 
 @router.get("/studies/{study_id}", response_class=HTMLResponse)
-def study_page(study_id: int, request: Request, db: DbDep, settings: SettingsDep) -> Response:
+def study_page(study_id: StudyId, request: Request, db: DbDep, settings: SettingsDep) -> Response:
     return _page(request, db, settings, "study.html", check=lambda s: engine.get_study(s, study_id),
                  title=f"Study {study_id}", nav="studies", study_id=study_id)
 
 
 @router.get("/trials/{trial_id}", response_class=HTMLResponse)
-def trial_page(trial_id: int, request: Request, db: DbDep, settings: SettingsDep) -> Response:
+def trial_page(trial_id: TrialId, request: Request, db: DbDep, settings: SettingsDep) -> Response:
     return _page(request, db, settings, "trial.html", check=lambda s: engine.get_trial(s, trial_id),
                  title=f"Trial {trial_id}", nav="studies", trial_id=trial_id)
 
