@@ -17,12 +17,14 @@ def server(
     """Run the API server (migrates the database first unless MIXOPT_AUTO_MIGRATE=false)."""
     import uvicorn
 
-    from ..logs import configure_logging
+    from ..logs import configure_logging, register_secret
 
-    from ..settings import check_exposure
+    from ..settings import check_exposure, resolve_join_secret
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
+    register_secret(settings.admin_token.get_secret_value() if settings.admin_token else None)
+    register_secret(resolve_join_secret(settings))
     try:
         check_exposure(settings, host or settings.host)
     except ValueError as e:

@@ -36,10 +36,11 @@ def worker(
     from workers.daemon import WorkerDaemon
     from workers.executors import CommandExecutor, ProxyExecutor, SyntheticExecutor
 
-    from ..logs import configure_logging
+    from ..logs import configure_logging, register_secret
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
+    register_secret(join_secret)
     if threads:
         import torch
 
