@@ -222,7 +222,7 @@ def prepare_corpus(
     val_fraction: float = 0.05,
     max_val_tokens: int = 262_144,
     max_tokens_per_domain: int | None = None,
-    bpe_sample_bytes: int = 12_000_000,
+    bpe_sample_bytes: int = 8_000_000,
 ) -> PreparedCorpus:
     """Tokenise every domain of ``corpus_dir`` once and return the cached shards.
 
