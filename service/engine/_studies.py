@@ -113,14 +113,14 @@ def _check_strategy(body: StudyCreate, space, study: Study) -> None:
         raise InputError(("body", "strategy", "name"), str(e.args[0])) from None
     try:
         strategy = cls(space, body.strategy.params, body.seed)
+        strategy.check()
     except ValidationError as e:
         err = e.errors()[0]
         raise InputError(("body", "strategy", "params", *err["loc"]), err["msg"]) from None
-    try:
-        strategy.check()
-    except ValueError as e:
+    except ValueError as e:  # "field: message", the field relative to the params (or fully qualified)
         field, _, msg = str(e).partition(": ")
-        raise InputError(("body", "strategy", "params", *field.split(".")), msg or str(e)) from None
+        path = field.removeprefix("strategy.params.").split(".") if msg else []
+        raise InputError(("body", "strategy", "params", *path), msg or str(e)) from None
     study.strategy_params = strategy.params.model_dump(mode="json")
 
 
