@@ -40,6 +40,10 @@ class TrainConfig:
         tokenizer: a local Hugging Face tokenizer directory; ``None`` trains a BPE on the corpus.
         vocab_size: vocabulary of that BPE.
         val_fraction: share of each domain held out for validation.
+        test_fraction: share of each domain's validation tokens (their tail) kept out of every
+            evaluation during the run (the curve, the losses a segment source sees, ``losses``) and
+            evaluated once at the end, on all its windows, into ``TrainResult.test_losses``: a test
+            split nothing steered on. 0: no test split.
         progress_every: steps between progress callbacks.
     """
 
@@ -66,6 +70,7 @@ class TrainConfig:
     tokenizer: str | None = None
     vocab_size: int = 8192
     val_fraction: float = 0.05
+    test_fraction: float = 0.0
     progress_every: int = 10
 
     def __post_init__(self) -> None:
@@ -95,7 +100,7 @@ class TrainConfig:
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device: must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for name, lo, hi in (("min_lr_ratio", 0, 1), ("decay_fraction", 0, 1), ("beta1", 0, 1), ("beta2", 0, 1),
-                             ("val_fraction", 0, 0.5)):
+                             ("val_fraction", 0, 0.5), ("test_fraction", 0, 0.9)):
             value = getattr(self, name)
             if not (lo <= float(value) <= hi):
                 raise ValueError(f"{name}: must be in [{lo}, {hi}], got {value!r}")
@@ -194,6 +199,7 @@ class TrainResult:
         metrics: ``tokens_per_s``, ``train_loss``, realised ``token_shares`` and ``epochs`` per
             domain, ``segments`` (dynamic runs), device details, timings.
         stopped: ``True`` when ``should_stop`` ended the run early.
+        test_losses: final per-domain loss on the test split (``cfg.test_fraction > 0``), else ``None``.
     """
 
     losses: dict[str, float]
@@ -204,3 +210,4 @@ class TrainResult:
     params_non_embedding: int
     metrics: dict[str, Any] = field(default_factory=dict)
     stopped: bool = False
+    test_losses: dict[str, float] | None = None

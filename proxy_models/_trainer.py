@@ -131,6 +131,7 @@ def _run(cfg, corpus, mixtures, source, seeds, cache_dir, on_progress, should_st
             trainer.run_static(weights)
         else:
             trainer.run_dynamic(source)
+        trainer.evaluate_test()
         return trainer.results(time.perf_counter() - t_start, t_prepared - t_start)
     finally:
         rt.close()
@@ -175,7 +176,9 @@ class _Trainer:
         self._loss_steps, self._last_report = 0, (time.perf_counter(), 0)
         self.last_train_loss = np.full(n_models, np.nan)
         self.ckpt = Path(checkpoint_dir) / "checkpoint.pt" if checkpoint_dir is not None else None
-        self._eval_windows = self._make_eval_windows()
+        self._eval_windows = self._make_eval_windows("val")
+        self._test_windows = self._make_eval_windows("test") if cfg.test_fraction else None
+        self.test: list[dict[str, float]] | None = None
 
     # -- the loop ---------------------------------------------------------------------------
     def run_static(self, weights: np.ndarray) -> None:
@@ -277,31 +280,57 @@ class _Trainer:
             ))
 
     # -- evaluation -------------------------------------------------------------------------
-    def _make_eval_windows(self) -> np.ndarray:
-        """Validation windows: ``W x 2`` (domain index, start), evenly spread over each domain's
-        held-out tokens, this rank's share only."""
+    def _make_eval_windows(self, split: str) -> np.ndarray:
+        """Windows of ``split``: ``W x 2`` (domain index, start in the domain's validation tokens),
+        this rank's share only. ``val``: ``eval_tokens // seq_len`` windows evenly spread over the
+        head of each domain's validation tokens; ``test``: every non-overlapping window of their
+        tail (the last ``cfg.test_fraction``)."""
         T, rows = self.cfg.seq_len, []
         for d, name in enumerate(self.data.domains):
-            n_val = len(self.data.val[name])
-            n = min(max(self.cfg.eval_tokens // T, 1), (n_val - 1) // T)
+            n_all = len(self.data.val[name])
+            cut = n_all - int(n_all * self.cfg.test_fraction)
+            lo, hi = (0, cut) if split == "val" else (cut, n_all)
+            n_val = hi - lo
+            n = (n_val - 1) // T if split == "test" else min(max(self.cfg.eval_tokens // T, 1), (n_val - 1) // T)
             if n <= 0:
-                raise ValueError(f"corpus: domain {name!r} has {n_val} validation tokens, fewer than seq_len + 1")
-            starts = np.linspace(0, n_val - T - 1, n).astype(np.int64)
+                field = "test_fraction" if self.cfg.test_fraction else "corpus"
+                raise ValueError(f"{field}: domain {name!r} has {n_val} {split} tokens (of {n_all} validation tokens), "
+                                 f"fewer than seq_len + 1")
+            starts = lo + np.linspace(0, n_val - T - 1, n).astype(np.int64)
             rows.append(np.stack([np.full(n, d), starts], axis=1))
         windows = np.concatenate(rows)
         return windows[self.rt.rank :: self.rt.world]
 
-    @torch.no_grad()
     def evaluate(self) -> list[dict[str, float]]:
         """Per-domain validation loss of every member; appended to the curve."""
         t0 = time.perf_counter()
+        per_member = self._losses(self._eval_windows)
+        self._report()
+        self.curve.append(dict(
+            step=self.step, tokens=self.step * self.cfg.batch_size * self.cfg.seq_len,
+            train_loss=[float(v) for v in self.last_train_loss], losses_k=per_member,
+        ))
+        self.eval_time += time.perf_counter() - t0
+        self._last_report = (time.perf_counter(), self.step)
+        return per_member
+
+    def evaluate_test(self) -> None:
+        """Per-domain loss of every member on the test split, once at the end (not in the curve)."""
+        if self._test_windows is not None:
+            t0 = time.perf_counter()
+            self.test = self._losses(self._test_windows)
+            self.eval_time += time.perf_counter() - t0
+
+    @torch.no_grad()
+    def _losses(self, windows: np.ndarray) -> list[dict[str, float]]:
+        """Mean per-token loss on ``windows`` (``W x 2``), per member and domain."""
         self.model.eval()
         k, T = len(self.data.domains), self.cfg.seq_len
         sums = torch.zeros(self.K, k, dtype=torch.float64, device=self.rt.device)
         counts = torch.zeros(k, dtype=torch.float64, device=self.rt.device)
         eval_batch = max(self.local_batch * 2, 8)
-        for start in range(0, len(self._eval_windows), eval_batch):
-            rows = self._eval_windows[start : start + eval_batch]
+        for start in range(0, len(windows), eval_batch):
+            rows = windows[start : start + eval_batch]
             tokens = np.stack([self.data.val[self.data.domains[d]][s : s + T + 1] for d, s in rows]).astype(np.int64)
             x = torch.from_numpy(tokens).to(self.rt.device).expand(self.K, -1, -1)
             with self.rt.autocast:
@@ -313,15 +342,7 @@ class _Trainer:
         self.rt.all_sum(counts)
         self.model.train()
         means = (sums / counts).cpu().numpy()
-        per_member = [dict(zip(self.data.domains, (float(v) for v in row))) for row in means]
-        self._report()
-        self.curve.append(dict(
-            step=self.step, tokens=self.step * self.cfg.batch_size * self.cfg.seq_len,
-            train_loss=[float(v) for v in self.last_train_loss], losses_k=per_member,
-        ))
-        self.eval_time += time.perf_counter() - t0
-        self._last_report = (time.perf_counter(), self.step)
-        return per_member
+        return [dict(zip(self.data.domains, (float(v) for v in row))) for row in means]
 
     # -- checkpoints ------------------------------------------------------------------------
     def _identity(self) -> dict:
@@ -385,6 +406,7 @@ class _Trainer:
             out.append(TrainResult(
                 losses=self.final[k], curve=curve, tokens=tokens, steps=self.step, wall_s=wall_s,
                 params_non_embedding=self.model.preset.params_non_embedding, metrics=metrics, stopped=self.stopped,
+                test_losses=self.test[k] if self.test is not None else None,
             ))
         return out
 
