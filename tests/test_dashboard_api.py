@@ -77,6 +77,8 @@ def test_study_endpoints_on_a_regmix_study(dash, regmix):
     items = dash.get(f"/api/v1/studies/{sid}/trials", params={"limit": 1000}).json()["items"]
     assert cols["n"] == cols["total"] == len(items) and cols["id"] == [t["id"] for t in items]
     assert cols["objective"] == [t["objective"] for t in items]
+    assert cols["finished_at"] == [None if t["finished_at"] is None else pytest.approx(
+        datetime.fromisoformat(t["finished_at"].replace("Z", "+00:00")).timestamp(), abs=1e-3) for t in items]
     assert [cols["fidelities"][f] for f in cols["fidelity"]] == [t["fidelity"] for t in items]
     expected = np.array([[t["mixture"][d] for d in DOMAINS] for t in items])
     assert np.abs(_weights(cols) - expected).max() <= 0.5 / WEIGHT_SCALE + 1e-12

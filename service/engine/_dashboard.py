@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import spearmanr
-from sqlalchemy import func, or_, select
+from sqlalchemy import String, func, or_, select, type_coerce
 from sqlalchemy.orm import Session
 
 from ..db import (
@@ -273,6 +273,33 @@ class MixtureCache:
 MIXTURES = MixtureCache()
 
 
+def _columns(s: Session, where: list, limit: int) -> list[list]:
+    """id, number, fidelity_id, state, objective, predicted, cost, attempts, dynamic and finished_at
+    (Unix seconds) of the matching trials in id order, one list per column. On Postgres the
+    database builds the columns (``array_agg``): a tenth of a second saved per 10,000 rows."""
+    # The state as plain text: the Enum type's per-value conversion is a tenth of the cost.
+    cols = [Trial.id, Trial.number, Trial.fidelity_id, type_coerce(Trial.state, String), Trial.objective,
+            Trial.predicted, Trial.cost, Trial.attempts, Trial.dynamic]
+    if s.get_bind().dialect.name == "postgresql":
+        inner = (select(*cols, func.extract("epoch", Trial.finished_at).label("finished"))
+                 .where(*where).order_by(Trial.id).limit(limit).subquery())
+        # Every aggregate reads the same rows in the same order, so the arrays line up; the sorted
+        # subquery gives id order in practice, and one sort below makes sure of it (an ORDER BY
+        # per aggregate would sort ten times).
+        row = s.execute(select(*(func.array_agg(col) for col in inner.c))).one()
+        c = [list(col or []) for col in row]
+        ids = np.asarray(c[0], dtype=np.int64)
+        if len(ids) > 1 and not (np.diff(ids) > 0).all():
+            order = np.argsort(ids).tolist()
+            c = [[col[i] for i in order] for col in c]
+        c[-1] = [None if x is None else float(x) for x in c[-1]]
+        return c
+    rows = s.execute(select(*cols, Trial.finished_at).where(*where).order_by(Trial.id).limit(limit)).all()
+    c = [list(col) for col in zip(*rows)] if rows else [[] for _ in range(len(cols) + 1)]
+    c[-1] = [None if x is None else x.timestamp() for x in c[-1]]
+    return c
+
+
 def trial_columns(s: Session, study_id: int, *, after_id: int | None = None, changed_since: datetime | None = None,
                   limit: int = 20_000) -> TrialColumns:
     """The study's trials as columns. With a cursor (``after_id`` and ``changed_since``) only the
@@ -287,24 +314,21 @@ def trial_columns(s: Session, study_id: int, *, after_id: int | None = None, cha
         where.append(newer if changed_since is None else or_(newer, Trial.updated_at >= changed_since - CHANGE_SLACK))
     elif changed_since is not None:
         where.append(Trial.updated_at >= changed_since - CHANGE_SLACK)
-    cols = (Trial.id, Trial.number, Trial.fidelity_id, Trial.state, Trial.objective, Trial.predicted, Trial.cost,
-            Trial.attempts, Trial.dynamic, Trial.finished_at)
-    rows = s.execute(select(*cols).where(*where).order_by(Trial.id).limit(limit + 1)).all()
-    truncated = len(rows) > limit
-    rows = rows[:limit]
+    c = _columns(s, where, limit + 1)
+    truncated = len(c[0]) > limit
+    c = [col[:limit] for col in c]
+    n = len(c[0])
     total = s.scalar(select(func.count()).select_from(Trial).where(Trial.study_id == study_id))
-    # Transposed once (row iteration is native; per-row slicing is not): one tuple per column.
-    c = list(zip(*rows)) if rows else [()] * len(cols)
-    weights = MIXTURES.get(s, study, np.fromiter(c[0], dtype=np.int64, count=len(rows)))
-    seen = max(after_id or 0, *c[0]) if rows else (after_id or 0)
+    weights = MIXTURES.get(s, study, np.fromiter(c[0], dtype=np.int64, count=n))
+    seen = max(after_id or 0, *c[0]) if n else (after_id or 0)
     # Truncated: the rest (all ids above ``seen``) comes with the next call, and changes to the
     # rows sent are caught by keeping the change cursor where this paged load began.
     cursor = TrialCursor(after_id=seen, changed_since=(changed_since or started) if truncated else started)
     return TrialColumns(
-        domains=names, fidelities=[f.name for f in study.fidelities], n=len(rows), id=list(c[0]),
+        domains=names, fidelities=[f.name for f in study.fidelities], n=n, id=list(c[0]),
         number=list(c[1]), fidelity=[fid_index[f] for f in c[2]], state=[_state(x) for x in c[3]],
         objective=list(c[4]), predicted=list(c[5]), cost=list(c[6]), attempts=list(c[7]), dynamic=[bool(x) for x in c[8]],
-        finished_at=[None if x is None else x.timestamp() for x in c[9]],
+        finished_at=list(c[9]),
         weights=base64.b64encode(weights.tobytes()).decode("ascii"), total=total, cursor=cursor, truncated=truncated,
     )
 

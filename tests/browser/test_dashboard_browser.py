@@ -101,10 +101,17 @@ class Page:
 
     def open(self, path: str, charts: list[str]) -> dict[str, dict]:
         self.page.goto(self.base + path)
-        self.page.wait_for_function(
-            "(ids) => document.getElementById('last-updated').textContent !== 'never' && "
-            "ids.every((id) => { const n = document.getElementById(id); return n && (n.data || n.querySelector('.placeholder')); })",
-            arg=charts, timeout=30_000)
+        self.page.wait_for_function("() => document.getElementById('last-updated').textContent !== 'never'",
+                                    timeout=30_000)
+        return self.drawn(charts)
+
+    def drawn(self, charts: list[str]) -> dict[str, dict]:
+        """Scroll to each chart (those below the fold are drawn when seen), wait until it is drawn."""
+        for c in charts:
+            self.page.locator(f"#{c}").scroll_into_view_if_needed()
+            self.page.wait_for_function(
+                "(id) => { const n = document.getElementById(id); return n.data || n.querySelector('.placeholder'); }",
+                arg=c, timeout=30_000)
         self.page.wait_for_timeout(300)  # let Plotly finish its async drawing (parcoords, WebGL)
         return {c: self.page.evaluate(CHART_STATS, c) for c in charts}
 
@@ -134,8 +141,7 @@ def test_study_page_regmix(live, browser):
     p = page.page
     p.select_option("#mix-fidelity", "0")  # the 48 design runs at `small`
     p.wait_for_function("() => document.getElementById('chart-parcoords').data[0].dimensions[0].values.length === 48")
-    _assert_drawn({c: p.evaluate(CHART_STATS, c) for c in ("chart-mixtures", "chart-parcoords")},
-                  {"chart-mixtures": 48 * 5, "chart-parcoords": 48})
+    _assert_drawn(page.drawn(["chart-mixtures", "chart-parcoords"]), {"chart-mixtures": 48 * 5, "chart-parcoords": 48})
     assert p.text_content("#study-name") == "pile-4 regmix" and p.text_content("#study-state") == "running"
     assert "Spearman" in p.text_content("#pred-caption")
     assert p.locator("#trials-table tbody tr").count() == 50  # the first page

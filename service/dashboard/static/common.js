@@ -196,6 +196,20 @@ const MX = (() => {
       modeBarButtonsToRemove: ["lasso2d", "select2d", "autoScale2d"] });
     if (node._mxClick && !node._mxHooked) { node.on("plotly_click", node._mxClick); node._mxHooked = true; }
   }
+  /** Run ``draw`` once ``node`` is on (or near) the screen, now if it is; a later call replaces a
+   * pending draw. Charts below the fold then cost nothing until the reader scrolls to them. */
+  function lazy(node, draw) {
+    node._mxDraw = draw;
+    if (!node._mxObserver) {
+      node._mxObserver = new IntersectionObserver((entries) => {
+        node._mxVisible = entries[entries.length - 1].isIntersecting;
+        if (node._mxVisible && node._mxDraw) { const f = node._mxDraw; node._mxDraw = null; setTimeout(f, 0); }
+      }, { rootMargin: "400px 0px" });
+      node._mxObserver.observe(node);
+    }
+    if (node._mxVisible) { node._mxDraw = null; setTimeout(draw, 0); }
+  }
+
   /** Call ``fn(event)`` when a point of the chart in ``node`` is clicked (now and after redraws). */
   function onClick(node, fn) { node._mxClick = fn; }
 
@@ -277,5 +291,5 @@ const MX = (() => {
   }
 
   return { base, api, HttpError, decodeWeights, domainColor, fidelityColor, fmt, fmtPct, fmtCount, fmtAge, fmtTime, el, badge, stat,
-    mixbar, legend, Table, layout, plot, onClick, scheduleCharts, live };
+    mixbar, legend, Table, layout, plot, lazy, onClick, scheduleCharts, live };
 })();

@@ -11,7 +11,7 @@
     ov: null, domains: [], fids: [], k: 0, sign: 1, label: "objective",
     // trials, column by column (row i = one trial, id order); W[i] = Float32Array of k weights
     T: { id: [], number: [], fid: [], state: [], obj: [], pred: [], cost: [], attempts: [], dyn: [], finished: [], W: [] },
-    index: new Map(), cursor: null, loaded: false, version: 0, drawn: -1,
+    index: new Map(), cursor: null, loaded: false, version: 0, drawn: {},
     recs: [], recsDrawn: -1, preds: null, predKey: null, predDrawn: null, fresh: new Set(),
     aioli: { id: null, detail: null, curve: null, key: null },
   };
@@ -102,8 +102,8 @@
     MX.legend($("domain-legend"), S.domains);
     $("filter-state").append(...["queued", "leased", "running", "completed", "failed", "cancelled"].map((s) => el("option", { value: s }, s)));
     $("filter-fidelity").append(...S.fids.map((f, i) => el("option", { value: i }, f)));
-    $("mix-fidelity").addEventListener("change", () => { $("mix-fidelity").dataset.touched = "1"; S.drawn = -1; render(); });
-    $("mix-view").addEventListener("change", () => { S.drawn = -1; render(); });
+    $("mix-fidelity").addEventListener("change", () => { $("mix-fidelity").dataset.touched = "1"; render(); });
+    $("mix-view").addEventListener("change", render);
     $("pred-source").addEventListener("change", () => { S.predDrawn = null; render(); });
     $("aioli-trial").addEventListener("change", () => { S.aioli.id = null; loadAioli().then(render); });
     for (const id of ["filter-state", "filter-fidelity"]) $(id).addEventListener("change", () => { table.page = 0; renderTable(); });
@@ -284,7 +284,7 @@
     return Number(sel.value);
   }
 
-  const MAX_BARS = 400;
+  const MAX_BARS = 400, MAX_BAR_CELLS = 2500;  // bars x domains: beyond that, SVG drawing gets slow
 
   function renderMixtures(f) {
     const idx = completedAt(f), k = S.k, T = S.T;
@@ -302,7 +302,7 @@
       return;
     }
     // Stacked bars, one per trial; beyond MAX_BARS each bar is the mean mixture of a rank bin.
-    const bins = Math.min(idx.length, MAX_BARS);
+    const bins = Math.min(idx.length, MAX_BARS, Math.max(50, Math.floor(MAX_BAR_CELLS / S.k)));
     const per = idx.length / bins;
     const x = [], obj = [], label = [], ids = [];
     const sums = Array.from({ length: k }, () => new Float64Array(bins));
@@ -326,9 +326,22 @@
       yaxis2: { title: { text: S.label }, overlaying: "y", side: "right", showgrid: false }, margin: { l: 56, r: 64, t: 10, b: 44 } });
   }
 
+  const MAX_LINES = 2000;
+
   function renderParcoords(f) {
-    const idx = completedAt(f), T = S.T, node = $("chart-parcoords");
-    if (idx.length < 2) { plot(node, [], {}, `parallel coordinates need two completed trials at ${S.fids[f]}`); return; }
+    const all = completedAt(f), T = S.T, node = $("chart-parcoords");
+    if (all.length < 2) { plot(node, [], {}, `parallel coordinates need two completed trials at ${S.fids[f]}`); return; }
+    // Thousands of lines draw slowly (WebGL) and read as a blur: beyond MAX_LINES, the best half
+    // and an even spread over the rest, so the colour scale still spans every objective.
+    let idx = all;
+    if (all.length > MAX_LINES) {
+      const half = MAX_LINES / 2, rest = all.length - half;
+      idx = all.slice(0, half);
+      for (let j = 0; j < half; j++) idx.push(all[half + Math.floor((j * rest) / half)]);
+    }
+    $("parcoords-caption").textContent = idx.length < all.length
+      ? `${idx.length} of ${all.length} trials at ${S.fids[f]}: the best ${MAX_LINES / 2} and ${MAX_LINES / 2} spread over the rest`
+      : `${all.length} trials at ${S.fids[f]}`;
     const old = node.data && node.data[0] && node.data[0].dimensions;
     const keep = (j) => (old && old[j] && old[j].constraintrange ? { constraintrange: old[j].constraintrange } : {});
     const dims = S.domains.map((d, j) => Object.assign({ label: d, values: idx.map((i) => T.W[i][j]), range: [0, 1], tickformat: ".0%" }, keep(j)));
@@ -376,8 +389,9 @@
     const rho = set.spearman !== null ? `Spearman ρ = ${fmt(set.spearman, 3)}` : "Spearman ρ: too few points";
     const reported = set.reported_spearman !== null && set.reported_spearman !== undefined ? ` (strategy reported ${fmt(set.reported_spearman, 3)})` : "";
     $("pred-caption").textContent = `${rho}${reported} · n = ${set.trial_id.length}`;
-    plot($("chart-predictions"), traces, { xaxis: { title: { text: `predicted ${S.label}` } }, yaxis: { title: { text: `actual ${S.label}` } } },
-      "no prediction for a completed trial yet");
+    MX.lazy($("chart-predictions"), () => plot($("chart-predictions"), traces, {
+      xaxis: { title: { text: `predicted ${S.label}` } }, yaxis: { title: { text: `actual ${S.label}` } } },
+    "no prediction for a completed trial yet"));
   }
 
   function renderAioli() {
@@ -464,14 +478,16 @@
     renderPredictions();
     renderAioli();
     const f = syncFidelitySelect();
-    const key = `${S.version}:${f}:${ov.recommendation ? ov.recommendation.id : ""}`;
-    if (key !== S.drawn) {
-      S.drawn = key;
-      renderRecommendation(ov);
-      renderProgress();
-      renderMixtures(f);
-      renderParcoords(f);
-      renderTable();
+    // Each chart is redrawn only when what it shows changed.
+    const keys = {
+      rec: `${S.version}:${ov.recommendation ? ov.recommendation.id : ""}`, progress: `${S.version}`,
+      mixtures: `${S.version}:${f}:${$("mix-view").value}`, parcoords: `${S.version}:${f}`, table: `${S.version}`,
+    };
+    const draw = { rec: () => renderRecommendation(ov), progress: renderProgress,
+      mixtures: () => MX.lazy($("chart-mixtures"), () => renderMixtures(f)),
+      parcoords: () => MX.lazy($("chart-parcoords"), () => renderParcoords(f)), table: renderTable };
+    for (const [name, key] of Object.entries(keys)) {
+      if (S.drawn[name] !== key) { S.drawn[name] = key; draw[name](); }
     }
   }
 
