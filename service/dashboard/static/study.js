@@ -388,9 +388,9 @@
     }
     const rho = set.spearman !== null ? `Spearman ρ = ${fmt(set.spearman, 3)}` : "Spearman ρ: too few points";
     const reported = set.reported_spearman !== null && set.reported_spearman !== undefined ? ` (strategy reported ${fmt(set.reported_spearman, 3)})` : "";
-    $("pred-caption").textContent = `${rho}${reported} · n = ${set.trial_id.length}`;
+    $("pred-caption").textContent = `${S.label} · ${rho}${reported} · n = ${set.trial_id.length}`;
     MX.lazy($("chart-predictions"), () => plot($("chart-predictions"), traces, {
-      xaxis: { title: { text: `predicted ${S.label}` } }, yaxis: { title: { text: `actual ${S.label}` } } },
+      xaxis: { title: { text: "predicted objective" } }, yaxis: { title: { text: "actual objective" } } },
     "no prediction for a completed trial yet"));
   }
 
