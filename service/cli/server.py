@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from ..settings import get_settings
@@ -29,6 +31,12 @@ def server(
         check_exposure(settings, host or settings.host)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--host") from None
+    if settings.auto_migrate:
+        # Once, here: `--workers N` processes migrating at the same time race on creating the tables.
+        from ..db import upgrade
+
+        upgrade(settings.database_url)
+        os.environ["MIXOPT_AUTO_MIGRATE"] = "false"  # the worker processes inherit it
     uvicorn.run(
         "service.api:create_app", factory=True, host=host or settings.host, port=port or settings.port,
         workers=workers, log_config=None,
