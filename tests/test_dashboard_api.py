@@ -244,6 +244,9 @@ def test_unknown_ids_and_bad_cursor(client):
     r = client.get("/dashboard/api/studies/1/trials", params={"changed_since": "yesterday"})
     assert r.status_code == 422 and "changed_since" in r.json()["detail"][0]["msg"]
     assert client.get("/dashboard/api/studies/1/trials", params={"limit": 0}).status_code == 422
+    assert client.get(f"/dashboard/api/studies/{2**63}").status_code == 422  # not a driver error
+    assert client.get("/dashboard/api/studies/1/trials", params={"after_id": 2**40}).status_code == 422
+    assert client.get(f"/dashboard/trials/{2**63}").status_code == 422
 
 
 # ---- auth --------------------------------------------------------------------------------------

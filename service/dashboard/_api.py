@@ -130,7 +130,7 @@ def workers(request: Request, db: DbDep) -> Response:
         return _json(request, engine.worker_rows(s))
 
 
-def _stream(db, study_id: int, render) -> Iterator[bytes]:
+def _stream(db, study_id: StudyId, render) -> Iterator[bytes]:
     names, metrics, rows = engine.export_trials(db, study_id)
     yield from render(names, metrics, rows)
 
