@@ -470,6 +470,8 @@
 
   // ---- render ----------------------------------------------------------------------------
 
+  const HEAVY_MS = 10000;
+
   function render() {
     const ov = S.ov;
     renderHeader(ov);
@@ -478,10 +480,12 @@
     renderPredictions();
     renderAioli();
     const f = syncFidelitySelect();
-    // Each chart is redrawn only when what it shows changed.
+    // Each chart is redrawn only when what it shows changed; the two heaviest follow the trials
+    // at most every HEAVY_MS while a study runs (the reader's own choices apply at once).
+    if (S.version !== S.heavyVersion && Date.now() - (S.heavyAt || 0) > HEAVY_MS) { S.heavyVersion = S.version; S.heavyAt = Date.now(); }
     const keys = {
       rec: `${S.version}:${ov.recommendation ? ov.recommendation.id : ""}`, progress: `${S.version}`,
-      mixtures: `${S.version}:${f}:${$("mix-view").value}`, parcoords: `${S.version}:${f}`, table: `${S.version}`,
+      mixtures: `${S.heavyVersion}:${f}:${$("mix-view").value}`, parcoords: `${S.heavyVersion}:${f}`, table: `${S.version}`,
     };
     const draw = { rec: () => renderRecommendation(ov), progress: renderProgress,
       mixtures: () => MX.lazy($("chart-mixtures"), () => renderMixtures(f)),
