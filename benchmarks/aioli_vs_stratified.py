@@ -1,0 +1,464 @@
+"""Aioli against stratified (uniform) sampling on the demo corpus (issue 5, DESIGN.md 3.2).
+
+Every method trains the same proxy for the same number of optimizer steps (equal token budgets;
+Aioli's LearnParams steps count toward its budget) with the same seeds: the seed fixes the model's
+initialisation and each domain's window order, so two methods with one seed differ only in which
+domain each example is drawn from. Methods:
+
+* ``stratified``        the uniform mixture for the whole run.
+* ``aioli``             :class:`service.strategies.AioliStrategy`, driven in-process segment by
+                        segment (the strategy is pure; the server does the same over HTTP).
+* ``aioli-restricted``  the "restricted" variant: the first ``--prior-fraction`` of the steps on
+                        ``--prior-mixture`` (default uniform, i.e. stratified), then Aioli.
+
+**Held-out evaluation.** Aioli steers on the per-domain validation losses its segments report, so
+they are not a fair score for it. Each domain's validation tokens are split
+(``TrainConfig.test_fraction``): the head is the *steering* split (every evaluation during a run:
+Aioli's segment losses, the stratified run's curve), the tail the *test* split, evaluated once at
+the end of every run on all its windows. The score is the average per-domain test perplexity
+``mean_i exp(L_i)``; nothing was chosen by looking at it.
+
+**Scaling the paper's settings.** The paper's settings are in optimizer steps of 5,000-step
+(2-3 domains) and 40,000-step (7 domains) runs; our runs have ~1,000. What the algorithm needs
+is (a) several mixture updates per run, (b) the paper's share of the run spent in LearnParams and
+(c) LearnParams segments long enough that their loss drops rise above the noise. The defaults
+(:func:`scaled_aioli_params`) keep ``rounds`` = 10 updates (``update_steps = steps / 10``), spend
+30% of each round in LearnParams (the paper's 3-domain share, 72 of 250 steps; its 2-domain share
+is 13% and its 7-domain share 70%) in one sweep (``lp_rounds = 1``: two sweeps would leave 3-step
+segments), so ``lp_steps = 0.3 * update_steps / k``; ``eta``, ``ema`` and ``one_hot_factor`` are the
+paper's row for ``k >= 4`` unchanged: ``A`` is normalised to sum 1 before the update, so the step
+size does not depend on the run's length or the loss scale.
+
+    .venv/bin/python benchmarks/aioli_vs_stratified.py --seeds 3 --jobs 2
+    .venv/bin/mixopt bench aioli --seeds 3 --jobs 2        # the same
+
+Writes ``--out``/aioli_vs_stratified.json (settings, every run with its segments and losses, the
+summary), .md (the table) and .png (the mixture proportions over the steps of one Aioli run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from proxy_models import SegmentSpec, TrainConfig, build_demo_corpus, prepare_corpus, train_proxy  # noqa: E402
+from service.strategies import Domain, Fidelity, MixtureSpace, SearchSpace, SegmentRecord, TrialRecord  # noqa: E402
+from service.strategies.aioli import PAPER_SETTINGS, AioliStrategy, summarize_run  # noqa: E402
+
+METHODS = ("stratified", "aioli", "aioli-restricted")
+ROUNDS = 10
+"""Mixture updates per run of the scaled defaults."""
+LEARN_SHARE = 0.3
+"""Share of a round spent in LearnParams in the scaled defaults."""
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    """One benchmark's settings (every method and seed shares them).
+
+    Args:
+        model: proxy preset.
+        steps: optimizer steps of every run (tokens = ``steps * batch_size * seq_len``).
+        batch_size, seq_len: sequences per step and tokens per sequence.
+        eval_tokens: steering-split tokens per domain in each evaluation during a run.
+        val_fraction: share of each domain held out (steering + test).
+        test_fraction: share of the held-out tokens that form the test split.
+        vocab_size: the demo corpus' BPE.
+        threads: torch threads per run.
+        lr: peak learning rate (``None``: the preset's).
+        aioli: AioliParams overrides over :func:`scaled_aioli_params`.
+        prior_fraction: restricted variant: the share of the steps on ``prior_mixture``.
+        prior_mixture: restricted variant: the mixture of those steps (``None``: uniform).
+    """
+
+    model: str = "llama-tiny"
+    steps: int = 1000
+    batch_size: int = 16
+    seq_len: int = 128
+    eval_tokens: int = 4096
+    val_fraction: float = 0.1
+    test_fraction: float = 0.5
+    vocab_size: int = 8192
+    threads: int = 1
+    lr: float | None = None
+    aioli: dict[str, Any] = dataclasses.field(default_factory=dict)
+    prior_fraction: float = 0.5
+    prior_mixture: dict[str, float] | None = None
+
+    @property
+    def tokens(self) -> int:
+        return self.steps * self.batch_size * self.seq_len
+
+    def train_config(self, seed: int, eval_every: int = 0) -> TrainConfig:
+        return TrainConfig(
+            model=self.model, tokens=self.tokens, batch_size=self.batch_size, seq_len=self.seq_len, lr=self.lr,
+            eval_tokens=self.eval_tokens, val_fraction=self.val_fraction, test_fraction=self.test_fraction,
+            vocab_size=self.vocab_size, threads=self.threads, device="cpu", seed=seed, eval_every=eval_every,
+            progress_every=max(self.steps, 1),
+        )
+
+
+def scaled_aioli_params(k: int, steps: int) -> dict[str, Any]:
+    """The paper's Aioli settings for ``k`` domains scaled to a run of ``steps`` steps (see the
+    module docstring): ``ROUNDS`` rounds, ``LEARN_SHARE`` of each in one LearnParams sweep; the
+    step size, EMA and one-hot factor of the paper's row for ``k``."""
+    paper = PAPER_SETTINGS[2 if k <= 2 else 3 if k == 3 else 7]
+    update_steps = max(steps // ROUNDS, 2 * k)
+    lp_steps = max(int(round(LEARN_SHARE * update_steps / k)), 1)
+    if lp_steps * k >= update_steps:  # tiny runs (the smoke test): keep room to train in a round
+        lp_steps = max((update_steps - 1) // k, 1)
+    return {"update_steps": update_steps, "lp_rounds": 1, "lp_steps": lp_steps, "eta": paper["eta"],
+            "ema": paper["ema"], "one_hot_factor": paper["one_hot_factor"]}
+
+
+def aioli_params(bench: BenchConfig, method: str, domains: Sequence[str]) -> dict[str, Any]:
+    """The AioliParams of ``method`` (``aioli`` or ``aioli-restricted``)."""
+    params = {**scaled_aioli_params(len(domains), bench.steps), **bench.aioli}
+    if method == "aioli-restricted":
+        params["prior_steps"] = int(round(bench.prior_fraction * bench.steps))
+        params["prior_mixture"] = bench.prior_mixture or {d: 1.0 for d in domains}
+    return params
+
+
+def search_space(bench: BenchConfig, domains: Sequence[str]) -> SearchSpace:
+    """The one-fidelity space of a benchmark run (its steps fix Aioli's budget)."""
+    fidelity = Fidelity("bench", cost=1.0, target=True, tokens=bench.tokens, model=bench.model,
+                        params={"batch_size": bench.batch_size, "seq_len": bench.seq_len})
+    return SearchSpace(MixtureSpace(tuple(Domain(d) for d in domains)), (fidelity,))
+
+
+class AioliSource:
+    """A ``proxy_models`` segment source that asks :meth:`AioliStrategy.next_segment` at every
+    boundary and keeps the record the server would (``records``: every segment with its losses)."""
+
+    def __init__(self, strategy: AioliStrategy, trial: TrialRecord):
+        self.strategy, self.trial = strategy, trial
+        self.names = strategy.space.mixture.names
+        self.records: list[SegmentRecord] = []
+
+    def __call__(self, losses: dict[str, float] | None) -> SegmentSpec | None:
+        if self.records:
+            last = self.records[-1]
+            self.records[-1] = SegmentRecord(last.index, last.segment, losses)
+        segment = self.strategy.next_segment(self.trial, self.records)
+        if segment is None:
+            return None
+        self.records.append(SegmentRecord(len(self.records), segment, None))
+        return SegmentSpec(dict(zip(self.names, segment.weights.tolist())), segment.steps, segment.evaluate_after)
+
+
+def _avg_ppl(losses: Mapping[str, float]) -> float:
+    """The score: ``mean_i exp(L_i)`` over the domains."""
+    return float(np.mean([math.exp(v) for v in losses.values()]))
+
+
+def run_one(bench: BenchConfig, corpus_dir: str, cache_dir: str, method: str, seed: int) -> dict[str, Any]:
+    """One proxy run of ``method`` with ``seed``; its losses, token shares, timings and (Aioli) segments."""
+    corpus = prepare_corpus(corpus_dir, cache_dir, vocab_size=bench.vocab_size, val_fraction=bench.val_fraction)
+    domains = list(corpus.domains)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    record: dict[str, Any] = {"method": method, "seed": seed}
+    if method == "stratified":
+        params = aioli_params(bench, "aioli", domains)  # the curve at Aioli's round boundaries
+        cfg = bench.train_config(seed, eval_every=params["update_steps"])
+        result = train_proxy(cfg, corpus, mixture={d: 1.0 / len(domains) for d in domains})
+    elif method in ("aioli", "aioli-restricted"):
+        params = aioli_params(bench, method, domains)
+        strategy = AioliStrategy(search_space(bench, domains), params, seed=seed)
+        strategy.check()
+        trial = TrialRecord(trial_id=1, weights=strategy.prior, fidelity="bench", state="pending", meta={"run": 0})
+        source = AioliSource(strategy, trial)
+        result = train_proxy(bench.train_config(seed), corpus, segments=source)
+        starts = np.concatenate([[0], np.cumsum([r.segment.steps for r in source.records])])
+        summary = summarize_run(source.records, len(domains))
+        record.update(
+            params=params,
+            settings=dataclasses.asdict(strategy.settings),
+            average_mixture=dict(zip(domains, summary["average"].round(6).tolist())),
+            final_mixture=dict(zip(domains, summary["final"].round(6).tolist())),
+            segments=[
+                {"index": r.index, "kind": r.segment.kind, "start": int(starts[i]), "steps": r.segment.steps,
+                 "weights": r.segment.weights.round(6).tolist(), "losses": r.losses,
+                 **({"round": r.segment.meta.get("round")}),
+                 **({"column_sums": r.segment.meta["column_sums"]} if "column_sums" in r.segment.meta else {})}
+                for i, r in enumerate(source.records)
+            ],
+        )
+    else:
+        raise ValueError(f"methods: unknown method {method!r}; known: {', '.join(METHODS)}")
+    record.update(
+        domains=domains,
+        test_losses=result.test_losses,
+        val_losses=result.losses,
+        test_avg_ppl=_avg_ppl(result.test_losses),
+        val_avg_ppl=_avg_ppl(result.losses),
+        tokens=result.tokens,
+        steps=result.steps,
+        token_shares=result.metrics["token_shares"],
+        epochs=result.metrics["epochs"],
+        cpu_s=time.process_time() - cpu0,
+        wall_s=time.perf_counter() - wall0,
+        train_s=result.metrics["train_s"],
+        eval_s=result.metrics["eval_s"],
+        curve=[{"step": c["step"], "losses": c["losses"]} for c in result.curve],
+    )
+    return record
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, float]:
+    v = np.asarray(values, dtype=float)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+
+
+def summarize(runs: Sequence[dict[str, Any]], methods: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
+    """Per method: the score per seed, mean and std; per-domain test perplexities; and the paired
+    difference to ``stratified`` per seed (negative: the method is better)."""
+    by = {(r["method"], r["seed"]): r for r in runs}
+    domains = runs[0]["domains"]
+    out: dict[str, Any] = {"methods": {}, "paired": {}}
+    for m in methods:
+        mine = [by[(m, s)] for s in seeds]
+        scores = [r["test_avg_ppl"] for r in mine]
+        entry = {
+            "test_avg_ppl": scores,
+            **_mean_std(scores),
+            "val_avg_ppl": _mean_std([r["val_avg_ppl"] for r in mine]),
+            "test_ppl": {d: _mean_std([math.exp(r["test_losses"][d]) for r in mine]) for d in domains},
+            "token_shares": {d: float(np.mean([r["token_shares"][d] for r in mine])) for d in domains},
+            "tokens": sorted({r["tokens"] for r in mine}),
+            "cpu_s": _mean_std([r["cpu_s"] for r in mine]),
+        }
+        if "average_mixture" in mine[0]:
+            entry["average_mixture"] = {d: float(np.mean([r["average_mixture"][d] for r in mine])) for d in domains}
+        out["methods"][m] = entry
+    if "stratified" in methods:
+        base = [by[("stratified", s)]["test_avg_ppl"] for s in seeds]
+        for m in methods:
+            if m == "stratified":
+                continue
+            diff = np.array(out["methods"][m]["test_avg_ppl"]) - np.array(base)
+            stats = _mean_std(diff)
+            se = stats["std"] / math.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+            out["paired"][m] = {"diff": diff.tolist(), **stats, "t": stats["mean"] / se if se > 0 else float("nan"),
+                                "wins": int((diff < 0).sum()), "n": len(diff)}
+    return out
+
+
+def run_benchmark(
+    bench: BenchConfig,
+    corpus_dir: str | Path,
+    cache_dir: str | Path,
+    methods: Sequence[str] = METHODS,
+    seeds: Sequence[int] = (0, 1, 2),
+    jobs: int = 1,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    done: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
+    """Every method with every seed (``jobs`` runs at once, in spawned processes when > 1);
+    ``done``: runs of the same configuration already made (reused, e.g. after an interruption).
+
+    Returns:
+        ``{"config", "methods", "seeds", "runs", "summary", "wall_s"}``.
+
+    Raises:
+        ValueError: for an unknown method, or when the methods did not spend the same tokens.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown}; known: {', '.join(METHODS)}")
+    corpus_dir, cache_dir = str(corpus_dir), str(cache_dir)
+    prepare_corpus(corpus_dir, cache_dir, vocab_size=bench.vocab_size, val_fraction=bench.val_fraction)  # once
+    tasks = [(m, s) for s in seeds for m in methods]  # seed-major: a partial result stays paired
+    t0 = time.perf_counter()
+    runs = [r for r in done if (r["method"], r["seed"]) in tasks]
+    todo = [t for t in tasks if t not in {(r["method"], r["seed"]) for r in runs}]
+    if jobs <= 1:
+        for m, s in todo:
+            runs.append(run_one(bench, corpus_dir, cache_dir, m, s))
+            if progress:
+                progress(runs[-1])
+    else:
+        import multiprocessing
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(run_one, bench, corpus_dir, cache_dir, m, s) for m, s in todo]
+            for f in as_completed(futures):
+                runs.append(f.result())
+                if progress:
+                    progress(runs[-1])
+    runs.sort(key=lambda r: (tasks.index((r["method"], r["seed"]))))
+    spent = {(r["method"], r["seed"]): r["tokens"] for r in runs}
+    if len(set(spent.values())) != 1:
+        raise ValueError(f"token budgets differ between runs: {spent}")
+    return {
+        "config": {**dataclasses.asdict(bench), "tokens": bench.tokens,
+                   "aioli_params": aioli_params(bench, "aioli", runs[0]["domains"])},
+        "methods": list(methods),
+        "seeds": list(seeds),
+        "runs": runs,
+        "summary": summarize(runs, methods, seeds),
+        "wall_s": time.perf_counter() - t0,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Markdown: the score per seed, mean ± std and the paired difference; then per-domain test
+    perplexities and the mixtures."""
+    s, seeds = result["summary"], result["seeds"]
+    domains = result["runs"][0]["domains"]
+    lines = [
+        "| method | " + " | ".join(f"seed {x}" for x in seeds) + " | mean ± std | Δ vs stratified (paired) | wins | tokens/run | CPU s/run |",
+        "|---|" + "---|" * len(seeds) + "---|---|---|---|---|",
+    ]
+    for m, e in s["methods"].items():
+        p = s["paired"].get(m)
+        delta = f"{p['mean']:+.3f} ± {p['std']:.3f}" if p else "–"
+        wins = f"{p['wins']}/{p['n']}" if p else "–"
+        lines.append(f"| {m} | " + " | ".join(f"{v:.3f}" for v in e["test_avg_ppl"])
+                     + f" | {e['mean']:.3f} ± {e['std']:.3f} | {delta} | {wins} | {e['tokens'][0]:,} | {e['cpu_s']['mean']:.0f} |")
+    lines += ["", "| method | " + " | ".join(domains) + " | steering-split avg ppl |",
+              "|---|" + "---|" * len(domains) + "---|"]
+    for m, e in s["methods"].items():
+        lines.append(f"| {m} (test ppl) | " + " | ".join(f"{e['test_ppl'][d]['mean']:.2f}" for d in domains)
+                     + f" | {e['val_avg_ppl']['mean']:.3f} |")
+    for m, e in s["methods"].items():
+        lines.append(f"| {m} (token shares) | " + " | ".join(f"{e['token_shares'][d]:.3f}" for d in domains) + " | |")
+    return "\n".join(lines)
+
+
+def plot_mixture(run: dict[str, Any], path: str | Path) -> None:
+    """Two panels for one Aioli run: the mixture trained at every step (LearnParams segments
+    included) and the mixture Aioli chose for each round's training segment."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    domains = run["domains"]
+    segs = [g for g in run["segments"] if g["steps"] > 0]
+    edges = np.array([g["start"] for g in segs] + [segs[-1]["start"] + segs[-1]["steps"]])
+    weights = np.array([g["weights"] for g in segs])  # n x k
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
+    x = np.repeat(edges, 2)[1:-1]
+    y = np.repeat(weights, 2, axis=0)
+    top.stackplot(x, y.T, labels=domains, step=None, alpha=0.85)
+    top.set_ylabel("mixture trained")
+    top.set_ylim(0, 1)
+    top.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    top.set_title(f"{run['method']}, seed {run['seed']}: proportions over steps "
+                  f"(LearnParams: smoothed one-hot segments)")
+    trains = [g for g in segs if g["kind"] in ("train", "prior")]
+    for d, name in enumerate(domains):  # one flat piece per train segment, NaN-separated
+        xs = np.concatenate([[g["start"], g["start"] + g["steps"], np.nan] for g in trains])
+        ys = np.concatenate([[g["weights"][d]] * 2 + [np.nan] for g in trains])
+        bottom.plot(xs, ys, label=name, lw=2)
+    for g in segs:
+        if g["kind"] == "learn":
+            bottom.axvspan(g["start"], g["start"] + g["steps"], color="0.9", lw=0)
+    bottom.axhline(1 / len(domains), color="0.5", ls=":", lw=1)
+    bottom.set_ylabel("Aioli's mixture (train segments)")
+    bottom.set_xlabel("optimizer step (grey: LearnParams)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="aioli_vs_stratified", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = BenchConfig()
+    parser.add_argument("--model", default=d.model)
+    parser.add_argument("--steps", type=int, default=d.steps, help="optimizer steps per run (all methods)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--seq-len", type=int, default=d.seq_len)
+    parser.add_argument("--eval-tokens", type=int, default=d.eval_tokens, help="steering tokens per domain per evaluation")
+    parser.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    parser.add_argument("--test-fraction", type=float, default=d.test_fraction, help="share of the held-out tokens in the test split")
+    parser.add_argument("--vocab-size", type=int, default=d.vocab_size)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1, the same for every method")
+    parser.add_argument("--methods", default=",".join(METHODS[:2]), help=f"comma-separated, of {', '.join(METHODS)}")
+    parser.add_argument("--aioli", default="{}", help="JSON AioliParams over the scaled defaults")
+    parser.add_argument("--prior-fraction", type=float, default=d.prior_fraction, help="aioli-restricted: share of steps on the prior")
+    parser.add_argument("--prior-mixture", default=None, help="aioli-restricted: JSON mixture (default uniform)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once (separate processes)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--corpus", type=Path, default=None, help="corpus dir (default: the demo corpus, built if missing)")
+    parser.add_argument("--cache-dir", type=Path, default=Path("artifacts/cache"))
+    parser.add_argument("--out", type=Path, default=Path("artifacts/bench/aioli"))
+    parser.add_argument("--resume", action="store_true", help="reuse the finished runs of an interrupted benchmark "
+                        "with the same settings (from --out)")
+    args = parser.parse_args(argv)
+
+    try:
+        aioli = json.loads(args.aioli)
+        prior = json.loads(args.prior_mixture) if args.prior_mixture else None
+    except json.JSONDecodeError as exc:
+        parser.error(f"--aioli/--prior-mixture: bad JSON: {exc}")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if any(m not in METHODS for m in methods):
+        parser.error(f"--methods: unknown {[m for m in methods if m not in METHODS]}; known: {', '.join(METHODS)}")
+    bench = BenchConfig(model=args.model, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
+                        eval_tokens=args.eval_tokens, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                        vocab_size=args.vocab_size, threads=args.threads, lr=args.lr, aioli=aioli,
+                        prior_fraction=args.prior_fraction, prior_mixture=prior)
+    corpus_dir = args.corpus
+    if corpus_dir is None:
+        corpus_dir = args.cache_dir / "demo_corpus"
+        if not corpus_dir.exists():
+            build_demo_corpus(corpus_dir, extra=False)
+
+    from tqdm import tqdm
+
+    # Every finished run is appended to a partial file; --resume reuses those of the same settings.
+    args.out.mkdir(parents=True, exist_ok=True)
+    partial = args.out / "aioli_vs_stratified.partial.jsonl"
+    key = json.dumps(dataclasses.asdict(bench), sort_keys=True)
+    done = []
+    if args.resume and partial.exists():
+        lines = partial.read_text().splitlines()
+        if lines and lines[0] == key:
+            done = [json.loads(line) for line in lines[1:] if line.strip()]
+    if not done:
+        partial.write_text(key + "\n")
+    seeds = list(range(args.seeds))
+    with tqdm(total=len(seeds) * len(methods), desc="proxy runs") as bar:
+        def progress(run: dict[str, Any]) -> None:
+            bar.update()
+            with partial.open("a") as f:
+                f.write(json.dumps(run) + "\n")
+            bar.write(f"{run['method']:>16} seed {run['seed']}: test avg ppl {run['test_avg_ppl']:.3f} "
+                      f"(steering {run['val_avg_ppl']:.3f}), {run['cpu_s']:.0f} CPU s, {run['wall_s']:.0f} s")
+
+        bar.update(sum((r["method"], r["seed"]) in {(m, s) for m in methods for s in seeds} for r in done))
+        result = run_benchmark(bench, corpus_dir, args.cache_dir, methods, seeds, jobs=args.jobs, progress=progress,
+                               done=done)
+    table = format_table(result)
+    print(table)
+    (args.out / "aioli_vs_stratified.json").write_text(json.dumps(result, indent=1))
+    (args.out / "aioli_vs_stratified.md").write_text(table + "\n")
+    aioli_runs = [r for r in result["runs"] if r["method"] == "aioli"] or [r for r in result["runs"] if "segments" in r]
+    if aioli_runs:
+        plot_mixture(aioli_runs[0], args.out / "aioli_mixture.png")
+    print(f"wrote {args.out}/aioli_vs_stratified.{{json,md}}" + (", aioli_mixture.png" if aioli_runs else "")
+          + f" ({result['wall_s']:.0f} s)")
+    return result
+
+
+if __name__ == "__main__":
+    main()
