@@ -60,7 +60,8 @@ def test_lease_heartbeat_complete_exactly_once(client):
     assert client.post(f"/api/v1/leases/{lid}/complete", headers=a, json=result).status_code == 403
     assert client.post(f"/api/v1/leases/{lid}/complete", json=result).status_code == 401
     first = client.post(f"/api/v1/leases/{lid}/complete", headers=b, json=result)
-    assert first.status_code == 200 and first.json() == {"trial_id": trial["id"], "state": "completed", "duplicate": False}
+    assert first.status_code == 200 and first.json() == {"trial_id": trial["id"], "study_id": sid, "state": "completed",
+                                                     "duplicate": False}
     again = client.post(f"/api/v1/leases/{lid}/complete", headers=b, json=result)
     assert again.status_code == 200 and again.json()["duplicate"] is True
     changed = {**result, "losses": {k: v + 1 for k, v in result["losses"].items()}}

@@ -61,8 +61,8 @@ class Study(Base):
     lease_seconds: Mapped[float] = mapped_column(default=60.0)
     max_epochs: Mapped[float | None]
     dispatch: Mapped[str] = mapped_column(String(16), default="workers")
-    # Bumped whenever the strategy's view of the study changes (a trial created or finished, a
-    # state change): the engine proposes against a snapshot and commits only if it is current.
+    # Bumped on study-level changes (a state change, trials enqueued, failed or requeued); not on
+    # each result, which would serialise every worker's completion on this row's lock.
     revision: Mapped[int] = mapped_column(default=0)
     failure_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

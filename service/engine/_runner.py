@@ -18,8 +18,13 @@ class EngineRunner:
     """One per server process. Several processes on one database are safe: every step locks
     what it changes and re-checks it."""
 
-    def __init__(self, db: Database, *, sweep_interval_s: float = 5.0, recommend_interval_s: float = 10.0):
+    def __init__(self, db: Database, *, sweep_interval_s: float = 5.0, recommend_interval_s: float = 10.0,
+                 advance_interval_s: float = 0.1):
         self.db = db
+        # Completions arriving together are answered by one ``advance`` (it reads the whole study),
+        # taken at most this often per study: under load, one read serves many completions.
+        self.advance_interval_s = advance_interval_s
+        self._last_advance: dict[int, float] = {}
         self.sweep_interval_s = sweep_interval_s
         self.recommend_interval_s = recommend_interval_s
         self._dirty: set[int] = set()
@@ -55,11 +60,13 @@ class EngineRunner:
         next_sweep = 0.0
         while not self._stop.is_set():
             with self._cv:
-                wake = min([next_sweep, *map(self._recommendation_due, self._stale_recommendation)])
-                if not self._dirty and time.monotonic() < wake:
+                wake = min([next_sweep, *map(self._recommendation_due, self._stale_recommendation),
+                            *map(self._advance_due, self._dirty)])
+                if time.monotonic() < wake:
                     self._cv.wait(timeout=wake - time.monotonic())
-                dirty, self._dirty = self._dirty, set()
                 now = time.monotonic()
+                dirty = {i for i in self._dirty if self._advance_due(i) <= now}
+                self._dirty -= dirty
                 due = {i for i in self._stale_recommendation if self._recommendation_due(i) <= now}
                 self._stale_recommendation -= due
             try:
@@ -77,11 +84,15 @@ class EngineRunner:
                 log.exception("engine step failed")
                 time.sleep(1.0)
 
+    def _advance_due(self, study_id: int) -> float:
+        return self._last_advance.get(study_id, -1e9) + self.advance_interval_s
+
     def _recommendation_due(self, study_id: int) -> float:
         return self._last_recommendation.get(study_id, -1e9) + self.recommend_interval_s
 
     def step(self, study_id: int) -> None:
         """Advance one study until it wants nothing more."""
+        self._last_advance[study_id] = time.monotonic()
         for _ in range(100):
             if not advance(self.db, study_id):
                 break

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from ..db import Study, Trial, TrialState
 from ..strategies import BaseStrategy, Domain, Fidelity, History, SearchSpace, TrialRecord, create_strategy, make_space
@@ -29,7 +29,9 @@ def strategy_for(study: Study, space: SearchSpace | None = None) -> BaseStrategy
 
 
 def load_trials(session: Session, study_id: int) -> list[Trial]:
-    return list(session.scalars(select(Trial).where(Trial.study_id == study_id).order_by(Trial.number)))
+    # One outer join for the results: the default select-in loading sends a query per 500 trials.
+    q = select(Trial).where(Trial.study_id == study_id).order_by(Trial.number).options(joinedload(Trial.result))
+    return list(session.scalars(q).unique())
 
 
 def load_history(session: Session, space: SearchSpace, trials: list[Trial]) -> History:

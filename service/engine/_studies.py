@@ -185,7 +185,7 @@ def advance(db: Database, study_id: int, *, attempts: int = 5) -> bool:
             study = get_study(s, study_id, lock=True)
             if study.state != StudyState.running:
                 return False
-            now = _budget(study, load_trials(s, study_id))
+            now = _budget(study, _budget_rows(s, study_id))
             if now.last_number != before.last_number:
                 continue
             admitted = _within_budget(space, proposals, now.budget_left)[: max(now.free, 0)]
@@ -199,7 +199,14 @@ def advance(db: Database, study_id: int, *, attempts: int = 5) -> bool:
     return False
 
 
-def _budget(study: Study, trials: list[Trial]) -> _Budget:
+def _budget_rows(s: Session, study_id: int) -> list:
+    """The columns :func:`_budget` reads, without loading whole trials and their results."""
+    q = select(Trial.state, Trial.cost, Trial.number, Trial.strategy_meta).where(Trial.study_id == study_id)
+    return list(s.execute(q))
+
+
+def _budget(study: Study, trials: list) -> _Budget:
+    """Free slots and budget from ``trials`` (trials, or rows with their state, cost, number, strategy_meta)."""
     live = [t for t in trials if t.state != TrialState.cancelled and not (t.strategy_meta or {}).get("imported")]
     in_flight = sum(t.state in IN_FLIGHT for t in live)
     free = study.parallelism - in_flight

@@ -128,11 +128,14 @@ def record_result(s: Session, trial: Trial, body: ResultCreate, lease_id: str | 
     trial.state = TrialState.completed
     trial.objective = objective
     trial.finished_at = now
-    study.revision += 1
+    # No ``study.revision`` bump here: it would make every completion of a study wait on the study
+    # row's lock (held to commit), serialising all workers; nothing reads the revision for results.
     return True
 
 
 def _add_curve(s: Session, trial_id: int, body: ResultCreate) -> None:
+    if not body.curve:
+        return
     seen = set(s.scalars(select(LossCurvePoint.step).where(LossCurvePoint.trial_id == trial_id)))
     for p in body.curve:
         if p.step in seen:

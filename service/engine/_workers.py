@@ -7,9 +7,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from datetime import timedelta
+import time
+import weakref
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ..db import HELD, Database, Fidelity, Lease, Study, StudyState, Trial, TrialState, Worker, utcnow
@@ -19,6 +21,13 @@ from ..schemas.trials import FailCreate, FidelityRef, ResultCreate
 from ..schemas.workers import WorkerCreate
 from ._costs import model_params
 from ._trials import _add_curve, _end_lease, get_trial, grant_lease, record_failure, record_result, sweep_expired
+
+
+LAST_SEEN_RESOLUTION_S = 5.0
+"""``Worker.last_seen_at`` is written at most this often: not every lease and heartbeat writes the row."""
+LAZY_SWEEP_INTERVAL_S = 0.2
+"""Lease calls sweep expired leases themselves (besides the engine's sweeper), at most this often per process."""
+_last_lazy_sweep: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def hash_token(token: str) -> str:
@@ -60,11 +69,29 @@ def _fits(worker: Worker, f: Fidelity) -> bool:
     return True
 
 
+def _touch(s: Session, worker: Worker, now: datetime) -> None:
+    if worker.last_seen_at is None or (now - worker.last_seen_at).total_seconds() >= LAST_SEEN_RESOLUTION_S:
+        s.execute(update(Worker).where(Worker.id == worker.id).values(last_seen_at=now))
+
+
+def _lazy_sweep(db: Database) -> None:
+    """Requeue expired leases before handing out work, unless this process did so a moment ago."""
+    now = time.monotonic()
+    if now - _last_lazy_sweep.get(db, -1e9) >= LAZY_SWEEP_INTERVAL_S:
+        _last_lazy_sweep[db] = now
+        sweep_expired(db)
+
+
+def _expired(trial: Trial, now: datetime) -> bool:
+    """The trial's current lease is past its expiry (the sweeper may not have ended it yet)."""
+    return trial.lease_expires_at is not None and trial.lease_expires_at < now
+
+
 def lease_next(db: Database, worker: Worker) -> LeaseGrant | None:
     """Lease the oldest queued trial that ``worker`` can run, or ``None``."""
-    sweep_expired(db)
+    _lazy_sweep(db)
     with db.session() as s:
-        s.get(Worker, worker.id).last_seen_at = utcnow()
+        _touch(s, worker, utcnow())
         candidates = s.scalars(
             select(Fidelity)
             .join(Study, Study.id == Fidelity.study_id)
@@ -106,22 +133,24 @@ def _own_lease(s: Session, lease_id: str, worker: Worker) -> Lease:
 
 
 def own_live_lease(s: Session, lease_id: str, worker: Worker) -> tuple[Lease, Trial]:
-    """The worker's lease and its (locked) trial; 403 for another's lease, 409 for one that is over."""
+    """The worker's lease and its (locked) trial; 403 for another's lease, 409 for one that is over
+    (ended, replaced, or past its expiry: the sweeper requeues it)."""
     lease = _own_lease(s, lease_id, worker)
     trial = get_trial(s, lease.trial_id, lock=True)
     if lease.outcome is not None or trial.lease_id != lease.id:
         raise Conflict(f"lease {lease_id} is over ({lease.outcome or 'replaced'}): abandon the run")
+    if _expired(trial, utcnow()):
+        raise Conflict(f"lease {lease_id} is over (expired): abandon the run")
     return lease, trial
 
 
 def heartbeat(db: Database, lease_id: str, worker: Worker, body: Heartbeat) -> HeartbeatAnswer:
     """Renew the lease and record progress; answer ``stop`` when the study was cancelled."""
-    sweep_expired(db)
     with db.session() as s:
         lease, trial = own_live_lease(s, lease_id, worker)
         study = s.get(Study, trial.study_id)
         now = utcnow()
-        s.get(Worker, worker.id).last_seen_at = now
+        _touch(s, worker, now)
         lease.last_heartbeat_at = now
         lease.progress = {**body.progress.model_dump(exclude_none=True),
                           **({"log_tail": body.log_tail} if body.log_tail else {}), "at": now.isoformat()}
@@ -137,25 +166,28 @@ def heartbeat(db: Database, lease_id: str, worker: Worker, body: Heartbeat) -> H
 def complete_lease(db: Database, lease_id: str, worker: Worker, body: ResultCreate) -> LeaseOutcome:
     """Record the lease's final result, once: a repeat with the same payload is answered from the
     stored row; a result from an expired or replaced lease is refused (409)."""
-    sweep_expired(db)
     with db.session() as s:
         lease = _own_lease(s, lease_id, worker)
         trial = get_trial(s, lease.trial_id, lock=True)
+        if lease.outcome is None and trial.lease_id == lease.id and _expired(trial, utcnow()):
+            raise Conflict(f"lease {lease_id} is over (expired): its result is not accepted")
         if lease.outcome not in (None, "completed"):
             raise Conflict(f"lease {lease_id} is over ({lease.outcome}): its result is not accepted")
         created = record_result(s, trial, body, lease_id)
-        return LeaseOutcome(trial_id=trial.id, state=trial.state.value, duplicate=not created)
+        return LeaseOutcome(trial_id=trial.id, study_id=trial.study_id, state=trial.state.value,
+                            duplicate=not created)
 
 
 def fail_lease(db: Database, lease_id: str, worker: Worker, body: LeaseFail) -> LeaseOutcome:
-    sweep_expired(db)
     with db.session() as s:
         lease = _own_lease(s, lease_id, worker)
         trial = get_trial(s, lease.trial_id, lock=True)
-        if lease.outcome == "expired":
+        live = lease.outcome is None and trial.lease_id == lease.id
+        if lease.outcome == "expired" or (live and _expired(trial, utcnow())):
             raise Conflict(f"lease {lease_id} expired")
         created = record_failure(s, trial, FailCreate(reason=body.reason, retryable=body.retryable), lease_id)
-        return LeaseOutcome(trial_id=trial.id, state=trial.state.value, duplicate=not created)
+        return LeaseOutcome(trial_id=trial.id, study_id=trial.study_id, state=trial.state.value,
+                            duplicate=not created)
 
 
 def release_lease(db: Database, lease_id: str, worker: Worker) -> LeaseOutcome:
@@ -165,14 +197,14 @@ def release_lease(db: Database, lease_id: str, worker: Worker) -> LeaseOutcome:
         lease = _own_lease(s, lease_id, worker)
         trial = get_trial(s, lease.trial_id, lock=True)
         if lease.outcome == "released":
-            return LeaseOutcome(trial_id=trial.id, state=trial.state.value, duplicate=True)
+            return LeaseOutcome(trial_id=trial.id, study_id=trial.study_id, state=trial.state.value, duplicate=True)
         if lease.outcome is not None or trial.lease_id != lease.id or trial.state not in HELD:
             raise Conflict(f"lease {lease_id} is over ({lease.outcome or 'replaced'})")
         _end_lease(s, trial, "released", utcnow())
         trial.state = TrialState.queued
         trial.attempts -= 1
         s.get(Study, trial.study_id).revision += 1
-        return LeaseOutcome(trial_id=trial.id, state=trial.state.value)
+        return LeaseOutcome(trial_id=trial.id, study_id=trial.study_id, state=trial.state.value)
 
 
 def extend_held_leases(db: Database) -> int:

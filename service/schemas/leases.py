@@ -67,5 +67,6 @@ class LeaseFail(_In):
 
 class LeaseOutcome(BaseModel):
     trial_id: int = Field(..., description="trial id")
+    study_id: int = Field(..., description="the trial's study")
     state: str = Field(..., description="the trial's state after the call")
     duplicate: bool = Field(False, description="true when this repeated an outcome already recorded")

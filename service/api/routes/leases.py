@@ -57,7 +57,7 @@ def complete(lease_id: LeaseId, body: ResultCreate, worker: WorkerDep, db: DbDep
     """Final results of the leased trial; repeating the same call is harmless (`duplicate`)."""
     out = engine.complete_lease(db, lease_id, worker, body)
     if not out.duplicate:
-        runner.notify(_study_of(db, out.trial_id))
+        runner.notify(out.study_id)
     return out
 
 
@@ -65,7 +65,7 @@ def complete(lease_id: LeaseId, body: ResultCreate, worker: WorkerDep, db: DbDep
 def fail(lease_id: LeaseId, body: LeaseFail, worker: WorkerDep, db: DbDep, runner: RunnerDep) -> LeaseOutcome:
     """The run failed: requeued when `retryable` and attempts remain, else the trial fails."""
     out = engine.fail_lease(db, lease_id, worker, body)
-    runner.notify(_study_of(db, out.trial_id))
+    runner.notify(out.study_id)
     return out
 
 
@@ -73,10 +73,5 @@ def fail(lease_id: LeaseId, body: LeaseFail, worker: WorkerDep, db: DbDep, runne
 def release(lease_id: LeaseId, worker: WorkerDep, db: DbDep, runner: RunnerDep) -> LeaseOutcome:
     """Give the trial back without counting an attempt (e.g. the worker is shutting down)."""
     out = engine.release_lease(db, lease_id, worker)
-    runner.notify(_study_of(db, out.trial_id), results_changed=False)
+    runner.notify(out.study_id, results_changed=False)
     return out
-
-
-def _study_of(db, trial_id: int) -> int:
-    with db.session() as s:
-        return engine.get_trial(s, trial_id).study_id
