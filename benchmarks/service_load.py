@@ -1,0 +1,420 @@
+"""Service load (issue 7, DESIGN.md section 4.3): N simulated workers, each a separate process,
+doing lease -> heartbeat -> complete as fast as they can against a real ``mixopt server`` on
+Postgres; side by side in the same run, Optuna's RDB storage on the same Postgres doing
+ask -> tell with the same number of processes.
+
+    .venv/bin/python benchmarks/service_load.py --workers 10 50 100 --out artifacts/service_load.json
+
+For each N and each system: a fresh database, N processes forked from this one (each with its
+own HTTP client or its own Optuna storage and connection pool), a barrier, ``--warmup`` seconds
+unmeasured, then ``--duration`` seconds measured: cycles per second (a cycle is one trial: lease,
+heartbeat and complete for mixopt; ask and tell for Optuna), p50/p99 latency per endpoint, and the
+exactly-once check (every trial completed once: the trials the clients completed are distinct,
+and the database holds exactly one result and one completed lease for each of them, and nothing
+else).
+
+The mixopt study is ``random`` with a budget far beyond what the run completes and parallelism
+``2 N``, so the engine keeps the queue filled as the real one does (every completion wakes it);
+Optuna uses its ``RandomSampler`` over one float per domain (its cheapest sampler). The server
+logs at WARNING (no access log) unless ``--access-log``.
+
+Postgres needs ``N + a few`` connections for Optuna (one pool per process); ``--start-postgres``
+runs a private Postgres cluster (initdb in a temp dir, ``max_connections`` sized for the run)
+that both systems share, for machines whose Postgres has too few connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+from sqlalchemy import create_engine, text
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from workers.executors import synthetic_losses  # noqa: E402
+
+JOIN_SECRET = "load-join-secret"
+DOMAINS = ["web", "code", "math", "books", "legal", "news"]
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+# -- databases ----------------------------------------------------------------------------------
+
+def fresh_database(admin_url: str, prefix: str) -> tuple[str, callable]:
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return url, drop
+
+
+def max_connections(admin_url: str) -> int:
+    engine = create_engine(admin_url)
+    with engine.connect() as conn:
+        n = int(conn.execute(text("SHOW max_connections")).scalar())
+    engine.dispose()
+    return n
+
+
+class PrivatePostgres:
+    """A throwaway Postgres cluster (initdb in a temp dir) with enough connections for the run."""
+
+    def __init__(self, port: int, max_conn: int):
+        self.port, self.max_conn = port, max_conn
+        self.dir = Path(tempfile.mkdtemp(prefix="mixopt-pg-"))
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_user:
+            shutil.chown(self.dir, "postgres", "postgres")
+
+    def start(self) -> str:
+        data = self.dir / "data"
+        subprocess.run([*self.as_user, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
+                       check=True, capture_output=True)
+        opts = f"-p {self.port} -c max_connections={self.max_conn} -c shared_buffers=256MB -k {self.dir} -c listen_addresses=127.0.0.1"
+        subprocess.run([*self.as_user, str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", opts, "-l",
+                        str(self.dir / "pg.log"), "-w", "start"], check=True, capture_output=True)
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def stop(self) -> None:
+        subprocess.run([*self.as_user, str(PG_BIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast", "stop"],
+                       capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# -- the mixopt side -------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, url: str, workdir: Path, uvicorn_workers: int, pool_size: int, access_log: bool):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / "server.log"
+        self.cmd = [sys.executable, "-m", "service", "server", "--workers", str(uvicorn_workers)]
+        self.env = {**os.environ, "MIXOPT_DATABASE_URL": url, "MIXOPT_PORT": str(self.port),
+                    "MIXOPT_JOIN_SECRET": JOIN_SECRET, "MIXOPT_DATA_DIR": str(workdir / "server-data"),
+                    "MIXOPT_DB_POOL_SIZE": str(pool_size), "MIXOPT_LOG_LEVEL": "INFO" if access_log else "WARNING"}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 240.0) -> None:
+        self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=ROOT, stdout=open(self.log, "ab"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("server did not come up")
+
+    def pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-g", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+        return [int(p) for p in out]
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+def mixopt_client(url: str, idx: int, start_at: float, measure_from: float, end_at: float, out: mp.Queue) -> None:
+    """One simulated worker: register, then lease -> heartbeat -> complete until ``end_at``."""
+    lat: dict[str, list[float]] = {"lease": [], "heartbeat": [], "complete": []}
+    completed: list[tuple[int, str]] = []
+    cycles = empty = errors = 0
+    try:
+        c = httpx.Client(base_url=url, timeout=120)
+        token = c.post("/api/v1/workers", json={"name": f"load-{idx}", "join_secret": JOIN_SECRET,
+                                                "capabilities": {"executor": "synthetic", "dynamic": False}}).json()["token"]
+        c.headers["Authorization"] = f"Bearer {token}"
+        time.sleep(max(start_at - time.time(), 0))
+        while time.time() < end_at:
+            t0 = time.perf_counter()
+            begun = time.time()
+            r = c.post("/api/v1/leases", json={"wait_s": 1.0})
+            t1 = time.perf_counter()
+            if r.status_code == 204:
+                empty += 1
+                continue
+            if r.status_code != 200:
+                errors += 1
+                continue
+            grant = r.json()
+            lid, trial = grant["lease_id"], grant["trial"]
+            hb = c.post(f"/api/v1/leases/{lid}/heartbeat", json={"progress": {"step": 10, "total_steps": 10}})
+            t2 = time.perf_counter()
+            losses = synthetic_losses(trial["mixture"], trial["fidelity"]["name"])
+            done = c.post(f"/api/v1/leases/{lid}/complete", json={"losses": losses, "wall_s": 0.0})
+            t3 = time.perf_counter()
+            if hb.status_code != 200 or done.status_code != 200 or done.json().get("duplicate"):
+                errors += 1
+                continue
+            completed.append((trial["id"], lid))
+            if begun >= measure_from and time.time() <= end_at:
+                cycles += 1
+                lat["lease"].append(t1 - t0)
+                lat["heartbeat"].append(t2 - t1)
+                lat["complete"].append(t3 - t2)
+        c.close()
+    except Exception as e:  # reported, and counted as a failed run
+        out.put({"idx": idx, "error": f"{type(e).__name__}: {e}"})
+        return
+    out.put({"idx": idx, "cycles": cycles, "lat": lat, "completed": completed, "empty": empty, "errors": errors})
+
+
+def study_body(n: int) -> dict:
+    return {"name": f"load-{n}", "domains": [{"name": d, "tokens": 1e9 * (i + 1)} for i, d in enumerate(DOMAINS)],
+            "fidelities": [{"name": "small", "cost": 1.0, "target": True}],
+            "strategy": {"name": "random", "params": {}}, "budget": {"max_trials": 1_000_000},
+            "parallelism": 2 * n, "seed": 0, "lease_seconds": 120.0, "start": True}
+
+
+def exactly_once_mixopt(url: str, study_id: int, completed: list[tuple[int, str]]) -> dict:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        results = conn.execute(text("SELECT r.trial_id, r.lease_id FROM results r JOIN trials t ON t.id = r.trial_id "
+                                    "WHERE t.study_id = :s"), {"s": study_id}).all()
+        done_leases = conn.execute(text("SELECT l.trial_id, l.id FROM leases l JOIN trials t ON t.id = l.trial_id "
+                                        "WHERE t.study_id = :s AND l.outcome = 'completed'"), {"s": study_id}).all()
+        held = conn.scalar(text("SELECT count(*) FROM trials WHERE study_id = :s AND state IN ('leased', 'running')"),
+                           {"s": study_id})
+    engine.dispose()
+    ids = [t for t, _ in completed]
+    ok = (len(set(ids)) == len(ids) and sorted(map(tuple, results)) == sorted(completed)
+          and sorted(map(tuple, done_leases)) == sorted(completed) and held == 0)
+    return {"trials_completed": len(ids), "distinct": len(set(ids)), "result_rows": len(results),
+            "completed_leases": len(done_leases), "left_leased": held, "exactly_once": bool(ok)}
+
+
+def run_mixopt(admin_url: str, n: int, args, workdir: Path) -> dict:
+    url, drop = fresh_database(admin_url, "mixopt_load")
+    server = Server(url, workdir / f"mixopt-{n}", args.server_workers, args.pool_size, args.access_log)
+    (workdir / f"mixopt-{n}").mkdir(parents=True, exist_ok=True)
+    profiler = None
+    try:
+        server.start()
+        sid = httpx.post(f"{server.url}/api/v1/studies", json=study_body(n), timeout=60).json()["id"]
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        start_at = time.time() + args.ramp + n * 0.02
+        measure_from, end_at = start_at + args.warmup, start_at + args.warmup + args.duration
+        procs = [ctx.Process(target=mixopt_client, args=(server.url, i, start_at, measure_from, end_at, q))
+                 for i in range(n)]
+        for p in procs:
+            p.start()
+        if args.profile:
+            time.sleep(max(measure_from - time.time(), 0))
+            profiler = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "-d", str(int(args.duration)), "-r", "50",
+                                         "-f", "raw", "-o", str(workdir / f"profile-mixopt-{n}.txt"),
+                                         "--subprocesses", "-p", str(server.proc.pid)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        reports = [q.get(timeout=args.ramp + args.warmup + args.duration + 600) for _ in procs]
+        for p in procs:
+            p.join(30)
+        if profiler is not None:
+            profiler.wait(60)
+        return _summary("mixopt", n, reports, args.duration,
+                        exactly_once_mixopt(url, sid, [tuple(x) for r in reports for x in r.get("completed", [])]))
+    finally:
+        server.stop()
+        drop()
+
+
+# -- the Optuna side ------------------------------------------------------------------------------
+
+def optuna_client(url: str, study_name: str, idx: int, start_at: float, measure_from: float, end_at: float,
+                  out: mp.Queue) -> None:
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    lat: dict[str, list[float]] = {"ask": [], "tell": []}
+    told: list[int] = []
+    cycles = errors = 0
+    try:
+        storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True, skip_table_creation=True)
+        study = optuna.load_study(study_name=study_name, storage=storage,
+                                  sampler=optuna.samplers.RandomSampler(seed=idx))
+        dists = {d: FloatDistribution(0.0, 1.0) for d in DOMAINS}
+        time.sleep(max(start_at - time.time(), 0))
+        while time.time() < end_at:
+            begun = time.time()
+            t0 = time.perf_counter()
+            trial = study.ask(dists)
+            t1 = time.perf_counter()
+            w = np.array([trial.params[d] for d in DOMAINS])
+            w = w / max(w.sum(), 1e-12)
+            value = float(np.mean(list(synthetic_losses(dict(zip(DOMAINS, w))).values())))
+            try:
+                study.tell(trial, value)
+            except Exception:
+                errors += 1
+                continue
+            t2 = time.perf_counter()
+            told.append(trial._trial_id)
+            if begun >= measure_from and time.time() <= end_at:
+                cycles += 1
+                lat["ask"].append(t1 - t0)
+                lat["tell"].append(t2 - t1)
+        storage.engine.dispose()
+    except Exception as e:
+        out.put({"idx": idx, "error": f"{type(e).__name__}: {e}"})
+        return
+    out.put({"idx": idx, "cycles": cycles, "lat": lat, "completed": told, "empty": 0, "errors": errors})
+
+
+def run_optuna(admin_url: str, n: int, args, workdir: Path) -> dict:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url, drop = fresh_database(admin_url, "optuna_load")
+    try:
+        storage = optuna.storages.RDBStorage(url)
+        name = f"load-{n}"
+        optuna.create_study(study_name=name, storage=storage, direction="minimize")
+        storage.engine.dispose()
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        start_at = time.time() + args.ramp + n * 0.02
+        measure_from, end_at = start_at + args.warmup, start_at + args.warmup + args.duration
+        procs = [ctx.Process(target=optuna_client, args=(url, name, i, start_at, measure_from, end_at, q))
+                 for i in range(n)]
+        for p in procs:
+            p.start()
+        reports = [q.get(timeout=args.ramp + args.warmup + args.duration + 600) for _ in procs]
+        for p in procs:
+            p.join(30)
+        told = [t for r in reports for t in r.get("completed", [])]
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            complete = conn.scalar(text("SELECT count(*) FROM trials WHERE state = 'COMPLETE'"))
+            values = conn.scalar(text("SELECT count(*) FROM trial_values"))
+        engine.dispose()
+        check = {"trials_completed": len(told), "distinct": len(set(told)), "result_rows": values,
+                 "completed_leases": complete, "left_leased": None,
+                 "exactly_once": len(set(told)) == len(told) == complete == values}
+        return _summary("optuna", n, reports, args.duration, check)
+    finally:
+        drop()
+
+
+# -- figures ------------------------------------------------------------------------------------
+
+def _summary(system: str, n: int, reports: list[dict], duration: float, check: dict) -> dict:
+    failed = [r["error"] for r in reports if "error" in r]
+    ok = [r for r in reports if "error" not in r]
+    cycles = sum(r["cycles"] for r in ok)
+    latency = {}
+    for name in ok[0]["lat"] if ok else []:
+        xs = np.concatenate([np.asarray(r["lat"][name]) for r in ok]) * 1000 if ok else np.zeros(0)
+        if len(xs):
+            latency[name] = {"p50_ms": round(float(np.percentile(xs, 50)), 2), "p99_ms": round(float(np.percentile(xs, 99)), 2),
+                             "max_ms": round(float(xs.max()), 1), "calls": int(len(xs))}
+    return {"system": system, "workers": n, "cycles": cycles, "cycles_per_s": round(cycles / duration, 1),
+            "latency": latency, "empty_leases": sum(r.get("empty", 0) for r in ok),
+            "errors": sum(r.get("errors", 0) for r in ok), "failed_processes": failed[:5], **check}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--postgres", default=os.environ.get("MIXOPT_TEST_POSTGRES_URL",
+                                                         "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+                    help="admin URL of the Postgres server both systems use")
+    ap.add_argument("--start-postgres", type=int, metavar="PORT", default=None,
+                    help="run a private Postgres cluster on PORT instead (max_connections sized for the run)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[10, 50, 100], help="numbers of client processes")
+    ap.add_argument("--duration", type=float, default=20.0, help="measured seconds per run")
+    ap.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before")
+    ap.add_argument("--ramp", type=float, default=3.0, help="seconds for the processes to start and register")
+    ap.add_argument("--server-workers", type=int, default=2, help="uvicorn processes of `mixopt server`")
+    ap.add_argument("--pool-size", type=int, default=10, help="MIXOPT_DB_POOL_SIZE of each server process")
+    ap.add_argument("--access-log", action="store_true", help="keep the server's access log on (INFO)")
+    ap.add_argument("--systems", nargs="+", default=["mixopt", "optuna"], choices=["mixopt", "optuna"])
+    ap.add_argument("--profile", action="store_true", help="py-spy the server during the measured window")
+    ap.add_argument("--out", type=Path, default=ROOT / "artifacts" / "service_load.json")
+    args = ap.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="mixopt-load-"))
+    private = None
+    admin_url = args.postgres
+    if args.start_postgres:
+        private = PrivatePostgres(args.start_postgres, max(3 * max(args.workers) + 50, 200))
+        admin_url = private.start()
+    try:
+        need = max(args.workers) + 10
+        have = max_connections(admin_url)
+        if "optuna" in args.systems and have < need:
+            sys.exit(f"Postgres allows {have} connections; Optuna with {max(args.workers)} processes needs about "
+                     f"{need}: raise max_connections or pass --start-postgres PORT")
+        rows = []
+        runs = [(n, s) for n in args.workers for s in args.systems]
+        for n, system in tqdm(runs, desc="load", unit="run"):
+            run = run_mixopt if system == "mixopt" else run_optuna
+            rows.append(run(admin_url, n, args, workdir))
+            r = rows[-1]
+            tqdm.write(f"{system:7s} N={n:4d}: {r['cycles_per_s']:8.1f} cycles/s  "
+                       + "  ".join(f"{k} p50 {v['p50_ms']:.1f} p99 {v['p99_ms']:.1f} ms" for k, v in r["latency"].items())
+                       + f"  exactly-once {r['exactly_once']}")
+    finally:
+        if private is not None:
+            private.stop()
+    print()
+    print(f"{'N':>4} {'system':7} {'cycles/s':>9} {'endpoint':>10} {'p50 ms':>8} {'p99 ms':>8} {'exactly once':>13}")
+    for r in rows:
+        for i, (k, v) in enumerate(r["latency"].items()):
+            head = f"{r['workers']:>4} {r['system']:7} {r['cycles_per_s']:>9.1f}" if i == 0 else " " * 22
+            tail = f"{str(r['exactly_once']):>13}" if i == 0 else ""
+            print(f"{head} {k:>10} {v['p50_ms']:>8.1f} {v['p99_ms']:>8.1f} {tail}")
+    ratios = {}
+    for n in args.workers:
+        m = next((r for r in rows if r["workers"] == n and r["system"] == "mixopt"), None)
+        o = next((r for r in rows if r["workers"] == n and r["system"] == "optuna"), None)
+        if m and o and o["cycles_per_s"]:
+            ratios[n] = round(m["cycles_per_s"] / o["cycles_per_s"], 2)
+            print(f"N={n}: mixopt / Optuna throughput = {ratios[n]:.2f}x")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"rows": rows, "ratio_mixopt_over_optuna": ratios,
+                                    "settings": {k: str(v) for k, v in vars(args).items()},
+                                    "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                                "load_avg": os.getloadavg()}, "workdir": str(workdir)}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
