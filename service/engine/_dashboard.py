@@ -359,39 +359,56 @@ def _rho(a: list[float], b: list[float]) -> float | None:
     return rho if np.isfinite(rho) else None
 
 
+def _held_out(meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """``meta["predictions"]`` ({trial id: prediction}) as arrays of ids and predictions."""
+    raw = meta.get("predictions")
+    if not isinstance(raw, dict) or not raw:
+        return np.zeros(0, np.int64), np.zeros(0)
+    try:
+        ids = np.fromiter((int(k) for k in raw), np.int64, count=len(raw))
+        pred = np.fromiter((np.nan if v is None else float(v) for v in raw.values()), float, count=len(raw))
+    except (TypeError, ValueError):  # not a map of trial ids to numbers: nothing to show
+        return np.zeros(0, np.int64), np.zeros(0)
+    return ids, pred
+
+
 def prediction_sets(s: Session, study_id: int) -> Predictions:
     """Predicted against actual objectives: the latest recommendation's held-out predictions
     (``meta["predictions"]``, RegMix and ADMIRE) and the predictions made at proposal time."""
     study = get_study(s, study_id)
     fid_index = {f.id: i for i, f in enumerate(study.fidelities)}
-    actual = {tid: (obj, fid) for tid, obj, fid in s.execute(
-        select(Trial.id, Trial.objective, Trial.fidelity_id)
-        .where(Trial.study_id == study_id, Trial.state == TrialState.completed, Trial.objective.is_not(None)))}
+    rows = s.execute(select(Trial.id, Trial.objective, Trial.fidelity_id, Trial.predicted)
+                     .where(Trial.study_id == study_id, Trial.state == TrialState.completed, Trial.objective.is_not(None))
+                     .order_by(Trial.id)).all()
+    c = list(zip(*rows)) if rows else [(), (), (), ()]
+    ids = np.asarray(c[0], dtype=np.int64)
+    actual = np.asarray(c[1], dtype=float)
+    fidelity = np.asarray([fid_index[f] for f in c[2]], dtype=np.int64)
+    at_proposal = np.asarray([np.nan if p is None else p for p in c[3]], dtype=float)
     sets = []
     rec = s.execute(select(Recommendation.meta).where(Recommendation.study_id == study_id)
                     .order_by(Recommendation.id.desc()).limit(1)).first()
-    meta = rec[0] if rec is not None else None
-    if meta and isinstance(meta.get("predictions"), dict):
-        pairs = sorted((int(k), float(v)) for k, v in meta["predictions"].items()
-                       if v is not None and str(k).lstrip("-").isdigit() and int(k) in actual)
-        tids = [t for t, _ in pairs]
-        pred = [v for _, v in pairs]
-        act = [actual[t][0] for t in tids]
+    meta = rec[0] if rec is not None and isinstance(rec[0], dict) else {}
+    keys, pred = _held_out(meta)
+    if len(keys):
+        order = np.argsort(keys, kind="stable")
+        keys, pred = keys[order], pred[order]
+        pos = np.minimum(np.searchsorted(ids, keys), max(len(ids) - 1, 0))
+        ok = (ids[pos] == keys) & np.isfinite(pred) if len(ids) else np.zeros(len(keys), bool)
+        rows_, p = pos[ok], pred[ok]
         reported = meta.get("spearman")
         sets.append(PredictionSet(
-            source="recommendation", title="latest model, held-out predictions", trial_id=tids,
-            fidelity=[fid_index[actual[t][1]] for t in tids], predicted=pred, actual=act, spearman=_rho(pred, act),
+            source="recommendation", title="latest model, held-out predictions", trial_id=ids[rows_].tolist(),
+            fidelity=fidelity[rows_].tolist(), predicted=p.tolist(), actual=actual[rows_].tolist(),
+            spearman=_rho(p, actual[rows_]),
             reported_spearman=float(reported) if isinstance(reported, (int, float)) and np.isfinite(reported) else None,
         ))
-    rows = s.execute(select(Trial.id, Trial.predicted, Trial.objective, Trial.fidelity_id)
-                     .where(Trial.study_id == study_id, Trial.state == TrialState.completed,
-                            Trial.objective.is_not(None), Trial.predicted.is_not(None)).order_by(Trial.id)).all()
-    if rows:
-        pred = [r[1] for r in rows]
-        act = [r[2] for r in rows]
+    has = np.isfinite(at_proposal)
+    if has.any():
         sets.append(PredictionSet(
-            source="proposal", title="prediction when the trial was proposed", trial_id=[r[0] for r in rows],
-            fidelity=[fid_index[r[3]] for r in rows], predicted=pred, actual=act, spearman=_rho(pred, act),
+            source="proposal", title="prediction when the trial was proposed", trial_id=ids[has].tolist(),
+            fidelity=fidelity[has].tolist(), predicted=at_proposal[has].tolist(), actual=actual[has].tolist(),
+            spearman=_rho(at_proposal[has], actual[has]),
         ))
     return Predictions(sets=sets)
 

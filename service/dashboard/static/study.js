@@ -154,6 +154,8 @@
     return idx.sort((a, b) => T.finished[a] - T.finished[b] || T.id[a] - T.id[b]);
   }
 
+  const MAX_MARKERS = 1500;  // per fidelity, in the best-so-far chart
+
   function renderProgress() {
     const T = S.T, order = finishedOrder();
     const nf = S.fids.length;
@@ -168,14 +170,16 @@
       if (T.obj[i] < b.v) { b.v = T.obj[i]; b.x.push(spent); b.y.push(show(T.obj[i])); }
     }
     const traces = [];
-    const many = order.length > 3000;
     S.fids.forEach((name, f) => {
       if (!pts[f].x.length) return;
       const b = best[f];
       b.x.push(spent); b.y.push(b.y[b.y.length - 1]);
       const color = fidelityColor(f);
-      traces.push({ type: many ? "scattergl" : "scatter", mode: "markers", name: `${name} runs`, x: pts[f].x, y: pts[f].y,
-        customdata: pts[f].id, text: pts[f].num, marker: { color, size: 5, opacity: 0.35 }, legendgroup: name, showlegend: false,
+      // Thousands of markers are a cloud: every stride-th run is the same cloud, drawn fast (SVG).
+      const p = pts[f], stride = Math.ceil(p.x.length / MAX_MARKERS);
+      const keep = (a) => (stride > 1 ? a.filter((_, j) => j % stride === 0) : a);
+      traces.push({ type: "scatter", mode: "markers", name: `${name} runs`, x: keep(p.x), y: keep(p.y),
+        customdata: keep(p.id), text: keep(p.num), marker: { color, size: 5, opacity: 0.35 }, legendgroup: name, showlegend: false,
         hovertemplate: `trial #%{text} (${name})<br>objective %{y:.4f}<br>spent %{x:.3f}<extra></extra>` });
       traces.push({ type: "scatter", mode: "lines+markers", name: `${name} best so far`, x: b.x, y: b.y,
         line: { shape: "hv", color, width: 2.2 }, marker: { size: b.x.map((_, j) => (j === b.x.length - 1 ? 0 : 6)), color },
@@ -326,7 +330,7 @@
       yaxis2: { title: { text: S.label }, overlaying: "y", side: "right", showgrid: false }, margin: { l: 56, r: 64, t: 10, b: 44 } });
   }
 
-  const MAX_LINES = 2000;
+  const MAX_LINES = 1000;
 
   function renderParcoords(f) {
     const all = completedAt(f), T = S.T, node = $("chart-parcoords");
