@@ -10,6 +10,11 @@ domain each example is drawn from. Methods:
                         segment (the strategy is pure; the server does the same over HTTP).
 * ``aioli-restricted``  the "restricted" variant: the first ``--prior-fraction`` of the steps on
                         ``--prior-mixture`` (default uniform, i.e. stratified), then Aioli.
+* ``aioli-eta0``        a control: Aioli's schedule with ``eta = 1e-9``, so its training segments
+                        stay uniform; it differs from ``stratified`` only by the LearnParams
+                        segments (smoothed one-hot batches), and from ``aioli`` only by the
+                        mixture Aioli chose. It splits Aioli's difference to stratified into the
+                        cost of measuring and the effect of re-weighting.
 
 **Held-out evaluation.** Aioli steers on the per-domain validation losses its segments report, so
 they are not a fair score for it. Each domain's validation tokens are split
@@ -59,7 +64,9 @@ from proxy_models import SegmentSpec, TrainConfig, build_demo_corpus, prepare_co
 from service.strategies import Domain, Fidelity, MixtureSpace, SearchSpace, SegmentRecord, TrialRecord  # noqa: E402
 from service.strategies.aioli import PAPER_SETTINGS, AioliStrategy, summarize_run  # noqa: E402
 
-METHODS = ("stratified", "aioli", "aioli-restricted")
+METHODS = ("stratified", "aioli", "aioli-restricted", "aioli-eta0")
+ETA_OFF = 1e-9
+"""``eta`` of the ``aioli-eta0`` control: ``exp(eta * c)`` is 1 up to 1e-9, the mixture stays uniform."""
 ROUNDS = 10
 """Mixture updates per run of the scaled defaults."""
 LEARN_SHARE = 0.3
@@ -126,8 +133,10 @@ def scaled_aioli_params(k: int, steps: int) -> dict[str, Any]:
 
 
 def aioli_params(bench: BenchConfig, method: str, domains: Sequence[str]) -> dict[str, Any]:
-    """The AioliParams of ``method`` (``aioli`` or ``aioli-restricted``)."""
+    """The AioliParams of ``method`` (``aioli``, ``aioli-restricted`` or ``aioli-eta0``)."""
     params = {**scaled_aioli_params(len(domains), bench.steps), **bench.aioli}
+    if method == "aioli-eta0":
+        params["eta"] = ETA_OFF
     if method == "aioli-restricted":
         params["prior_steps"] = int(round(bench.prior_fraction * bench.steps))
         params["prior_mixture"] = bench.prior_mixture or {d: 1.0 for d in domains}
@@ -176,7 +185,7 @@ def run_one(bench: BenchConfig, corpus_dir: str, cache_dir: str, method: str, se
         params = aioli_params(bench, "aioli", domains)  # the curve at Aioli's round boundaries
         cfg = bench.train_config(seed, eval_every=params["update_steps"])
         result = train_proxy(cfg, corpus, mixture={d: 1.0 / len(domains) for d in domains})
-    elif method in ("aioli", "aioli-restricted"):
+    elif method in ("aioli", "aioli-restricted", "aioli-eta0"):
         params = aioli_params(bench, method, domains)
         strategy = AioliStrategy(search_space(bench, domains), params, seed=seed)
         strategy.check()

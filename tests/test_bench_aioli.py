@@ -54,17 +54,17 @@ def test_benchmark_end_to_end(bench, corpus, tmp_path):
     out = tmp_path / "out"
     result = bench.main([
         "--steps", str(STEPS), "--batch-size", str(BATCH), "--seq-len", str(SEQ), "--eval-tokens", "256",
-        "--vocab-size", "1024", "--seeds", "1", "--jobs", "1", "--methods", "stratified,aioli,aioli-restricted",
+        "--vocab-size", "1024", "--seeds", "1", "--jobs", "1", "--methods", "stratified,aioli,aioli-restricted,aioli-eta0",
         "--corpus", str(corpus), "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
     ])
     saved = json.loads((out / "aioli_vs_stratified.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(result["summary"]))
     assert (out / "aioli_mixture.png").stat().st_size > 10_000
     table = (out / "aioli_vs_stratified.md").read_text()
-    assert all(f"| {m} |" in table for m in ("stratified", "aioli", "aioli-restricted"))
+    assert all(f"| {m} |" in table for m in ("stratified", "aioli", "aioli-restricted", "aioli-eta0"))
 
     runs = {r["method"]: r for r in saved["runs"]}
-    assert set(runs) == {"stratified", "aioli", "aioli-restricted"} and all(r["seed"] == 0 for r in runs.values())
+    assert set(runs) == {"stratified", "aioli", "aioli-restricted", "aioli-eta0"} and all(r["seed"] == 0 for r in runs.values())
     domains = {"code", "dialogue", "legal", "news", "prose"}
     for r in runs.values():
         assert r["tokens"] == STEPS * BATCH * SEQ and r["steps"] == STEPS  # equal budgets, LearnParams included
@@ -81,6 +81,10 @@ def test_benchmark_end_to_end(bench, corpus, tmp_path):
     assert all(s["losses"] is not None and set(s["losses"]) == domains for s in aioli["segments"][:-1])
     # what Aioli steered on is what the trainer reported on the steering split
     assert aioli["segments"][-2]["losses"] == aioli["curve"][-2]["losses"]
+    control = runs["aioli-eta0"]["segments"]  # Aioli's schedule, uniform training segments
+    assert [(s["kind"], s["steps"]) for s in control] == [(s["kind"], s["steps"]) for s in aioli["segments"]]
+    assert all(s["weights"] == pytest.approx([0.2] * 5, abs=1e-6) for s in control if s["kind"] == "train")
+    assert any(s["weights"] != pytest.approx([0.2] * 5, abs=1e-3) for s in aioli["segments"] if s["kind"] == "train")
     restricted = runs["aioli-restricted"]["segments"]
     assert restricted[0]["kind"] == "prior" and restricted[0]["steps"] == STEPS // 2
     assert restricted[0]["weights"] == pytest.approx([0.2] * 5)
