@@ -218,9 +218,9 @@ def run_benchmark(
     }
 
 
-def _fmt(q: dict[str, float], digits: int = 2) -> str:
+def _fmt(q: dict[str, float], digits: int = 2, missing: str = "never") -> str:
     def one(x: float) -> str:
-        return "never" if not np.isfinite(x) else f"{x:.{digits}f}"
+        return missing if not np.isfinite(x) else f"{x:.{digits}f}"
 
     return f"{one(q['median'])} [{one(q['q25'])}, {one(q['q75'])}]"
 
@@ -238,9 +238,12 @@ def format_table(result: dict) -> str:
             baseline = s["cost_to_best"]["median"]
         rows.append([
             label, _fmt(s["cost_to_best"]), _fmt(s["cost_to_within"]), f"{s['found_best']}/{s['seeds']}",
-            *(_fmt(s["regret"][f"{b:g}"], 3) for b in budgets), f"{s['trials']['median']:.0f}", f"{s['target_trials']['median']:.0f}",
+            *(_fmt(s["regret"][f"{b:g}"], 3, "-") for b in budgets), f"{s['trials']['median']:.0f}", f"{s['target_trials']['median']:.0f}",
         ])
     lines = ["| " + " | ".join(r) + " |" for r in rows]
+    lines.append("")
+    lines.append(f"median [IQR] over {len(result['settings']['seeds'])} seeds; costs in target-fidelity runs; "
+                 f"never: not within {result['settings']['max_cost']:g}; regret -: no target result yet")
     if baseline and np.isfinite(baseline):
         ratios = []
         for label, r in result["strategies"].items():

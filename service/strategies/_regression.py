@@ -59,12 +59,14 @@ class GBDTRegressor:
             "seed": seed,
             "deterministic": True,
             "force_col_wise": True,
+            # One thread: on a busy machine OpenMP's spinning threads make LightGBM several times slower.
+            "num_threads": 1,
         }
         self.booster = lgb.train(params, lgb.Dataset(X, y, free_raw_data=True), num_boost_round=num_rounds)
         self._screen: list[tuple[float, dict]] | None = None
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.booster.predict(np.ascontiguousarray(X))
+        return self.booster.predict(np.ascontiguousarray(X), num_threads=1)
 
     def screen(self, X: np.ndarray) -> np.ndarray:
         """``n`` cheap approximate predictions from a stratified sub-ensemble of the trees."""

@@ -1,0 +1,160 @@
+"""ADMIRE multi-fidelity BO: the surrogate, the cost-aware acquisitions, pool and continuous
+proposals (batches with pending trials), the recommendation."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from service.strategies import Domain, Fidelity, History, Pool, TrialRecord, create_strategy, make_space, sample_regmix
+from service.strategies._admire import DiscreteMultiFidelityKG, build_model, fidelity_levels, warp
+
+OPT = np.array([0.1, 0.4, 0.2, 0.2, 0.1])
+
+
+def _loss(w: np.ndarray, fidelity: str) -> float:
+    shift = {"small": 0.6, "medium": 0.3, "large": 0.0}[fidelity]
+    return float(3 + 3 * np.sum((w - OPT) ** 2) + shift + (0.02 * np.sin(9 * w[0]) if fidelity == "small" else 0))
+
+
+def _space(pool=None, fidelities=("small", "large")):
+    domains = [Domain(f"d{i}", tokens=t, max_weight=0.6) for i, t in enumerate([4e9, 2e9, 1e9, 5e8, 2.5e8])]
+    costs = {"small": 1 / 60, "medium": 0.2, "large": 1.0}
+    fids = [Fidelity(f, costs[f], target=(f == "large"), tokens=1e9) for f in fidelities]
+    return make_space(domains, fids, max_epochs=2, pool=pool)
+
+
+def _history(space, n: int, seed: int = 0, every_target: int = 8) -> list[TrialRecord]:
+    w = sample_regmix(space.mixture, np.random.default_rng(seed), n)
+    names = [f.name for f in space.fidelities]
+    out = []
+    for i in range(n):
+        f = space.target.name if i % every_target == every_target - 1 else names[0]
+        out.append(TrialRecord(i, w[i], f, "completed", objective=_loss(w[i], f)))
+    return out
+
+
+def _add(trials, proposals, state="pending"):
+    return trials + [TrialRecord(len(trials) + i, p.weights, p.fidelity, state, pool_index=p.pool_index, meta=p.meta,
+                                 objective=_loss(p.weights, p.fidelity) if state == "completed" else None)
+                     for i, p in enumerate(proposals)]
+
+
+FAST = {"num_candidates": 64, "refine_restarts": 1, "refine_maxiter": 10, "fit_maxiter": 60}
+
+
+def test_fidelity_levels_are_log_cost_from_cheapest_to_target():
+    np.testing.assert_allclose(fidelity_levels(np.array([1 / 60, 1.0]), 1.0), [0, 1])
+    np.testing.assert_allclose(fidelity_levels(np.array([0.01, 0.1, 1.0, 2.0]), 1.0), [0, 0.5, 1, 1])
+
+
+def test_the_gp_carries_the_proxy_ranking_to_the_target():
+    """With proxy results only, the target posterior ranks as the proxy does (the kernel's
+    shared weight component); the level shift between fidelities goes to the mean."""
+    space = _space()
+    w = sample_regmix(space.mixture, np.random.default_rng(0), 80)
+    X = torch.tensor(np.hstack([warp(w), np.zeros((80, 1))]))
+    Y = -torch.tensor([[_loss(x, "small")] for x in w], dtype=torch.double)
+    from botorch.fit import fit_gpytorch_mll
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    model = build_model(X, Y, 5)
+    fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+    test = sample_regmix(space.mixture, np.random.default_rng(1), 200)
+    with torch.no_grad():
+        target = model.posterior(torch.tensor(np.hstack([warp(test), np.ones((200, 1))]))).mean.squeeze(-1).numpy()
+    truth = -np.array([_loss(x, "large") for x in test])
+    assert np.corrcoef(target, truth)[0, 1] > 0.9
+
+
+def test_pool_mode_proposes_each_pool_pair_once_and_batches_with_pending():
+    rng = np.random.default_rng(0)
+    weights = sample_regmix(_space().mixture, rng, 40)
+    available = np.ones((40, 2), dtype=bool)
+    available[20:, 1] = False
+    space = _space(Pool(weights, available))
+    strategy = create_strategy("admire", space, {"n_initial": 3}, seed=0)
+    trials = _add([], strategy.propose(History(), 3))
+    assert len(trials) == 3 and {t.fidelity for t in trials} == {"small"}
+    assert strategy.propose(History(tuple(trials)), 3) == []  # the GP needs two results first
+    trials = [replace(t, state="completed", objective=_loss(t.weights, t.fidelity)) for t in trials]
+    for _ in range(4):
+        batch = strategy.propose(History(tuple(trials)), 2)
+        assert len(batch) == 2
+        trials = _add(trials, batch, state="completed")
+    pairs = [(t.pool_index, t.fidelity) for t in trials]
+    assert len(set(pairs)) == len(pairs)
+    assert all(available[i, space.fidelity_index(f)] for i, f in pairs)
+    assert all(np.array_equal(t.weights, weights[t.pool_index]) for t in trials)
+
+
+@pytest.mark.parametrize("acquisition", ["mes", "kg"])
+def test_continuous_batch_is_feasible_deterministic_and_diverse(acquisition):
+    space = _space(fidelities=("small", "medium", "large"))
+    history = History(tuple(_history(space, 30)))
+    params = {**FAST, "acquisition": acquisition, "num_fantasies": 4}
+    a = create_strategy("admire", space, params, seed=2).propose(history, 2)
+    b = create_strategy("admire", space, params, seed=2).propose(history, 2)
+    assert len(a) == 2
+    for p, q in zip(a, b):
+        np.testing.assert_array_equal(p.weights, q.weights)
+        assert abs(p.weights.sum() - 1) <= 1e-9 and space.mixture.contains(p.weights)
+        assert p.meta["acquisition"] == acquisition and isinstance(p.meta["gp"], dict)
+    # pending trials (fantasies) push later picks of the batch away from the first
+    assert min(np.abs(a[0].weights - p.weights).sum() for p in a[1:]) > 1e-3
+
+
+def test_cost_awareness_prefers_the_cheap_fidelity_while_it_is_informative():
+    space = _space()
+    history = History(tuple(_history(space, 12)))
+    picks = [p.fidelity for p in create_strategy("admire", space, {**FAST, "num_fantasies": 4}, seed=0).propose(history, 3)]
+    assert picks.count("small") >= 2
+
+
+def test_hyperparameters_are_reused_between_refits():
+    space = _space()
+    trials = _history(space, 40)
+    strategy = create_strategy("admire", space, {**FAST, "refit_growth": 0.5}, seed=0)
+    first = strategy.propose(History(tuple(trials)), 1)[0]
+    assert first.meta["gp_n"] == 40
+    trials = _add(trials, [first], state="completed")
+    second = strategy.propose(History(tuple(trials)), 1)[0]
+    assert second.meta["gp_n"] == 40 and second.meta["gp"] == first.meta["gp"]  # 41 < 40 * 1.5: no refit
+
+
+def test_recommendation_is_the_best_target_posterior_mean_with_loo_diagnostics():
+    space = _space()
+    trials = _history(space, 48, every_target=4)
+    rec = create_strategy("admire", space, FAST, seed=0).recommend(History(tuple(trials)))
+    assert space.mixture.contains(rec.weights)
+    assert rec.meta["predicted_fidelity"] == "large" and rec.uncertainty >= 0
+    assert set(rec.meta["predictions"]) == {t.trial_id for t in trials}
+    assert rec.meta["spearman"] > 0.8
+    best_seen = min(t.objective for t in trials if t.fidelity == "large")
+    assert _loss(rec.weights, "large") <= best_seen + 0.05
+
+
+def test_discrete_kg_is_nonnegative_and_larger_where_the_target_is_uncertain():
+    space = _space()
+    trials = _history(space, 30, every_target=3)
+    strategy = create_strategy("admire", space, FAST, seed=0)
+    model = strategy._fit(History(tuple(trials)))
+    targets = strategy._project(torch.tensor(warp(sample_regmix(space.mixture, np.random.default_rng(5), 100))))
+    kg = DiscreteMultiFidelityKG(model, targets, strategy._cost_utility())
+    seen = strategy._x(trials[2].weights, "large")  # already observed at the target
+    fresh = strategy._x(np.full(5, 0.2), "large")
+    with torch.no_grad():
+        v = kg(torch.cat([seen, fresh]).unsqueeze(-2))
+    assert torch.all(v >= 0) and v[1] > v[0]
+
+
+def test_bad_parameters_name_the_field():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="acquisition"):
+        create_strategy("admire", _space(), {"acquisition": "ei"})
+    with pytest.raises(ValueError, match="initial_fidelity"):
+        create_strategy("admire", _space(), {"initial_fidelity": "nope"})
