@@ -109,3 +109,44 @@ def test_generic_pool_needs_its_columns(tmp_path):
         load_pool(_write(tmp_path / "p.csv", ["m1,0.1,3.0,0.5,0.5"], header="mixture_id,cost,objective,w_a,w_b"))
     with pytest.raises(ValueError, match="target"):
         load_pool(_write(tmp_path / "p.csv", ["m1,small,0.1,3.0,0.5,0.5"]), target="big")
+
+
+def _tiny_pool(tmp_path):
+    rows = []
+    for i, (a, y_small, y_big) in enumerate([(0.1, 3.0, 2.5), (0.3, 2.8, 2.2), (0.5, 2.9, 2.0), (0.7, 3.1, 2.6)]):
+        rows.append(f"m{i},small,0.25,{y_small},{a},{1 - a}")
+        rows.append(f"m{i},big,1,{y_big},{a},{1 - a}")
+    return load_pool(_write(tmp_path / "tiny.csv", rows))
+
+
+def test_simulation_charges_costs_and_stops_at_the_pool_best(tmp_path):
+    pool = _tiny_pool(tmp_path)
+    spec = StrategySpec("fixed", "fixed", {"mixtures": [{"a": 0.1, "b": 0.9}, {"a": 0.5, "b": 0.5}, {"a": 0.7, "b": 0.3}]})
+    trace = simulate(pool, spec, 0, max_cost=10)
+    assert trace.cost.tolist() == [1.0, 2.0]  # stops once it has the pool's best (2.0), never runs m3
+    assert trace.best.tolist() == [2.5, 2.0]
+    assert trace.cost_to_reach(2.0) == 2.0 and trace.best_within(1.5) == 2.5 and trace.best_within(0.5) == float("inf")
+
+
+def test_simulation_with_parallel_workers_charges_what_is_in_flight(tmp_path):
+    pool = _tiny_pool(tmp_path)
+    spec = StrategySpec("fixed", "fixed", {"mixtures": [{"a": 0.1, "b": 0.9}, {"a": 0.3, "b": 0.7}, {"a": 0.7, "b": 0.3}],
+                                           "fidelity": "small"})
+    trace = simulate(pool, spec, 0, max_cost=10, parallelism=2)
+    assert trace.cost.tolist() == [0.5, 0.75, 0.75]  # two started at once, the third when one finishes
+    assert trace.fidelities == ["small"] * 3 and np.all(np.isnan(trace.best))
+
+
+def test_simulation_rejects_proposals_outside_the_pool(tmp_path, monkeypatch):
+    from service.strategies import Proposal, _base
+    from service.strategies._baselines import RandomStrategy
+
+    class OffPool(RandomStrategy):
+        name = "test-off-pool"
+
+        def propose(self, history, n):
+            return [Proposal(np.array([0.5, 0.5]), "big", pool_index=0)]
+
+    monkeypatch.setitem(_base._REGISTRY, OffPool.name, OffPool)  # registered for this test only
+    with pytest.raises(ValueError, match="differ from pool row 0"):
+        simulate(_tiny_pool(tmp_path), StrategySpec("off", "test-off-pool"), 0)

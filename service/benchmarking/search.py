@@ -219,10 +219,15 @@ def run_benchmark(
 
 
 def _fmt(q: dict[str, float], digits: int = 2, missing: str = "never") -> str:
-    def one(x: float) -> str:
-        return missing if not np.isfinite(x) else f"{x:.{digits}f}"
+    def one(x: float | None) -> str:
+        return missing if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
 
     return f"{one(q['median'])} [{one(q['q25'])}, {one(q['q75'])}]"
+
+
+def _num(x: float | None) -> float:
+    """A figure from a result or its JSON (where ``null`` stands for never reached)."""
+    return float("inf") if x is None else float(x)
 
 
 def format_table(result: dict) -> str:
@@ -231,28 +236,24 @@ def format_table(result: dict) -> str:
     head = ["strategy", "cost to best", "cost to within 0.5%", "found best",
             *(f"regret @{b:g}" for b in budgets), "trials", "target runs"]
     rows = [head, ["---"] * len(head)]
-    baseline = None
     for label, r in result["strategies"].items():
         s = r["summary"]
-        if label == "regmix":
-            baseline = s["cost_to_best"]["median"]
         rows.append([
             label, _fmt(s["cost_to_best"]), _fmt(s["cost_to_within"]), f"{s['found_best']}/{s['seeds']}",
-            *(_fmt(s["regret"][f"{b:g}"], 3, "-") for b in budgets), f"{s['trials']['median']:.0f}", f"{s['target_trials']['median']:.0f}",
+            *(_fmt(s["regret"][f"{b:g}"], 3, "-") for b in budgets), f"{_num(s['trials']['median']):.0f}", f"{_num(s['target_trials']['median']):.0f}",
         ])
     lines = ["| " + " | ".join(r) + " |" for r in rows]
     lines.append("")
     lines.append(f"median [IQR] over {len(result['settings']['seeds'])} seeds; costs in target-fidelity runs; "
                  f"never: not within {result['settings']['max_cost']:g}; regret -: no target result yet")
-    if baseline and np.isfinite(baseline):
-        ratios = []
-        for label, r in result["strategies"].items():
-            m = r["summary"]["cost_to_best"]["median"]
-            if label != "regmix" and np.isfinite(m):
-                ratios.append(f"{label} {m / baseline:.2f}")
-        if ratios:
-            lines.append("")
-            lines.append("median cost to best relative to regmix: " + ", ".join(ratios))
+    regmix = result["strategies"].get("regmix", {}).get("summary")
+    if regmix:
+        for key, what in (("cost_to_best", "the best"), ("cost_to_within", "within 0.5%")):
+            base = _num(regmix[key]["median"])
+            ratios = [f"{label} {_num(r['summary'][key]['median']) / base:.2f}" for label, r in result["strategies"].items()
+                      if label != "regmix" and np.isfinite(_num(r["summary"][key]["median"])) and np.isfinite(base)]
+            if ratios:
+                lines.append(f"median cost to {what} relative to regmix's ({base:.2f}): " + ", ".join(ratios))
     return "\n".join(lines)
 
 
