@@ -94,6 +94,13 @@ def test_payload_is_json_even_with_nan_in_the_curve():
     assert ExecResult(losses={"web": float("nan")}).diverged() == ["web"]
 
 
+def test_long_curves_are_thinned_evenly():
+    r = ExecResult(losses={"web": 2.0}, curve=[{"step": i, "losses": {"web": 1.0}} for i in range(25_001)])
+    steps = [p["step"] for p in r.payload()["curve"]]
+    assert len(steps) == 1000 and steps[0] == 0 and steps[-1] == 25_000
+    assert max(b - a for a, b in zip(steps, steps[1:])) <= 26
+
+
 def test_outbox_survives_and_rejects(tmp_path):
     box = Outbox(tmp_path / "outbox")
     box.put("a", "complete", {"losses": {"web": 1.0}})

@@ -47,7 +47,7 @@ class ExecResult:
         curve = [
             {"step": int(p.get("step", 0)), "tokens": p.get("tokens"), "train_loss": _finite(p.get("train_loss")),
              "losses": {k: v for k, v in (p.get("losses") or {}).items() if _finite(v) is not None}}
-            for p in self.curve[-10_000:]
+            for p in thin(self.curve, CURVE_POINTS)
         ]
         metrics = {k: v for k, v in self.metrics.items() if _finite(v) is not None}
         return {"losses": self.losses, "metrics": metrics, "tokens": self.tokens, "wall_s": self.wall_s,
@@ -56,6 +56,19 @@ class ExecResult:
     def diverged(self) -> list[str]:
         """Domains whose final loss is not a finite number."""
         return [d for d, v in self.losses.items() if _finite(v) is None]
+
+
+CURVE_POINTS = 1000
+"""Most loss-curve points sent with a result: evenly thinned, so a long run with many domains
+stays far below the server's body limit."""
+
+
+def thin(points: list, most: int) -> list:
+    """At most ``most`` of ``points``, evenly spaced, the first and the last kept."""
+    if len(points) <= most:
+        return list(points)
+    idx = sorted({round(i * (len(points) - 1) / (most - 1)) for i in range(most)})
+    return [points[i] for i in idx]
 
 
 def _finite(value: Any) -> float | None:
