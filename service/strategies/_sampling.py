@@ -38,10 +38,12 @@ def sample_regmix(
     alpha = tempered_prior(space, temperature)
     cap = np.minimum(max_ratio * prior, 1.0)
     out: list[np.ndarray] = []
+    have, accepted = 0, 1.0
     for _ in range(1000):
-        if sum(len(o) for o in out) >= n:
+        if have >= n:
             break
-        m = max(2 * (n - sum(len(o) for o in out)), 64)
+        # draw what the acceptance rate so far needs (twice that when duplicates will be dropped)
+        m = max(int((n - have) / max(accepted, 0.01) * (2.0 if dedupe_rows else 1.1)), 64)
         scale = rng.choice(SCALES, size=(m, 1))
         w = rng.gamma(np.maximum(scale * alpha, 1e-12))
         total = w.sum(-1, keepdims=True)
@@ -52,6 +54,8 @@ def sample_regmix(
         s = w.sum(-1, keepdims=True)
         w = w[s[:, 0] > 0] / s[s[:, 0] > 0]
         out.append(w)
+        have += len(w)
+        accepted = max(len(w) / m, 1e-3)
     w = np.concatenate(out)[: max(n * 2, n)]
     w = (dedupe(w) if dedupe_rows else w)[:n]
     if len(w) < n:  # pathological bounds: fall back to plain Dirichlet draws
