@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from contextlib import asynccontextmanager
 
@@ -43,9 +44,15 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
                               recommend_interval_s=settings.recommend_interval_s)
         app.state.db, app.state.runner, app.state.settings = db, runner, settings
         runner.start()
+        # The imports (torch, botorch, ...) leave ~300k long-lived objects, and a full garbage
+        # collection walked them all: a ~250 ms pause in whichever request triggered it. Frozen,
+        # collections skip them; unfrozen at shutdown, so that apps made and dropped in one
+        # process (tests) leak nothing.
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()
             runner.stop()
             db.dispose()
 
