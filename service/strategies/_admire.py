@@ -39,6 +39,9 @@ from ._base import BaseStrategy, History, Proposal, Recommendation, StrategyPara
 from ._sampling import sample_regmix
 
 _INIT_STREAM, _CAND_STREAM = 11, 12
+KG_TARGETS = 256
+"""kg: the inner maximisation runs over at most this many target-fidelity mixtures (the best
+posterior means among the candidates)."""
 
 
 class AdmireParams(StrategyParams):
@@ -235,7 +238,12 @@ class AdmireStrategy(BaseStrategy):
                 num_mv_samples=p.num_mv_samples, num_y_samples=p.num_y_samples, X_pending=X_pending, use_gumbel=p.use_gumbel,
                 cost_aware_utility=self._cost_utility(), project=self._project,
             )
-        return DiscreteMultiFidelityKG(model, self._project(target_set), self._cost_utility(),
+        target_set = self._project(target_set)
+        if len(target_set) > KG_TARGETS:  # the new best posterior mean lies among the current best ones
+            with torch.no_grad():
+                mean = model.posterior(target_set).mean.squeeze(-1)
+            target_set = target_set[torch.argsort(mean, descending=True)[:KG_TARGETS]]
+        return DiscreteMultiFidelityKG(model, target_set, self._cost_utility(),
                                        num_samples=64, num_fantasies=p.num_fantasies, X_pending=X_pending)
 
     @staticmethod
