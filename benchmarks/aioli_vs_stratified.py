@@ -62,7 +62,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from proxy_models import SegmentSpec, TrainConfig, build_demo_corpus, prepare_corpus, train_proxy  # noqa: E402
 from service.strategies import Domain, Fidelity, MixtureSpace, SearchSpace, SegmentRecord, TrialRecord  # noqa: E402
-from service.strategies.aioli import PAPER_SETTINGS, AioliStrategy, summarize_run  # noqa: E402
+from service.strategies.aioli import (  # noqa: E402
+    PAPER_SETTINGS,
+    AioliStrategy,
+    estimate_interactions,
+    normalize_interactions,
+    summarize_run,
+)
 
 METHODS = ("stratified", "aioli", "aioli-restricted", "aioli-eta0")
 ETA_OFF = 1e-9
@@ -228,6 +234,44 @@ def run_one(bench: BenchConfig, corpus_dir: str, cache_dir: str, method: str, se
     return record
 
 
+def learnparams_diagnostics(run: dict[str, Any]) -> dict[str, Any] | None:
+    """What an Aioli run measured in its LearnParams phases (steering-split losses only).
+
+    Per round with LearnParams (``Q``): the mean loss drop a LearnParams segment causes on the
+    domain it favours (``own_drop``) and on each other domain (``other_drop``), the normalised
+    column sums ``1^T A`` the update uses (``Q x k``), and the Pearson correlation of consecutive
+    rounds' column sums around ``1/k`` (``consecutive_corr``, ``Q - 1``): near 0 when the
+    estimates are noise rather than a property of the data. ``None`` for a run without segments.
+    """
+    segs, domains = run.get("segments"), run["domains"]
+    rounds = sorted({g["round"] for g in segs or () if g["kind"] == "learn"})
+    if not rounds:
+        return None
+    k = len(domains)
+    losses, weights, steps, favoured = [], [], [], []
+    for r in rounds:
+        idx = [i for i, g in enumerate(segs) if g["kind"] == "learn" and g["round"] == r]
+        block = [segs[idx[0] - 1]] + [segs[i] for i in idx]  # L^0 is the previous segment's evaluation
+        losses.append([[g["losses"][d] for d in domains] for g in block])
+        weights.append([segs[i]["weights"] for i in idx])
+        steps.append([segs[i]["steps"] for i in idx])
+        favoured.append([int(np.argmax(segs[i]["weights"])) for i in idx])
+    loss = np.array(losses)  # Q x (M+1) x k
+    drops = loss[:, :-1] - loss[:, 1:]  # Q x M x k
+    onehot = np.eye(k)[np.array(favoured)]  # Q x M x k
+    a = normalize_interactions(estimate_interactions(loss, np.array(weights), np.array(steps), np.array(favoured),
+                                                     run["settings"]["lp_steps"]))
+    dev = a.sum(1) - 1.0 / k  # Q x k
+    corr = [float(np.corrcoef(dev[q], dev[q + 1])[0, 1]) for q in range(len(dev) - 1)]
+    return {
+        "rounds": rounds,
+        "own_drop": (drops * onehot).sum(2).mean(1).tolist(),
+        "other_drop": ((drops * (1 - onehot)).sum(2).mean(1) / (k - 1)).tolist(),
+        "column_sums": a.sum(1).round(4).tolist(),
+        "consecutive_corr": corr,
+    }
+
+
 def _mean_std(values: Sequence[float]) -> dict[str, float]:
     v = np.asarray(values, dtype=float)
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
@@ -253,6 +297,14 @@ def summarize(runs: Sequence[dict[str, Any]], methods: Sequence[str], seeds: Seq
         }
         if "average_mixture" in mine[0]:
             entry["average_mixture"] = {d: float(np.mean([r["average_mixture"][d] for r in mine])) for d in domains}
+            diag = [learnparams_diagnostics(r) for r in mine]
+            if all(x is not None for x in diag):
+                entry["learnparams"] = {
+                    "own_drop": np.mean([x["own_drop"] for x in diag], 0).tolist(),
+                    "other_drop": np.mean([x["other_drop"] for x in diag], 0).tolist(),
+                    "consecutive_corr": [float(np.mean(x["consecutive_corr"])) if x["consecutive_corr"] else None
+                                         for x in diag],
+                }
         out["methods"][m] = entry
     if "stratified" in methods:
         base = [by[("stratified", s)]["test_avg_ppl"] for s in seeds]
@@ -262,7 +314,7 @@ def summarize(runs: Sequence[dict[str, Any]], methods: Sequence[str], seeds: Seq
             diff = np.array(out["methods"][m]["test_avg_ppl"]) - np.array(base)
             stats = _mean_std(diff)
             se = stats["std"] / math.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-            out["paired"][m] = {"diff": diff.tolist(), **stats, "t": stats["mean"] / se if se > 0 else float("nan"),
+            out["paired"][m] = {"diff": diff.tolist(), **stats, "t": stats["mean"] / se if se > 0 else None,
                                 "wins": int((diff < 0).sum()), "n": len(diff)}
     return out
 
@@ -347,6 +399,22 @@ def format_table(result: dict[str, Any]) -> str:
                      + f" | {e['val_avg_ppl']['mean']:.3f} |")
     for m, e in s["methods"].items():
         lines.append(f"| {m} (token shares) | " + " | ".join(f"{e['token_shares'][d]:.3f}" for d in domains) + " | |")
+    for m, e in s["methods"].items():
+        if "average_mixture" in e:
+            lines.append(f"| {m} (Aioli's mixture, train-segment average) | "
+                         + " | ".join(f"{e['average_mixture'][d]:.3f}" for d in domains) + " | |")
+    diag = {m: e["learnparams"] for m, e in s["methods"].items() if "learnparams" in e}
+    if diag:
+        lines += ["", "LearnParams diagnostics (steering split; loss drop per LearnParams segment, mean over seeds):", "",
+                  "| method | own-domain drop: first round / later rounds | other-domain drop: first / later | "
+                  "corr. of 1ᵀA between consecutive rounds (per seed) |", "|---|---|---|---|"]
+
+        def first_later(v: list[float]) -> str:
+            return f"{v[0]:+.4f} / {np.mean(v[1:]):+.4f}" if len(v) > 1 else f"{v[0]:+.4f} / –"
+
+        for m, x in diag.items():
+            corr = ", ".join("–" if c is None else f"{c:+.2f}" for c in x["consecutive_corr"])
+            lines.append(f"| {m} | {first_later(x['own_drop'])} | {first_later(x['other_drop'])} | {corr} |")
     return "\n".join(lines)
 
 

@@ -95,6 +95,11 @@ def test_benchmark_end_to_end(bench, corpus, tmp_path):
     assert paired["n"] == 1 and paired["diff"][0] == pytest.approx(
         runs["aioli"]["test_avg_ppl"] - runs["stratified"]["test_avg_ppl"])
     assert summary["methods"]["aioli"]["tokens"] == summary["methods"]["stratified"]["tokens"] == [STEPS * BATCH * SEQ]
+    learn_rounds = {s["round"] for s in aioli["segments"] if s["kind"] == "learn"}
+    diag = summary["methods"]["aioli"]["learnparams"]
+    assert len(diag["own_drop"]) == len(diag["other_drop"]) == len(learn_rounds) >= 2
+    assert len(diag["consecutive_corr"]) == 1 and "LearnParams diagnostics" in table
+    assert "learnparams" not in summary["methods"]["stratified"]
 
 
 def test_unknown_method_is_named(bench, corpus, tmp_path):
