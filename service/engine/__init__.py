@@ -22,7 +22,7 @@ from ._studies import (
     get_study,
     latest_recommendation,
     refresh_recommendation,
-    running_study_ids,
+    running_study_fingerprints,
 )
 from ._trials import (
     ask,
@@ -103,7 +103,7 @@ __all__ = [
     "report_failure",
     "report_result",
     "required_losses",
-    "running_study_ids",
+    "running_study_fingerprints",
     "space_for",
     "strategy_for",
     "study_public",

@@ -8,7 +8,7 @@ import threading
 import time
 
 from ..db import Database
-from ._studies import advance, refresh_recommendation, running_study_ids
+from ._studies import advance, refresh_recommendation, running_study_fingerprints
 from ._trials import sweep_expired
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,9 @@ class EngineRunner:
         # taken at most this often per study: under load, one read serves many completions.
         self.advance_interval_s = advance_interval_s
         self._last_advance: dict[int, float] = {}
+        # What each running study looked like at the last periodic pass: an unchanged study is not
+        # re-read (a 10,000-trial study costs a second of Python per look).
+        self._fingerprints: dict[int, tuple] = {}
         self.sweep_interval_s = sweep_interval_s
         self.recommend_interval_s = recommend_interval_s
         self._dirty: set[int] = set()
@@ -73,7 +76,9 @@ class EngineRunner:
                 if time.monotonic() >= next_sweep:
                     expired = sweep_expired(self.db)
                     with self.db.session() as s:
-                        dirty |= expired | set(running_study_ids(s))
+                        seen = running_study_fingerprints(s)
+                    dirty |= expired | {i for i, fp in seen.items() if self._fingerprints.get(i) != fp}
+                    self._fingerprints = seen
                     next_sweep = time.monotonic() + self.sweep_interval_s
                 for study_id in sorted(dirty):
                     self.step(study_id)

@@ -346,8 +346,20 @@ def next_trial_number(s: Session, study_id: int) -> int:
     return s.scalar(select(func.coalesce(func.max(Trial.number), -1)).where(Trial.study_id == study_id)) + 1
 
 
-def running_study_ids(s: Session) -> list[int]:
-    return list(s.scalars(select(Study.id).where(Study.state == StudyState.running)))
+def running_study_fingerprints(s: Session) -> dict[int, tuple]:
+    """Per running study, a value that changes whenever a trial is created or changes state
+    (counts per state, largest number): the engine need not look again at a study whose
+    fingerprint is what it was. One index-only aggregate, not a read of every trial."""
+    q = (
+        select(Study.id, Trial.state, func.count(Trial.id), func.max(Trial.number))
+        .outerjoin(Trial, Trial.study_id == Study.id)
+        .where(Study.state == StudyState.running)
+        .group_by(Study.id, Trial.state)
+    )
+    out: dict[int, list] = {}
+    for study_id, state, count, number in s.execute(q):
+        out.setdefault(study_id, []).append((str(state), count, number))
+    return {k: tuple(sorted(v, key=str)) for k, v in out.items()}
 
 
 def is_final(state: TrialState) -> bool:
