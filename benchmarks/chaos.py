@@ -36,7 +36,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +46,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.db import Database, upgrade  # noqa: E402
+from service.db import Database, scratch_database, upgrade  # noqa: E402
 
 JOIN_SECRET = "chaos-join-secret"
 DOMAINS = {"web": 5e9, "code": 2e9, "math": 5e8, "books": 1e9, "legal": 3e8, "news": 8e8}
@@ -69,21 +68,6 @@ def study_body(trials: int, workers: int, seed: int, lease_seconds: float, n_ver
         "max_attempts": 50,
         "lease_seconds": lease_seconds,
     }
-
-
-def fresh_database(admin_url: str, prefix: str) -> tuple[str, callable]:
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = admin.url.set(database=name).render_as_string(hide_password=False)
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return url, drop
 
 
 def undisturbed_recommendation(url: str, body: dict) -> dict:
@@ -268,8 +252,8 @@ def run_chaos(admin_url: str, *, trials: int = 208, workers: int = 8, trial_seco
     workdir = Path(workdir or tempfile.mkdtemp(prefix="mixopt-chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)
     body = study_body(trials, workers, seed, lease_seconds, n_verify)
-    chaos_url, drop_chaos = fresh_database(admin_url, "mixopt_chaos")
-    ref_url, drop_ref = fresh_database(admin_url, "mixopt_chaos_ref")
+    chaos_url, drop_chaos = scratch_database(admin_url, "mixopt_chaos")
+    ref_url, drop_ref = scratch_database(admin_url, "mixopt_chaos_ref")
     server = Server(chaos_url, workdir, sweep_interval_s)
     procs = [WorkerProc("", f"w{i}", workdir, trial_seconds) for i in range(workers)]
     watch = None

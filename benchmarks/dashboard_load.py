@@ -32,13 +32,15 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from sqlalchemy import create_engine, insert, text
+from sqlalchemy import insert, text
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service.db import Database, Lease, LossCurvePoint, Recommendation, Result, StudyState, Trial, Worker, upgrade, utcnow  # noqa: E402
+from service.db import (  # noqa: E402
+    Database, Lease, LossCurvePoint, Recommendation, Result, StudyState, Trial, Worker, scratch_database, upgrade, utcnow,
+)
 from service.engine import create_study  # noqa: E402
 from service.schemas.studies import StudyCreate  # noqa: E402
 
@@ -46,21 +48,6 @@ PILE = ["pile_cc", "pubmed_central", "books3", "openwebtext2", "arxiv", "github"
         "uspto", "pubmed_abstracts", "gutenberg", "opensubtitles", "wikipedia", "dm_mathematics", "ubuntu_irc",
         "hackernews", "enron_emails"]
 STUDY_PAGE = ("overview", "trials", "trials_incremental", "recommendations", "predictions")
-
-
-def fresh_database(admin_url: str) -> tuple[str, callable]:
-    name = f"mixopt_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = admin.url.set(database=name).render_as_string(hide_password=False)
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return url, drop
 
 
 def fill(url: str, n_trials: int, n_recs: int, state: str = "running", seed: int = 0) -> dict:
@@ -258,7 +245,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "artifacts" / "dashboard_load.json"), help="where to write the JSON")
     args = ap.parse_args()
 
-    url, drop = fresh_database(args.postgres_url)
+    url, drop = scratch_database(args.postgres_url, "mixopt_bench")
     tmp = Path(tempfile.mkdtemp(prefix="mixopt-dash-bench-"))
     proc = None
     try:

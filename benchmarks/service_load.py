@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -48,6 +47,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from service.db import scratch_database  # noqa: E402
 from workers.executors import synthetic_losses  # noqa: E402
 
 JOIN_SECRET = "load-join-secret"
@@ -56,21 +56,6 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
 # -- databases ----------------------------------------------------------------------------------
-
-def fresh_database(admin_url: str, prefix: str) -> tuple[str, callable]:
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = admin.url.set(database=name).render_as_string(hide_password=False)
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return url, drop
-
 
 def max_connections(admin_url: str) -> int:
     engine = create_engine(admin_url)
@@ -223,7 +208,7 @@ def exactly_once_mixopt(url: str, study_id: int, completed: list[tuple[int, str]
 
 
 def run_mixopt(admin_url: str, n: int, args, workdir: Path) -> dict:
-    url, drop = fresh_database(admin_url, "mixopt_load")
+    url, drop = scratch_database(admin_url, "mixopt_load")
     server = Server(url, workdir / f"mixopt-{n}", args.server_workers, args.pool_size, args.access_log)
     (workdir / f"mixopt-{n}").mkdir(parents=True, exist_ok=True)
     profiler = None
@@ -303,7 +288,7 @@ def run_optuna(admin_url: str, n: int, args, workdir: Path) -> dict:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url, drop = fresh_database(admin_url, "optuna_load")
+    url, drop = scratch_database(admin_url, "optuna_load")
     try:
         storage = optuna.storages.RDBStorage(url)
         name = f"load-{n}"

@@ -1,5 +1,6 @@
 """Persistence: the ORM model, engines/sessions for SQLite and Postgres, Alembic migrations."""
 
+from ._scratch import scratch_database
 from ._session import Database, alembic_config, current_revision, make_engine, upgrade
 from ._types import utcnow
 from .models import (
@@ -44,6 +45,7 @@ __all__ = [
     "alembic_config",
     "current_revision",
     "make_engine",
+    "scratch_database",
     "upgrade",
     "utcnow",
 ]
