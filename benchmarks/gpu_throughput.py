@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import json
 import multiprocessing as mp
-import os
 import platform
 import statistics
 import sys
