@@ -258,44 +258,38 @@ def format_table(result: dict) -> str:
 
 
 def plot(result: dict, path: str | Path, best: float) -> Path:
-    """Best-so-far target objective vs committed cost (median over seeds, IQR shaded)."""
+    """Regret of the best target-fidelity result so far (% of the pool's best) vs committed cost:
+    median over seeds, IQR shaded; log cost, symmetric-log regret (0 = the pool's best found)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     max_cost = result["settings"]["max_cost"]
-    grid = np.logspace(np.log10(1e-2), np.log10(max_cost), 300)
+    grid = np.logspace(np.log10(0.1), np.log10(max_cost), 400)
     fig, ax = plt.subplots(figsize=(8, 5))
     for label, r in result["strategies"].items():
         curves = []
         for t in r["traces"]:
             cost = np.asarray(t["cost"], float)
-            vals = np.array([np.nan if b is None else b for b in t["best"]], float)
+            vals = np.array([np.inf if b is None else b for b in t["best"]], float)
             idx = np.searchsorted(cost, grid, side="right") - 1
-            curve = np.where(idx >= 0, vals[np.clip(idx, 0, None)] if len(vals) else np.nan, np.nan)
-            if len(cost):  # a search stopped at the best keeps it
+            curve = np.where(idx >= 0, vals[np.clip(idx, 0, None)], np.inf) if len(vals) else np.full(len(grid), np.inf)
+            if len(cost):  # a search that stopped at the pool's best keeps it
                 curve = np.where(grid >= cost[-1], vals[-1], curve)
-            curves.append(curve)
-        curves = np.array(curves)
-        with np.errstate(all="ignore"):
-            med = np.nanmedian(np.where(np.isnan(curves), np.inf, curves), axis=0)
-            q25 = np.nanpercentile(np.where(np.isnan(curves), np.inf, curves), 25, axis=0)
-            q75 = np.nanpercentile(np.where(np.isnan(curves), np.inf, curves), 75, axis=0)
-        med[~np.isfinite(med)] = np.nan
-        line, = ax.step(grid, med, where="post", label=label)
-        ax.fill_between(grid, np.where(np.isfinite(q25), q25, np.nan), np.where(np.isfinite(q75), q75, np.nan),
-                        step="post", alpha=0.15, color=line.get_color())
-    ax.axhline(best, color="k", lw=0.8, ls="--", label="pool best")
-    ax.axhline(best + WITHIN * abs(best), color="k", lw=0.6, ls=":", label="within 0.5%")
+            curves.append(100 * (curve - best) / abs(best))
+        q25, med, q75 = np.percentile(np.array(curves), [25, 50, 75], axis=0, method="lower")
+        finite = lambda a: np.where(np.isfinite(a), a, np.nan)  # noqa: E731
+        (line,) = ax.step(grid, finite(med), where="post", label=label)
+        ax.fill_between(grid, finite(q25), finite(q75), step="post", alpha=0.15, color=line.get_color())
+    ax.axhline(100 * WITHIN, color="k", lw=0.6, ls=":", label="within 0.5%")
     ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_ylim(-0.02, None)
     ax.set_xlabel("cost committed (target-fidelity runs)")
-    ax.set_ylabel("best target-fidelity objective so far")
+    ax.set_ylabel("regret of the best target result so far (% of the pool's best)")
     ax.set_title(f"search efficiency, median over {len(result['settings']['seeds'])} seeds (IQR shaded)")
     ax.legend(fontsize=8)
-    finite = [v for r in result["strategies"].values() for t in r["traces"] for v in t["best"] if v is not None]
-    if finite:
-        ax.set_ylim(best - 0.01 * abs(best), np.percentile(finite, 90) + 0.01 * abs(best))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
