@@ -306,16 +306,17 @@ def summarize(runs: Sequence[dict[str, Any]], methods: Sequence[str], seeds: Seq
                                          for x in diag],
                 }
         out["methods"][m] = entry
+    def paired(m: str, base: str) -> dict[str, Any]:
+        diff = np.array(out["methods"][m]["test_avg_ppl"]) - np.array(out["methods"][base]["test_avg_ppl"])
+        stats = _mean_std(diff)
+        se = stats["std"] / math.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+        return {"diff": diff.tolist(), **stats, "t": stats["mean"] / se if se > 0 else None,
+                "wins": int((diff < 0).sum()), "n": len(diff)}
+
     if "stratified" in methods:
-        base = [by[("stratified", s)]["test_avg_ppl"] for s in seeds]
-        for m in methods:
-            if m == "stratified":
-                continue
-            diff = np.array(out["methods"][m]["test_avg_ppl"]) - np.array(base)
-            stats = _mean_std(diff)
-            se = stats["std"] / math.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-            out["paired"][m] = {"diff": diff.tolist(), **stats, "t": stats["mean"] / se if se > 0 else None,
-                                "wins": int((diff < 0).sum()), "n": len(diff)}
+        out["paired"] = {m: paired(m, "stratified") for m in methods if m != "stratified"}
+    if "aioli" in methods and "aioli-eta0" in methods:  # the re-weighting alone, LearnParams held equal
+        out["reweighting"] = paired("aioli", "aioli-eta0")
     return out
 
 
@@ -392,6 +393,10 @@ def format_table(result: dict[str, Any]) -> str:
         wins = f"{p['wins']}/{p['n']}" if p else "–"
         lines.append(f"| {m} | " + " | ".join(f"{v:.3f}" for v in e["test_avg_ppl"])
                      + f" | {e['mean']:.3f} ± {e['std']:.3f} | {delta} | {wins} | {e['tokens'][0]:,} | {e['cpu_s']['mean']:.0f} |")
+    if "reweighting" in s:
+        r = s["reweighting"]
+        lines += ["", f"aioli − aioli-eta0 (the re-weighting alone, same LearnParams schedule; paired): "
+                      f"{r['mean']:+.3f} ± {r['std']:.3f}, aioli better in {r['wins']}/{r['n']} seeds"]
     lines += ["", "| method | " + " | ".join(domains) + " | steering-split avg ppl |",
               "|---|" + "---|" * len(domains) + "---|"]
     for m, e in s["methods"].items():

@@ -100,6 +100,8 @@ def test_benchmark_end_to_end(bench, corpus, tmp_path):
     assert len(diag["own_drop"]) == len(diag["other_drop"]) == len(learn_rounds) >= 2
     assert len(diag["consecutive_corr"]) == 1 and "LearnParams diagnostics" in table
     assert "learnparams" not in summary["methods"]["stratified"]
+    assert summary["reweighting"]["diff"][0] == pytest.approx(
+        runs["aioli"]["test_avg_ppl"] - runs["aioli-eta0"]["test_avg_ppl"])
 
 
 def test_unknown_method_is_named(bench, corpus, tmp_path):
