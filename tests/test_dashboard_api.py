@@ -17,12 +17,12 @@ from fastapi.testclient import TestClient
 from scipy.stats import spearmanr
 
 from service.api import create_app
-from service.db import Database, Recommendation
+from service.db import Database, Recommendation, scratch_database
 from service.engine import create_token
 from service.schemas.dashboard import WEIGHT_SCALE
 from tests.browser.data import aioli_trial, regmix_study
 from service.settings import Settings
-from tests.conftest import JOIN_SECRET, _fresh_postgres_database
+from tests.conftest import JOIN_SECRET
 from tests.helpers import DOMAINS, known_losses, study_body
 
 
@@ -39,7 +39,7 @@ def env(request, tmp_path_factory):
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('dashboard') / 'mixopt.db'}"
     else:
-        url, drop = _fresh_postgres_database(request.getfixturevalue("postgres_server"))
+        url, drop = scratch_database(request.getfixturevalue("postgres_server"), "mixopt_dashboard")
     settings = Settings(database_url=url, sweep_interval_s=0.2, recommend_interval_s=0.0, long_poll_s=0.5,
                         join_secret=JOIN_SECRET, data_dir=tmp_path_factory.mktemp("data"))
     with TestClient(create_app(settings, migrate=True)) as c:
