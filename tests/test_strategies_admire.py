@@ -158,3 +158,24 @@ def test_bad_parameters_name_the_field():
         create_strategy("admire", _space(), {"acquisition": "ei"})
     with pytest.raises(ValueError, match="initial_fidelity"):
         create_strategy("admire", _space(), {"initial_fidelity": "nope"})
+
+
+def test_initial_phase_runs_until_the_gp_has_two_results_and_replaces_failed_draws():
+    """``n_initial = 1`` (the paper's setting) still gives the GP its two points, and a failed
+    initial run is replaced by a new draw instead of stalling the study."""
+    space = _space()
+    strategy = create_strategy("admire", space, {**FAST, "n_initial": 1}, seed=0)
+    trials = _add([], strategy.propose(History(), 4))
+    assert len(trials) == 2 and all(t.meta["phase"] == "initial" for t in trials)
+    assert strategy.propose(History(tuple(trials)), 4) == []  # both in flight: wait
+    trials = [replace(trials[0], state="completed", objective=_loss(trials[0].weights, "small")),
+              replace(trials[1], state="failed")]
+    again = strategy.propose(History(tuple(trials)), 4)
+    assert len(again) == 1 and again[0].meta["phase"] == "initial"
+    assert not np.array_equal(again[0].weights, trials[1].weights)
+    # the sequence is stable: asking for the same row twice gives the same draw
+    np.testing.assert_array_equal(again[0].weights, strategy.propose(History(tuple(trials)), 1)[0].weights)
+    trials = _add(trials, again, state="completed")
+    after = strategy.propose(History(tuple(trials)), 2)
+    assert len(after) == 2 and all(p.meta.get("phase") != "initial" for p in after)
+    assert all(space.mixture.contains(p.weights) for p in after)

@@ -260,24 +260,41 @@ class AdmireStrategy(BaseStrategy):
             torch.manual_seed(int(self.rng(history, _CAND_STREAM).integers(2**31)))
             return self._propose(history, n)
 
+    @property
+    def _n_start(self) -> int:
+        """Initial runs to complete before the GP takes over: ``n_initial``, and at least the two
+        a GP needs (``n_initial = 1`` is the paper's setting)."""
+        return max(self.params.n_initial, 2)
+
     def _initial(self, history: History, n: int) -> list[Proposal]:
-        p = self.params
-        already = sum(t.meta.get("phase") == "initial" for t in history.trials)
-        count = min(n, p.n_initial - already)
+        """Random draws at the initial fidelity until ``_n_start`` of them are alive (a failed
+        one is replaced by the next draw of the same seeded sequence)."""
+        initial = [t for t in history.trials if t.meta.get("phase") == "initial"]
+        issued = len(initial)
+        count = min(n, self._n_start - sum(t.state != "failed" for t in initial))
         if count <= 0:
             return []
-        rng = np.random.default_rng([self.seed, _INIT_STREAM])
         pool = self.space.pool
         if pool is not None:
+            rng = np.random.default_rng([self.seed, _INIT_STREAM])
             rows = np.flatnonzero(pool.available[:, self.space.fidelity_index(self.initial_fidelity)])
-            rows = rng.permutation(rows)[already : already + count]
+            rows = rng.permutation(rows)[issued : issued + count]
             return [Proposal(pool.weights[i], self.initial_fidelity, pool_index=int(i), meta={"phase": "initial"}) for i in rows]
-        w = sample_regmix(self.space.mixture, rng, p.n_initial)[already : already + count]
-        return [Proposal(x, self.initial_fidelity, meta={"phase": "initial"}) for x in w]
+        return [Proposal(x, self.initial_fidelity, meta={"phase": "initial"}) for x in self._initial_draws(issued, count)]
+
+    def _initial_draws(self, start: int, count: int) -> np.ndarray:
+        """Rows ``start .. start + count`` of the initial sequence (``count x k``), drawn in seeded
+        blocks of ``_n_start`` rows so that earlier rows never change when later ones are needed."""
+        size = self._n_start
+        first, last = start // size, (start + count - 1) // size
+        blocks = [sample_regmix(self.space.mixture, np.random.default_rng([self.seed, _INIT_STREAM, *([b] if b else [])]), size)
+                  for b in range(first, last + 1)]
+        offset = start - first * size
+        return np.concatenate(blocks)[offset : offset + count]
 
     def _propose(self, history: History, n: int) -> list[Proposal]:
         done = history.completed
-        init = self._initial(history, n) if len(done) < self.params.n_initial else []
+        init = self._initial(history, n) if len(done) < self._n_start else []
         if init or len(done) < 2:
             return init
         model = self._fit(history)
