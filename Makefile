@@ -1,7 +1,7 @@
 # Two entry points do all set-up on a fresh machine: `make demo` and `make test`.
 PYTHON ?= python3
 VENV   ?= .venv
-# GPU nodes: override with your CUDA build, e.g. TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128'.
+# GPU nodes: your CUDA build, e.g. TORCH_SPEC=torch==2.13.0+cu128 PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cu128
 TORCH_SPEC ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
