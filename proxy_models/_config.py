@@ -144,7 +144,9 @@ class TrainConfig:
         """
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
-        for key, value in dict(params or {}).items():
+        params = dict(params or {})
+        steps = params.pop("steps", None)  # the run length in optimizer steps, as Aioli's schedule counts it
+        for key, value in params.items():
             if key not in known:
                 raise ValueError(f"fidelity.params.{key}: unknown trainer setting; known: {', '.join(sorted(known))}")
             kwargs[key] = value
@@ -154,6 +156,11 @@ class TrainConfig:
             if not math.isfinite(float(tokens)) or float(tokens) < 1:
                 raise ValueError(f"fidelity.tokens: must be >= 1, got {tokens!r}")
             kwargs["tokens"] = int(round(float(tokens)))
+        if steps is not None:
+            if isinstance(steps, bool) or not isinstance(steps, (int, float)) or steps != int(steps) or steps < 1:
+                raise ValueError(f"fidelity.params.steps: must be a positive integer, got {steps!r}")
+            batch = kwargs.get("batch_size", cls.batch_size) * kwargs.get("seq_len", cls.seq_len)
+            kwargs["tokens"] = int(steps) * batch  # steps win over tokens: the schedule was cut in steps
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:

@@ -147,6 +147,11 @@ def test_config_from_fidelity():
     cfg = TrainConfig.from_fidelity("llama-1m", 2e7, {"batch_size": 32, "lr": 1e-3, "schedule": "wsd"})
     assert (cfg.model, cfg.tokens, cfg.batch_size, cfg.seq_len, cfg.schedule) == ("llama-1m", 20_000_000, 32, 256, "wsd")
     assert TrainConfig.from_fidelity(None, None, {}).model == "llama-1m"
+    # Aioli's fidelities may give the run length in steps: the trainer runs exactly that many
+    stepped = TrainConfig.from_fidelity("llama-1m", 2e7, {"steps": 300, "seq_len": 128})
+    assert (stepped.total_steps, stepped.tokens) == (300, 300 * 16 * 128)
+    with pytest.raises(ValueError, match="fidelity.params.steps"):
+        TrainConfig.from_fidelity("llama-1m", None, {"steps": 0})
     with pytest.raises(ValueError, match="fidelity.params.learning_rate"):
         TrainConfig.from_fidelity("llama-1m", 1e6, {"learning_rate": 1e-3})
     with pytest.raises(ValueError, match="unknown preset"):
