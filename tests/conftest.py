@@ -91,6 +91,18 @@ def client(settings):
         yield c
 
 
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads() -> Iterator[None]:
+    """Trainers set torch's thread count for their process; tests that train in-process must not
+    leave it changed for the tests after them."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

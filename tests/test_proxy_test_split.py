@@ -8,16 +8,8 @@ import dataclasses
 import math
 
 import pytest
-import torch
 
 from proxy_models import SegmentSpec, TrainConfig, build_demo_corpus, prepare_corpus, train_proxy
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -467,7 +467,7 @@ class DiscreteMultiFidelityKG(torch.nn.Module):
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         """``b`` values for ``b x 1 x d`` candidates."""
         x = X.squeeze(-2)
-        b, m = len(x), len(self.targets)
+        b = len(x)
         post = self.model.posterior(torch.cat([x, self.targets]), observation_noise=False)
         cov = post.distribution.covariance_matrix  # (fantasies) x (b + m) x (b + m)
         mean = post.mean.squeeze(-1)
