@@ -50,7 +50,7 @@ def test_linear_regression_is_the_weaker_cheap_alternative(regmix_data, gbdt):
 
 
 def test_screen_with_every_tree_is_exactly_lightgbm(regmix_data, gbdt, monkeypatch):
-    """The numpy tree evaluator that screens the simulation agrees with LightGBM itself."""
+    """The sub-ensemble model that screens the simulation, with every tree, is LightGBM's model."""
     *_, Xt, _, _ = regmix_data
     model = GBDTRegressor(regmix_data[0], regmix_data[1], 40, 0.05, 0)
     monkeypatch.setattr(_regression, "SCREEN_TREES", 40)
@@ -136,9 +136,12 @@ def test_sequential_variant_refines_in_batches_near_the_top():
     trials = _complete(_add(trials, rest))
     batch1 = strategy.propose(History(tuple(trials)), 100)
     assert len(batch1) == 8 and {p.meta["batch"] for p in batch1} == {1}
-    # near the top: the refined mixtures predict better than the design's average
-    design = np.mean([t.objective for t in trials if t.meta["phase"] == "design"])
-    assert np.mean([_loss(p.weights, "small") for p in batch1]) < design
+    # near the top of the regression (a linear one here, whose top is not the true optimum of the
+    # quadratic _loss, so the check is on the model): refined mixtures predict better than the design
+    done = [t for t in trials if t.state == "completed"]
+    model = fit_regressor("linear", np.stack([t.weights for t in done]), np.array([t.objective for t in done]))
+    design = [t.weights for t in trials if t.meta["phase"] == "design"]
+    assert model.predict(np.stack([p.weights for p in batch1])).mean() < model.predict(np.stack(design)).mean() - 0.1
     trials = _complete(_add(trials, batch1))
     assert [p.fidelity for p in strategy.propose(History(tuple(trials)), 4)] == ["large"]
 

@@ -19,6 +19,7 @@ the data; fits and simulations are memoised in :data:`._regression.CACHE`).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
@@ -238,12 +239,16 @@ class RegMixStrategy(BaseStrategy):
         if len(done) < max(8, p.cv_folds):
             return super().recommend(history)
         X, y, ids = self._design_data(history, done)
-        weights = self._recommended(X, y)
-        model = self._fit(X, y)
-        predicted = float(model.predict(weights[None])[0])
         key = cache_key("cv", p.regressor, p.num_rounds, p.learning_rate, p.cv_folds, self.seed, X, y)
-        cv = CACHE.get_or(key, lambda: cross_val_predictions(p.regressor, X, y, folds=p.cv_folds, seed=self.seed,
-                                                             num_rounds=p.num_rounds, learning_rate=p.learning_rate))
+        # the cross-validation (for the uncertainty) runs beside the fit and the simulation
+        with ThreadPoolExecutor(1) as background:
+            cv_future = background.submit(
+                CACHE.get_or, key, lambda: cross_val_predictions(p.regressor, X, y, folds=p.cv_folds, seed=self.seed,
+                                                                 num_rounds=p.num_rounds, learning_rate=p.learning_rate))
+            weights = self._recommended(X, y)
+            model = self._fit(X, y)
+            cv = cv_future.result()
+        predicted = float(model.predict(weights[None])[0])
         rho = float(spearmanr(cv, y)[0]) if np.ptp(y) > 0 else float("nan")
         meta = {
             "phase": "design" if design_pending else "fitted",

@@ -2,15 +2,18 @@
 
 Predicting 1,000,000 mixtures with a 1000-tree LightGBM model costs ~80 ns per (row, tree)
 on this project's CPUs, i.e. more than a minute. :func:`lowest_k` keeps it to a few seconds
-with a cascade: a stratified sub-ensemble (every 50th tree, scaled by 50) ranks all rows in
-numpy, and the full model predicts only the best 2% of them. On the released RegMix runs the
-shortlist holds the exact top-128 of 1,000,000 (``tests/test_strategies_regmix.py`` checks it).
+with a cascade: a stratified sub-ensemble (every 50th tree, scaled by 50, as one LightGBM
+model) ranks all rows in one native pass, and the full model predicts only the best 2% of them.
+On the released RegMix runs the shortlist holds the exact top-128 of 1,000,000 (``tests/test_strategies_regmix.py`` checks it).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -63,46 +66,69 @@ class GBDTRegressor:
             "num_threads": 1,
         }
         self.booster = lgb.train(params, lgb.Dataset(X, y, free_raw_data=True), num_boost_round=num_rounds)
-        self._screen: list[tuple[float, dict]] | None = None
+        self._screen: Any = None
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.booster.predict(np.ascontiguousarray(X), num_threads=1)
+        return _predict_rows(self.booster, X)
 
     def screen(self, X: np.ndarray) -> np.ndarray:
-        """``n`` cheap approximate predictions from a stratified sub-ensemble of the trees."""
+        """``n`` cheap approximate predictions from a stratified sub-ensemble of the trees: every
+        ``n_trees / SCREEN_TREES``-th tree, its leaves scaled by that stride, as one LightGBM model
+        (one native pass over ``X``)."""
         if self._screen is None:
             n = self.booster.num_trees()
             m = min(SCREEN_TREES, n)
             edges = np.linspace(0, n, m + 1)
-            picks = [(int((lo + hi) / 2), hi - lo) for lo, hi in zip(edges[:-1], edges[1:])]
-            self._screen = [
-                (float(size), self.booster.dump_model(start_iteration=i, num_iteration=1)["tree_info"][0]["tree_structure"])
-                for i, size in picks
-            ]
-        columns = np.ascontiguousarray(X.T)
-        out = np.zeros(len(X))
-        rows = np.arange(len(X))
-        for scale, tree in self._screen:
-            _add_tree(tree, columns, rows, out, scale)
-        return out
+            picks = [(int((lo + hi) / 2), float(hi - lo)) for lo, hi in zip(edges[:-1], edges[1:])]
+            self._screen = _sub_booster(self.booster, picks)
+        return _predict_rows(self._screen, X)
 
 
-def _add_tree(node: dict, columns: np.ndarray, rows: np.ndarray, out: np.ndarray, scale: float) -> None:
-    """Add ``scale`` x the leaf value of a dumped LightGBM tree to ``out`` for each of ``rows``.
+PARALLEL_PREDICT_ROWS = 4096
+"""Predictions of at least this many rows are split over threads (one LightGBM thread each)."""
 
-    Rows are partitioned recursively down the tree, so each level costs one vectorised pass.
-    """
-    if "leaf_value" in node:
-        out[rows] += scale * node["leaf_value"]
-        return
-    x = columns[node["split_feature"]][rows]
-    left = x <= node["threshold"]
-    if node.get("missing_type") == "Zero":  # zeros follow the default direction, as in LightGBM
-        left = np.where(np.abs(x) <= 1e-35, node["default_left"], left)
-    elif node.get("missing_type") == "NaN":
-        left = np.where(np.isnan(x), node["default_left"], left)
-    _add_tree(node["left_child"], columns, rows[left], out, scale)
-    _add_tree(node["right_child"], columns, rows[~left], out, scale)
+
+def _predict_rows(booster: Any, X: np.ndarray) -> np.ndarray:
+    """``n`` predictions of a LightGBM model for ``n x k`` rows. Large inputs are cut into one
+    chunk per core, each predicted by a single-threaded call from its own Python thread
+    (LightGBM releases the GIL): OpenMP's own threads spin and crawl on a busy machine."""
+    X = np.ascontiguousarray(X)
+    chunks = min(os.cpu_count() or 1, max(1, len(X) // PARALLEL_PREDICT_ROWS))
+    if chunks == 1:
+        return booster.predict(X, num_threads=1)
+    parts = np.array_split(X, chunks)
+    with ThreadPoolExecutor(chunks) as pool:
+        return np.concatenate(list(pool.map(lambda part: booster.predict(part, num_threads=1), parts)))
+
+
+def _sub_booster(booster: Any, picks: list[tuple[int, float]]) -> Any:
+    """A LightGBM model of the trees ``picks = [(tree index, scale), ...]``, each tree's leaf
+    values multiplied by its scale, built by editing the model's text form (trees are blocks
+    ``Tree=i ... leaf_value=...`` between the header and ``end of trees``)."""
+    import lightgbm as lgb
+
+    text = booster.model_to_string()
+    header, rest = text.split("\nTree=0\n", 1)
+    trees, footer = rest.split("\nend of trees\n", 1)
+    blocks = [b for b in ("Tree=0\n" + trees).split("\n\n") if b.strip()]
+    if len(blocks) != booster.num_trees():
+        raise RuntimeError(f"unexpected LightGBM model text: {len(blocks)} tree blocks for {booster.num_trees()} trees")
+
+    def scaled(block: str, index: int, scale: float) -> str:
+        lines = []
+        for line in block.strip().split("\n"):
+            if line.startswith("Tree="):
+                line = f"Tree={index}"
+            elif line.startswith("leaf_value="):
+                values = np.array(line.split("=", 1)[1].split(), dtype=float) * scale
+                line = "leaf_value=" + " ".join(repr(float(v)) for v in values)
+            lines.append(line)
+        return "\n".join(lines)
+
+    # tree_sizes gives the original trees' byte sizes: dropped, LightGBM then parses the trees in order
+    header = "\n".join(line for line in header.split("\n") if not line.startswith("tree_sizes="))
+    body = "\n\n".join(scaled(blocks[i], j, scale) for j, (i, scale) in enumerate(picks))
+    return lgb.Booster(model_str=f"{header}\n{body}\n\nend of trees\n{footer}")
 
 
 def lowest_k(model: Regressor, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -133,10 +159,17 @@ def cross_val_predictions(kind: RegressorKind, X: np.ndarray, y: np.ndarray, *, 
     n = len(X)
     folds = min(folds, n)
     fold = np.random.default_rng(seed).permutation(n) % folds
-    out = np.empty(n)
-    for f in range(folds):
+
+    def held_out(f: int) -> np.ndarray:
         test = fold == f
-        out[test] = fit_regressor(kind, X[~test], y[~test], seed=seed, **fit_kwargs).predict(X[test])
+        return fit_regressor(kind, X[~test], y[~test], seed=seed, **fit_kwargs).predict(X[test])
+
+    # LightGBM trains without the GIL: the folds run side by side on the cores there are
+    with ThreadPoolExecutor(min(folds, os.cpu_count() or 1)) as pool:
+        predictions = list(pool.map(held_out, range(folds)))
+    out = np.empty(n)
+    for f, pred in enumerate(predictions):
+        out[fold == f] = pred
     return out
 
 
@@ -146,15 +179,18 @@ class _LRU(OrderedDict):
     def __init__(self, size: int):
         super().__init__()
         self.size = size
+        self._lock = threading.Lock()
 
     def get_or(self, key: str, make):
-        if key in self:
-            self.move_to_end(key)
-            return self[key]
+        with self._lock:  # the server calls strategies from several threads
+            if key in self:
+                self.move_to_end(key)
+                return self[key]
         value = make()
-        self[key] = value
-        while len(self) > self.size:
-            self.popitem(last=False)
+        with self._lock:
+            self[key] = value
+            while len(self) > self.size:
+                self.popitem(last=False)
         return value
 
 
