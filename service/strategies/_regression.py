@@ -3,8 +3,9 @@
 Predicting 1,000,000 mixtures with a 1000-tree LightGBM model costs ~80 ns per (row, tree)
 on this project's CPUs, i.e. more than a minute. :func:`lowest_k` keeps it to a few seconds
 with a cascade: a stratified sub-ensemble (every 50th tree, scaled by 50, as one LightGBM
-model) ranks all rows in one native pass, and the full model predicts only the best 2% of them.
-On the released RegMix runs the shortlist holds the exact top-128 of 1,000,000 (``tests/test_strategies_regmix.py`` checks it).
+model) ranks all rows in one native pass, a 200-tree one re-ranks the best 2%, and the full
+model predicts only the best 2,560 (20 x top-k) of those. On the released RegMix runs the
+shortlist holds the exact top-128 (``tests/test_strategies_regmix.py`` checks it on 200,000).
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ import numpy as np
 RegressorKind = Literal["lightgbm", "linear"]
 
 SCREEN_TREES = 20
-"""Trees in the sub-ensemble that screens the simulated mixtures."""
-SCREEN_KEEP = 0.02
-"""Fraction of the simulated mixtures the full model predicts after screening."""
+"""Trees in the sub-ensemble that screens all the simulated mixtures."""
+SCREEN_STAGES = ((SCREEN_TREES, 0.02), (200, 0.1))
+"""The screening cascade: (trees of a stratified sub-ensemble, fraction of its input rows it
+keeps). Each stage keeps at least ``SCREEN_MIN_PER_TOP * k`` rows and runs only when that is
+under half its input; the full model predicts what the last stage kept."""
+SCREEN_MIN_PER_TOP = 20
 
 
 class Regressor(Protocol):
@@ -65,23 +69,28 @@ class GBDTRegressor:
             # One thread: on a busy machine OpenMP's spinning threads make LightGBM several times slower.
             "num_threads": 1,
         }
-        self.booster = lgb.train(params, lgb.Dataset(X, y, free_raw_data=True), num_boost_round=num_rounds)
-        self._screen: Any = None
+        # keep_training_booster: the default round-trips the model through its text form to free
+        # the training data (~0.15 s a fit, more than the data of 512 rows is worth)
+        self.booster = lgb.train(params, lgb.Dataset(X, y, free_raw_data=True), num_boost_round=num_rounds,
+                                 keep_training_booster=True)
+        self._screen: dict[int, Any] = {}
+        self._text: str | None = None
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return _predict_rows(self.booster, X)
 
-    def screen(self, X: np.ndarray) -> np.ndarray:
-        """``n`` cheap approximate predictions from a stratified sub-ensemble of the trees: every
-        ``n_trees / SCREEN_TREES``-th tree, its leaves scaled by that stride, as one LightGBM model
-        (one native pass over ``X``)."""
-        if self._screen is None:
-            n = self.booster.num_trees()
-            m = min(SCREEN_TREES, n)
-            edges = np.linspace(0, n, m + 1)
+    def screen(self, X: np.ndarray, trees: int | None = None) -> np.ndarray:
+        """``n`` cheap approximate predictions from a stratified sub-ensemble of ``trees`` trees
+        (default :data:`SCREEN_TREES`): every ``n_trees / trees``-th tree, its leaves scaled by
+        that stride, as one LightGBM model (one native pass over ``X``)."""
+        m = min(trees or SCREEN_TREES, self.booster.num_trees())
+        if m not in self._screen:
+            edges = np.linspace(0, self.booster.num_trees(), m + 1)
             picks = [(int((lo + hi) / 2), float(hi - lo)) for lo, hi in zip(edges[:-1], edges[1:])]
-            self._screen = _sub_booster(self.booster, picks)
-        return _predict_rows(self._screen, X)
+            if self._text is None:
+                self._text = self.booster.model_to_string()
+            self._screen[m] = _sub_booster(self._text, self.booster.num_trees(), picks)
+        return _predict_rows(self._screen[m], X)
 
 
 PARALLEL_PREDICT_ROWS = 4096
@@ -101,18 +110,17 @@ def _predict_rows(booster: Any, X: np.ndarray) -> np.ndarray:
         return np.concatenate(list(pool.map(lambda part: booster.predict(part, num_threads=1), parts)))
 
 
-def _sub_booster(booster: Any, picks: list[tuple[int, float]]) -> Any:
-    """A LightGBM model of the trees ``picks = [(tree index, scale), ...]``, each tree's leaf
-    values multiplied by its scale, built by editing the model's text form (trees are blocks
+def _sub_booster(text: str, num_trees: int, picks: list[tuple[int, float]]) -> Any:
+    """A LightGBM model of the trees ``picks = [(tree index, scale), ...]`` of the model whose
+    text form is ``text``, each tree's leaf values multiplied by its scale (trees are blocks
     ``Tree=i ... leaf_value=...`` between the header and ``end of trees``)."""
     import lightgbm as lgb
 
-    text = booster.model_to_string()
     header, rest = text.split("\nTree=0\n", 1)
     trees, footer = rest.split("\nend of trees\n", 1)
     blocks = [b for b in ("Tree=0\n" + trees).split("\n\n") if b.strip()]
-    if len(blocks) != booster.num_trees():
-        raise RuntimeError(f"unexpected LightGBM model text: {len(blocks)} tree blocks for {booster.num_trees()} trees")
+    if len(blocks) != num_trees:
+        raise RuntimeError(f"unexpected LightGBM model text: {len(blocks)} tree blocks for {num_trees} trees")
 
     def scaled(block: str, index: int, scale: float) -> str:
         lines = []
@@ -133,13 +141,16 @@ def _sub_booster(booster: Any, picks: list[tuple[int, float]]) -> Any:
 
 def lowest_k(model: Regressor, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices and predictions of the ``k`` rows of ``X`` (``n x d``) with the lowest predictions,
-    best first. Tree models screen with :meth:`GBDTRegressor.screen` first when ``n`` is large."""
+    best first. Tree models screen with the :data:`SCREEN_STAGES` cascade first when ``n`` is large."""
     k = min(k, len(X))
-    if isinstance(model, GBDTRegressor) and len(X) * SCREEN_KEEP > 20 * k:
-        keep = int(len(X) * SCREEN_KEEP)
-        candidates = np.argpartition(model.screen(X), keep)[:keep]
-    else:
-        candidates = np.arange(len(X))
+    candidates = np.arange(len(X))
+    if isinstance(model, GBDTRegressor):
+        for trees, fraction in SCREEN_STAGES:
+            keep = max(int(len(candidates) * fraction), SCREEN_MIN_PER_TOP * k)
+            if keep * 2 > len(candidates) or trees >= model.booster.num_trees():
+                continue
+            rows = X if len(candidates) == len(X) else X[candidates]
+            candidates = candidates[np.argpartition(model.screen(rows, trees), keep)[:keep]]
     pred = model.predict(X[candidates])
     order = np.argsort(pred, kind="stable")[:k]
     return candidates[order], pred[order]
