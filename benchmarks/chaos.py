@@ -30,7 +30,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from service.db import Database, scratch_database, upgrade  # noqa: E402
+from service.testing import ServerProcess  # noqa: E402
 
 JOIN_SECRET = "chaos-join-secret"
 DOMAINS = {"web": 5e9, "code": 2e9, "math": 5e8, "books": 1e9, "legal": 3e8, "news": 8e8}
@@ -96,52 +96,6 @@ def undisturbed_recommendation(url: str, body: dict) -> dict:
                "based_on_trials": rec.based_on_trials}
     db.dispose()
     return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, url: str, workdir: Path, sweep_interval_s: float):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / "server.log"
-        self.env = {**os.environ, "MIXOPT_DATABASE_URL": url, "MIXOPT_PORT": str(self.port),
-                    "MIXOPT_SWEEP_INTERVAL_S": str(sweep_interval_s), "MIXOPT_RECOMMEND_INTERVAL_S": "5",
-                    "MIXOPT_JOIN_SECRET": JOIN_SECRET, "MIXOPT_DATA_DIR": str(workdir / "server-data"),
-                    "MIXOPT_LOG_LEVEL": "WARNING"}
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 180.0) -> float:
-        """Start and wait until healthy; returns the seconds it took."""
-        t0 = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "service", "server"], env=self.env, cwd=ROOT,
-                                     stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return time.monotonic() - t0
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("server did not come up")
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 class WorkerProc:
@@ -254,7 +208,9 @@ def run_chaos(admin_url: str, *, trials: int = 208, workers: int = 8, trial_seco
     body = study_body(trials, workers, seed, lease_seconds, n_verify)
     chaos_url, drop_chaos = scratch_database(admin_url, "mixopt_chaos")
     ref_url, drop_ref = scratch_database(admin_url, "mixopt_chaos_ref")
-    server = Server(chaos_url, workdir, sweep_interval_s)
+    server = ServerProcess(chaos_url, workdir / "server.log", join_secret=JOIN_SECRET,
+                           MIXOPT_SWEEP_INTERVAL_S=str(sweep_interval_s), MIXOPT_RECOMMEND_INTERVAL_S="5",
+                           MIXOPT_LOG_LEVEL="WARNING")
     procs = [WorkerProc("", f"w{i}", workdir, trial_seconds) for i in range(workers)]
     watch = None
     try:
@@ -264,7 +220,7 @@ def run_chaos(admin_url: str, *, trials: int = 208, workers: int = 8, trial_seco
         reference = undisturbed_recommendation(ref_url, body)
         t_ref = time.monotonic() - t_ref
 
-        server.start()
+        server.start(timeout=180)
         c = httpx.Client(base_url=server.url, timeout=30)
         r = c.post("/api/v1/studies", json={**body, "start": True})
         r.raise_for_status()
@@ -318,7 +274,7 @@ def run_chaos(admin_url: str, *, trials: int = 208, workers: int = 8, trial_seco
                 server.kill()
                 server_killed = True
                 time.sleep(rnd.uniform(1.0, 3.0))  # the workers meet a dead server and keep their results
-                took = server.start()
+                took = server.start(timeout=180).start_seconds
                 server_restarts += 1
                 server_down_s = time.time() - down_at
                 window[1] = time.time() + 1.0  # the restarted server extends the held leases, then sweeps

@@ -22,7 +22,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +42,7 @@ from service.db import (  # noqa: E402
 )
 from service.engine import create_study  # noqa: E402
 from service.schemas.studies import StudyCreate  # noqa: E402
+from service.testing import ServerProcess  # noqa: E402
 
 PILE = ["pile_cc", "pubmed_central", "books3", "openwebtext2", "arxiv", "github", "freelaw", "stackexchange",
         "uspto", "pubmed_abstracts", "gutenberg", "opensubtitles", "wikipedia", "dm_mathematics", "ubuntu_irc",
@@ -122,33 +122,6 @@ def fill(url: str, n_trials: int, n_recs: int, state: str = "running", seed: int
     db.dispose()
     return {"study_id": sid, "trial_id": ids[0], "curve_trial_id": ids[0], "n_trials": n_trials,
             "completed": int((state == "completed").sum()), "design_predictions": len(design)}
-
-
-def start_server(url: str, tmp: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    env = {**os.environ, "MIXOPT_DATABASE_URL": url, "MIXOPT_PORT": str(port), "MIXOPT_DATA_DIR": str(tmp),
-           "MIXOPT_JOIN_SECRET": "bench", "MIXOPT_LOG_LEVEL": "WARNING", "MIXOPT_RECOMMEND_INTERVAL_S": "3600"}
-    log = open(tmp / "server.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "service", "server"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise RuntimeError(f"server did not start: {(tmp / 'server.log').read_text()[-2000:]}")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def time_endpoints(base: str, info: dict, repeats: int) -> dict:
@@ -247,19 +220,20 @@ def main() -> None:
 
     url, drop = scratch_database(args.postgres_url, "mixopt_bench")
     tmp = Path(tempfile.mkdtemp(prefix="mixopt-dash-bench-"))
-    proc = None
+    server = None
     try:
         upgrade(url)
         t = time.perf_counter()
         info = fill(url, args.trials, args.recommendations, args.study_state)
         fill_s = time.perf_counter() - t
-        proc, base = start_server(url, tmp)
+        server = ServerProcess(url, tmp / "server.log", join_secret="bench", MIXOPT_DATA_DIR=str(tmp),
+                               MIXOPT_LOG_LEVEL="WARNING", MIXOPT_RECOMMEND_INTERVAL_S="3600")
+        base = server.start().url
         endpoints = time_endpoints(base, info, args.repeats)
         page = None if args.no_browser else time_page(base, info["study_id"])
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(20)
+        if server is not None:
+            server.stop()
         if args.keep:
             print(f"database kept: {url}")
         else:

@@ -31,8 +31,6 @@ import multiprocessing as mp
 import os
 import platform
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from service.db import scratch_database  # noqa: E402
+from service.testing import ServerProcess  # noqa: E402
 from workers.executors import synthetic_losses  # noqa: E402
 
 JOIN_SECRET = "load-join-secret"
@@ -91,52 +90,6 @@ class PrivatePostgres:
 
 
 # -- the mixopt side -------------------------------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, url: str, workdir: Path, uvicorn_workers: int, pool_size: int, access_log: bool):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / "server.log"
-        self.cmd = [sys.executable, "-m", "service", "server", "--workers", str(uvicorn_workers)]
-        self.env = {**os.environ, "MIXOPT_DATABASE_URL": url, "MIXOPT_PORT": str(self.port),
-                    "MIXOPT_JOIN_SECRET": JOIN_SECRET, "MIXOPT_DATA_DIR": str(workdir / "server-data"),
-                    "MIXOPT_DB_POOL_SIZE": str(pool_size), "MIXOPT_LOG_LEVEL": "INFO" if access_log else "WARNING"}
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 240.0) -> None:
-        self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=ROOT, stdout=open(self.log, "ab"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("server did not come up")
-
-    def pids(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-g", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
-        return [int(p) for p in out]
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-
 
 def mixopt_client(url: str, idx: int, start_at: float, measure_from: float, end_at: float, out: mp.Queue) -> None:
     """One simulated worker: register, then lease -> heartbeat -> complete until ``end_at``."""
@@ -209,11 +162,13 @@ def exactly_once_mixopt(url: str, study_id: int, completed: list[tuple[int, str]
 
 def run_mixopt(admin_url: str, n: int, args, workdir: Path) -> dict:
     url, drop = scratch_database(admin_url, "mixopt_load")
-    server = Server(url, workdir / f"mixopt-{n}", args.server_workers, args.pool_size, args.access_log)
+    server = ServerProcess(url, workdir / f"mixopt-{n}" / "server.log", join_secret=JOIN_SECRET,
+                           args=["--workers", str(args.server_workers)], MIXOPT_DB_POOL_SIZE=str(args.pool_size),
+                           MIXOPT_LOG_LEVEL="INFO" if args.access_log else "WARNING")
     (workdir / f"mixopt-{n}").mkdir(parents=True, exist_ok=True)
     profiler = None
     try:
-        server.start()
+        server.start(timeout=240)
         sid = httpx.post(f"{server.url}/api/v1/studies", json=study_body(n), timeout=60).json()["id"]
         ctx = mp.get_context("fork")
         q = ctx.Queue()
@@ -237,7 +192,7 @@ def run_mixopt(admin_url: str, n: int, args, workdir: Path) -> dict:
         return _summary("mixopt", n, reports, args.duration,
                         exactly_once_mixopt(url, sid, [tuple(x) for r in reports for x in r.get("completed", [])]))
     finally:
-        server.stop()
+        server.stop(timeout=30)
         drop()
 
 

@@ -3,18 +3,19 @@ the real app in-process, and a real server process."""
 
 from __future__ import annotations
 
+import functools
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import create_engine, text
+
+from service import testing
+from service.testing import free_port  # noqa: F401  (the browser and deploy tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 JOIN_SECRET = "test-join-secret"
@@ -103,67 +104,18 @@ def _restore_torch_threads() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """``mixopt server`` in a subprocess, with start, SIGKILL and restart."""
-
-    def __init__(self, database_url: str, log_path: Path, **env: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.env = {
-            **os.environ,
-            "MIXOPT_DATABASE_URL": database_url,
-            "MIXOPT_PORT": str(self.port),
-            "MIXOPT_SWEEP_INTERVAL_S": "0.5",
-            "MIXOPT_RECOMMEND_INTERVAL_S": "0",
-            "MIXOPT_JOIN_SECRET": JOIN_SECRET,
-            "MIXOPT_DATA_DIR": str(log_path.parent / "server-data"),
-            **env,
-        }
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 60.0) -> ServerProcess:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "service", "server"], env=self.env, stdout=log,
-                                     stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server did not come up:\n{self.log_path.read_text()[-3000:]}")
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+ServerProcess = functools.partial(testing.ServerProcess, join_secret=JOIN_SECRET, MIXOPT_SWEEP_INTERVAL_S="0.5",
+                                  MIXOPT_RECOMMEND_INTERVAL_S="0")
+"""``mixopt server`` in a subprocess (:class:`service.testing.ServerProcess`) with the tests' join secret,
+a 0.5 s sweep and no periodic recommendation pass (keyword arguments override them)."""
 
 
 @pytest.fixture
 def server_factory(tmp_path: Path):
     """Start real server processes; all are stopped at the end of the test."""
-    started: list[ServerProcess] = []
+    started: list[testing.ServerProcess] = []
 
-    def make(database_url: str, **env: str) -> ServerProcess:
+    def make(database_url: str, **env: str) -> testing.ServerProcess:
         server = ServerProcess(database_url, tmp_path / f"server-{len(started)}.log", **env)
         started.append(server)
         return server
