@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import typer
 
 from ..settings import get_settings
+
+log = logging.getLogger("mixopt.server")
 
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 
@@ -31,16 +34,34 @@ def server(
         check_exposure(settings, host or settings.host)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--host") from None
+    # Alembic's plugin and context lines at every start are noise; the migration is logged below.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from ..db import current_revision, upgrade
+
     if settings.auto_migrate:
         # Once, here: `--workers N` processes migrating at the same time race on creating the tables.
-        from ..db import upgrade
-
+        before = current_revision(settings.database_url)
         upgrade(settings.database_url)
         os.environ["MIXOPT_AUTO_MIGRATE"] = "false"  # the worker processes inherit it
+        get_settings.cache_clear()  # and so does this process's app (uvicorn builds it here with --workers 1)
+        after = current_revision(settings.database_url)
+        if after != before:
+            log.info("database migrated from revision %s to %s", before or "(empty)", after)
+    # Which database this server serves, without its password: a URL that did not reach the
+    # process (e.g. set for another command only) shows here as the default SQLite file.
+    log.info("serving database %s at revision %s", _public_url(settings.database_url),
+             current_revision(settings.database_url) or "(empty)")
     uvicorn.run(
         "service.api:create_app", factory=True, host=host or settings.host, port=port or settings.port,
         workers=workers, log_config=None,
     )
+
+
+def _public_url(url: str) -> str:
+    """``url`` without its password or query parameters (they may carry credentials)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(query={}).render_as_string(hide_password=True)
 
 
 @db_app.command("upgrade")

@@ -1,0 +1,31 @@
+"""What ``mixopt server`` says at start: the database it serves (without secrets), and no
+migration-tool noise."""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import make_url
+
+from service.db import upgrade
+
+
+def test_server_logs_the_sqlite_file_it_serves(sqlite_url, server_factory):
+    server = server_factory(sqlite_url).start()
+    server.stop()
+    log = server.log_path.read_text()
+    assert f"serving database {sqlite_url} at revision" in log
+    assert "database migrated from revision (empty) to" in log  # a fresh file is migrated at start
+    assert "setup plugin" not in log and "Context impl" not in log
+
+
+def test_server_logs_the_postgres_database_without_its_password(postgres_url, server_factory):
+    upgrade(postgres_url)
+    # Postgres here trusts local connections, so any password gets in; it must not reach the log.
+    url = make_url(postgres_url).set(password="hunter2-secret-pw", query={"application_name": "t"})
+    server = server_factory(url.render_as_string(hide_password=False)).start()
+    server.stop()
+    log = server.log_path.read_text()
+    shown = url.set(query={}).render_as_string(hide_password=True)
+    assert shown.startswith("postgresql+psycopg://postgres:***@")
+    assert f"serving database {shown} at revision" in log
+    assert "hunter2-secret-pw" not in log
+    assert "database migrated" not in log  # already at head: nothing to say
