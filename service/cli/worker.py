@@ -13,7 +13,9 @@ from ..settings import get_settings
 
 def worker(
     url: str = typer.Option(None, help="server URL [MIXOPT_URL, http://127.0.0.1:8000]"),
-    name: str = typer.Option(None, help="worker name; also names its state directory [host-device]"),
+    name: str = typer.Option(
+        None, help="worker name; also names its state directory, so a restart with the same name resumes "
+        "the identity and delivers its outbox [host-device, or host-device-2, ... when that one is running]"),
     executor: str = typer.Option("proxy", help="`proxy` (built-in trainer), `command`, or `synthetic` (protocol tests)"),
     corpus: Path = typer.Option(None, help="proxy: corpus directory (one entry per domain)"),
     cache_dir: Path = typer.Option(None, help="proxy: tokenizer/shard cache"),
@@ -57,15 +59,29 @@ def worker(
         runner = SyntheticExecutor(synthetic_seconds)
     else:
         raise typer.BadParameter(f"unknown executor {executor!r}", param_hint="--executor")
-    name = name or f"{socket.gethostname()}-{os.environ.get('CUDA_VISIBLE_DEVICES', device)}"
+    from workers._slots import StateDirBusy, claim_default_name, lock_state_dir
+
+    default_name = f"{socket.gethostname()}-{os.environ.get('CUDA_VISIBLE_DEVICES', device)}"
+    try:
+        if name is None and state_dir is None:  # host-device, or host-device-2, ... beside a running one
+            name, state_dir, lock = claim_default_name(default_name, settings.data_dir / "workers")
+        else:
+            name = name or default_name
+            state_dir = state_dir or settings.data_dir / "workers" / name
+            lock = lock_state_dir(state_dir)
+    except StateDirBusy as e:
+        raise typer.BadParameter(f"{e}: give this worker another --name", param_hint="--name") from None
     secret = join_secret
     if secret is None and (settings.data_dir / "join-secret").exists():  # a server on this machine
         secret = (settings.data_dir / "join-secret").read_text().strip()
     caps = {"models": models.split(",") if models else None, "max_params": max_params}
     daemon = WorkerDaemon(
-        MixoptClient(url), runner, name=name, state_dir=state_dir or settings.data_dir / "workers" / name,
+        MixoptClient(url), runner, name=name, state_dir=state_dir,
         join_secret=secret, capabilities={k: v for k, v in caps.items() if v is not None},
         max_trials=max_trials, poll_wait_s=poll_wait, exit_when_idle_s=exit_when_idle,
     )
     daemon.install_signal_handlers()
-    daemon.run()
+    try:
+        daemon.run()
+    finally:
+        lock.close()
