@@ -67,6 +67,18 @@ def _end_lease(s: Session, trial: Trial, outcome: str, now: datetime) -> None:
     trial.lease_expires_at = None
 
 
+def requeue(study: Study, trial: Trial, now: datetime) -> None:
+    """Queue ``trial`` again (its lease already ended), unless ``study`` is over: a cancelled,
+    failed or completed study runs nothing more, so the trial is cancelled instead of being left
+    queued there. ``study`` must be locked (read FOR UPDATE), so that a cancel cannot commit in
+    between and miss the trial."""
+    if study.state in (StudyState.cancelled, StudyState.failed, StudyState.completed):
+        trial.state = TrialState.cancelled
+        trial.finished_at = now
+    else:
+        trial.state = TrialState.queued
+
+
 def ask(db: Database, study_id: int, req: AskRequest, default_lease_s: float) -> AskResponse:
     """Lease up to ``req.n`` queued trials of a running study to an outside trainer."""
     sweep_expired(db)
@@ -164,11 +176,11 @@ def record_failure(s: Session, trial: Trial, body: FailCreate, lease_id: str | N
         raise Conflict(f"trial {trial.id} is {trial.state.value}, not leased: nothing to report on")
     if lease_id is not None and lease_id != trial.lease_id:
         raise Conflict(f"lease {lease_id} is not trial {trial.id}'s current lease (it expired or was replaced)")
-    study = s.get(Study, trial.study_id)
+    study = s.get(Study, trial.study_id, with_for_update=True, populate_existing=True)
     now = utcnow()
     _end_lease(s, trial, "failed", now)
     if body.retryable and trial.attempts < study.max_attempts:
-        trial.state = TrialState.queued
+        requeue(study, trial, now)
     else:
         trial.state = TrialState.failed
         trial.failure_reason = body.reason
@@ -247,14 +259,14 @@ def sweep_expired(db: Database, now: datetime | None = None) -> set[int]:
             .with_for_update(of=Trial, skip_locked=True)
         )
         for trial in s.scalars(q):
-            study = s.get(Study, trial.study_id)
+            study = s.get(Study, trial.study_id, with_for_update=True, populate_existing=True)
             _end_lease(s, trial, "expired", now)
             if trial.attempts >= study.max_attempts:
                 trial.state = TrialState.failed
                 trial.failure_reason = f"lease expired on attempt {trial.attempts} of {study.max_attempts}"
                 trial.finished_at = now
             else:
-                trial.state = TrialState.queued
+                requeue(study, trial, now)
             study.revision += 1
             touched.add(trial.study_id)
             log.info("lease expired", extra={"trial_id": trial.id, "study_id": trial.study_id, "state": trial.state.value})

@@ -20,7 +20,9 @@ from ..schemas.leases import Heartbeat, HeartbeatAnswer, LeaseFail, LeaseGrant, 
 from ..schemas.trials import FailCreate, FidelityRef, ResultCreate
 from ..schemas.workers import WorkerCreate
 from ._costs import model_params
-from ._trials import _add_curve, _end_lease, get_trial, grant_lease, record_failure, record_result, sweep_expired
+from ._trials import (
+    _add_curve, _end_lease, get_trial, grant_lease, record_failure, record_result, requeue, sweep_expired,
+)
 
 
 LAST_SEEN_RESOLUTION_S = 5.0
@@ -200,10 +202,12 @@ def release_lease(db: Database, lease_id: str, worker: Worker) -> LeaseOutcome:
             return LeaseOutcome(trial_id=trial.id, study_id=trial.study_id, state=trial.state.value, duplicate=True)
         if lease.outcome is not None or trial.lease_id != lease.id or trial.state not in HELD:
             raise Conflict(f"lease {lease_id} is over ({lease.outcome or 'replaced'})")
-        _end_lease(s, trial, "released", utcnow())
-        trial.state = TrialState.queued
+        study = s.get(Study, trial.study_id, with_for_update=True, populate_existing=True)
+        now = utcnow()
+        _end_lease(s, trial, "released", now)
+        requeue(study, trial, now)
         trial.attempts -= 1
-        s.get(Study, trial.study_id).revision += 1
+        study.revision += 1
         return LeaseOutcome(trial_id=trial.id, study_id=trial.study_id, state=trial.state.value)
 
 
