@@ -60,7 +60,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxy_models import SegmentSpec, TrainConfig, build_demo_corpus, prepare_corpus, train_proxy  # noqa: E402
+from proxy_models import SegmentSpec, TrainConfig, ensure_demo_corpus, prepare_corpus, read_demo_manifest, train_proxy  # noqa: E402,E501
 from service.strategies import Domain, Fidelity, MixtureSpace, SearchSpace, SegmentRecord, TrialRecord  # noqa: E402
 from service.strategies.aioli import (  # noqa: E402
     PAPER_SETTINGS,
@@ -502,8 +502,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     corpus_dir = args.corpus
     if corpus_dir is None:
         corpus_dir = args.cache_dir / "demo_corpus"
-        if not corpus_dir.exists():
-            build_demo_corpus(corpus_dir, extra=False)
+        ensure_demo_corpus(corpus_dir)
 
     from tqdm import tqdm
 
@@ -530,6 +529,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         bar.update(sum((r["method"], r["seed"]) in {(m, s) for m in methods for s in seeds} for r in done))
         result = run_benchmark(bench, corpus_dir, args.cache_dir, methods, seeds, jobs=args.jobs, progress=progress,
                                done=done)
+    result["corpus"] = read_demo_manifest(corpus_dir)  # the demo corpus's fingerprint; None for another corpus
     table = format_table(result)
     print(table)
     (args.out / "aioli_vs_stratified.json").write_text(json.dumps(result, indent=1))

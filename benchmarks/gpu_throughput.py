@@ -30,7 +30,16 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxy_models import PreparedCorpus, TrainConfig, build_demo_corpus, get_preset, prepare_corpus, train_proxies, train_proxy  # noqa: E402,E501
+from proxy_models import (  # noqa: E402
+    PreparedCorpus,
+    TrainConfig,
+    ensure_demo_corpus,
+    get_preset,
+    prepare_corpus,
+    read_demo_manifest,
+    train_proxies,
+    train_proxy,
+)
 
 
 def synthetic_corpus(vocab_size: int, domains: int = 5, tokens: int = 2_000_000, seed: int = 0) -> PreparedCorpus:
@@ -49,8 +58,8 @@ def load_corpus(args) -> PreparedCorpus:
     if args.corpus is None and not args.demo:
         return synthetic_corpus(args.vocab_size)
     corpus_dir = args.corpus or args.cache_dir / "demo_corpus"
-    if args.corpus is None and not corpus_dir.exists():
-        build_demo_corpus(corpus_dir, extra=False)
+    if args.corpus is None:
+        ensure_demo_corpus(corpus_dir)
     return prepare_corpus(corpus_dir, args.cache_dir, vocab_size=args.vocab_size)
 
 
@@ -173,7 +182,9 @@ def main() -> None:
         print(f"{r['mode']:10s} {r['k']:4d} {r['tokens_per_s']:15,.0f} {r['tokens_per_s_per_proxy']:16,.0f} {ratio}")
     report = dict(benchmark="gpu_throughput", model=args.model, device=name, batch_size=args.batch_size,
                   seq_len=args.seq_len, vocab_size=corpus.vocab_size, steps=args.steps, warmup=args.warmup,
-                  compile=args.compile, torch=torch.__version__, smoke=args.smoke, results=rows)
+                  compile=args.compile, torch=torch.__version__, smoke=args.smoke,
+                  corpus=read_demo_manifest(args.corpus or args.cache_dir / "demo_corpus") if args.demo or args.corpus
+                  else "synthetic", results=rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}")

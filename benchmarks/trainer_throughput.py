@@ -40,9 +40,10 @@ from proxy_models import (  # noqa: E402
     MixtureSampler,
     PreparedCorpus,
     TrainConfig,
-    build_demo_corpus,
+    ensure_demo_corpus,
     get_preset,
     prepare_corpus,
+    read_demo_manifest,
     train_proxy,
 )
 
@@ -159,8 +160,7 @@ def main() -> None:
     corpus_dir = args.corpus
     if corpus_dir is None:
         corpus_dir = args.cache_dir / "demo_corpus"
-        if not corpus_dir.exists():
-            build_demo_corpus(corpus_dir, extra=False)
+        ensure_demo_corpus(corpus_dir)
     corpus = prepare_corpus(corpus_dir, args.cache_dir, vocab_size=args.vocab_size)
     cfg = TrainConfig(model=args.model, tokens=args.steps * args.batch_size * args.seq_len, batch_size=args.batch_size,
                       seq_len=args.seq_len, threads=args.threads, progress_every=1, warmup=2, eval_tokens=args.seq_len)
@@ -208,7 +208,7 @@ def main() -> None:
         benchmark="trainer_throughput", model=args.model, vocab_size=corpus.vocab_size, batch_size=args.batch_size,
         seq_len=args.seq_len, threads=args.threads, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
         torch=torch.__version__, machine=platform.processor() or platform.machine(), cpus=os.cpu_count(),
-        load_avg=os.getloadavg(), results=summary,
+        load_avg=os.getloadavg(), corpus=read_demo_manifest(corpus_dir), results=summary,
         speedup_vs_hf_trainer={name: row["tokens_per_s"] / base for name, row in summary.items()},
         speedup_vs_hf_trainer_cpu_time={name: row["tokens_per_cpu_s"] / base_cpu for name, row in summary.items()},
     )

@@ -24,7 +24,15 @@ from ._corpus import (
     domain_summary,
     prepare_corpus,
 )
-from ._demo import DEMO_DOMAINS, EXTRA_DOMAINS, build_demo_corpus
+from ._demo import (
+    DEMO_CORPUS_FINGERPRINT,
+    DEMO_DOMAINS,
+    EXTRA_DOMAINS,
+    DemoCorpusError,
+    build_demo_corpus,
+    ensure_demo_corpus,
+    read_demo_manifest,
+)
 from ._llama import LlamaProxy
 from ._presets import PRESETS, ModelPreset, get_preset, preset_table
 from ._sampler import (
@@ -39,7 +47,9 @@ from ._trainer import SegmentSource, train_proxies, train_proxy
 
 __all__ = [
     "BaseDomainScheduler",
+    "DEMO_CORPUS_FINGERPRINT",
     "DEMO_DOMAINS",
+    "DemoCorpusError",
     "DomainSource",
     "EXTRA_DOMAINS",
     "IIDScheduler",
@@ -60,10 +70,12 @@ __all__ = [
     "default_cache_dir",
     "discover_domains",
     "domain_summary",
+    "ensure_demo_corpus",
     "get_preset",
     "load_tokenizer",
     "prepare_corpus",
     "preset_table",
+    "read_demo_manifest",
     "train_bpe",
     "train_proxies",
     "train_proxy",

@@ -22,6 +22,13 @@ JOIN_SECRET = "test-join-secret"
 POSTGRES_ADMIN_URL = os.environ.get("MIXOPT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+def pytest_report_header(config) -> str:
+    """Every run states the demo corpus it trains on (the same bytes on every machine)."""
+    from proxy_models import DEMO_CORPUS_FINGERPRINT
+
+    return f"demo corpus fingerprint: {DEMO_CORPUS_FINGERPRINT} (pinned sources: proxy_models/demo_corpus.json)"
+
+
 def _postgres_available() -> str | None:
     try:
         engine = create_engine(POSTGRES_ADMIN_URL)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from proxy_models import DEMO_CORPUS_FINGERPRINT
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "aioli_vs_stratified.py"
 STEPS, BATCH, SEQ = 30, 4, 64
 
@@ -51,6 +53,7 @@ def test_benchmark_end_to_end(bench, corpus, tmp_path):
     ])
     saved = json.loads((out / "aioli_vs_stratified.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(result["summary"]))
+    assert saved["corpus"]["fingerprint"] == DEMO_CORPUS_FINGERPRINT  # the report states the corpus it ran on
     assert (out / "aioli_mixture.png").stat().st_size > 10_000
     table = (out / "aioli_vs_stratified.md").read_text()
     assert all(f"| {m} |" in table for m in ("stratified", "aioli", "aioli-restricted", "aioli-eta0"))

@@ -6,6 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
+from proxy_models import DEMO_CORPUS_FINGERPRINT
 from service.cli import app
 
 runner = CliRunner()
@@ -15,8 +16,11 @@ def test_corpus_demo_prepare_info(tmp_path):
     demo, cache = tmp_path / "demo", tmp_path / "cache"
     result = runner.invoke(app, ["corpus", "demo", str(demo), "--max-mb", "0.05", "--no-extra"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in demo.iterdir()) == [f"{d}.jsonl" for d in ("code", "dialogue", "legal", "news", "prose")]
-    for path in demo.iterdir():
+    assert f"demo corpus fingerprint {DEMO_CORPUS_FINGERPRINT} (max 0.05 MB per domain, seed 0)" in result.output
+    assert "(docutils==0.23)" in result.output
+    assert sorted(p.name for p in demo.glob("[!.]*")) == [f"{d}.jsonl" for d in ("code", "dialogue", "legal", "news", "prose")]
+    assert json.loads((demo / ".demo-corpus.json").read_text())["fingerprint"] == DEMO_CORPUS_FINGERPRINT
+    for path in demo.glob("*.jsonl"):
         lines = path.read_text().splitlines()
         assert lines and all(json.loads(line)["text"] for line in lines)
         assert path.stat().st_size < 120_000  # the cap holds (JSON escaping adds a little)

@@ -43,8 +43,14 @@ def test_training_lowers_loss_of_every_weighted_domain(corpus):
     start = _initial_losses(cfg, corpus)
     result = train_proxy(cfg, corpus, mixture=MIXTURE)
     assert set(result.losses) == set(corpus.domains) == {"code", "dialogue", "legal", "news", "prose"}
+    # Loss drops (start - end) measured over seeds 0-11 on demo corpus 7d552f4978bca7ae (300 KB/domain):
+    # weighted code 1.07-1.25, news 0.91-1.03, prose 1.14-1.29; unweighted legal 0.51-0.61, dialogue
+    # 0.79-0.95 (shared token statistics help every domain). Seed 0: code 1.23, news 1.02, prose 1.28,
+    # legal 0.59. The bounds leave ~0.3 of margin below the smallest weighted drop and its gap to legal.
+    drop = {d: start[d] - result.losses[d] for d in start}
     for domain in MIXTURE:
-        assert result.losses[domain] < start[domain] - 1.0, (domain, start[domain], result.losses[domain])
+        assert drop[domain] > 0.6, (domain, start[domain], result.losses[domain])
+        assert drop[domain] > drop["legal"] + 0.1, (domain, drop)  # weight helps beyond the shared statistics
     assert result.steps == 60 and result.tokens == 60 * 8 * 128 and not result.stopped
     assert [c["step"] for c in result.curve] == [20, 40, 60]
     assert result.curve[-1]["losses"] == result.losses

