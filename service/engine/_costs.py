@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from sqlalchemy import ColumnElement, case, func
+
+from ..db import Trial
 from ..errors import InputError
 from ..schemas.studies import FidelitySpec
 
@@ -48,3 +51,15 @@ def fill_costs(fidelities: Sequence[FidelitySpec], target: int) -> list[float]:
             ratio *= p / pt
         costs.append(ratio)
     return costs
+
+
+def imported() -> ColumnElement[bool]:
+    """SQL: whether a trial was imported (a run done elsewhere, recorded to warm-start the study).
+    Its cost was paid before the study: it never counts as spent."""
+    return func.coalesce(Trial.strategy_meta["imported"].as_boolean(), False)
+
+
+def cost_sums() -> tuple[ColumnElement[float], ColumnElement[float]]:
+    """SQL aggregates over a group of trials: (cost of the study's own trials, cost of the imported ones)."""
+    own = func.coalesce(func.sum(case((imported(), 0.0), else_=Trial.cost)), 0.0)
+    return own, func.coalesce(func.sum(case((imported(), Trial.cost), else_=0.0)), 0.0)

@@ -49,6 +49,7 @@ from ..schemas.dashboard import (
     WorkerRows,
 )
 from ..schemas.studies import BudgetSpec, ObjectiveSpec
+from ._costs import cost_sums
 from ._segments import list_segments
 from ._studies import get_study
 from ._trials import get_trial
@@ -104,14 +105,16 @@ def dashboard_studies(s: Session, limit: int = 500) -> StudyRows:
     ids = [st.id for st in studies]
     counts: dict[int, dict[str, int]] = defaultdict(_counts)
     spent: dict[int, float] = defaultdict(float)
+    spent_imported: dict[int, float] = defaultdict(float)
     best: dict[int, dict[str, float]] = defaultdict(dict)
     if ids:
-        q = (select(Trial.study_id, Trial.state, func.count(), func.coalesce(func.sum(Trial.cost), 0.0))
+        q = (select(Trial.study_id, Trial.state, func.count(), *cost_sums())
              .where(Trial.study_id.in_(ids)).group_by(Trial.study_id, Trial.state))
-        for study_id, state, n, cost in s.execute(q):
+        for study_id, state, n, cost, cost_imported in s.execute(q):
             counts[study_id][_state(state)] = n
             if _state(state) in ("completed", "failed"):
                 spent[study_id] += float(cost)
+                spent_imported[study_id] += float(cost_imported)
         q = (select(Trial.study_id, Fidelity.name, func.min(Trial.objective))
              .join(Fidelity, Fidelity.id == Trial.fidelity_id)
              .where(Trial.study_id.in_(ids), Trial.state == TrialState.completed, Trial.objective.is_not(None))
@@ -125,7 +128,8 @@ def dashboard_studies(s: Session, limit: int = 500) -> StudyRows:
         items.append(StudyRow(
             id=st.id, name=st.name, state=st.state.value, strategy=st.strategy,
             objective=objective_view(st.objective, len(st.domains)), target_fidelity=target, budget=_budget(st),
-            spent_cost=spent[st.id], n_trials=sum(c.values()), trial_counts=c, best=best[st.id],
+            spent_cost=spent[st.id], imported_cost=spent_imported[st.id], n_trials=sum(c.values()), trial_counts=c,
+            best=best[st.id],
             created_at=st.created_at, started_at=st.started_at, finished_at=st.finished_at,
         ))
     return StudyRows(items=items, server_time=utcnow())
@@ -166,13 +170,15 @@ def study_overview(s: Session, study_id: int) -> StudyOverview:
     per_fid: dict[int, dict[str, int]] = defaultdict(_counts)
     spent: dict[int, float] = defaultdict(float)
     flying: dict[int, float] = defaultdict(float)
-    q = (select(Trial.fidelity_id, Trial.state, func.count(), func.coalesce(func.sum(Trial.cost), 0.0))
+    spent_imported = 0.0
+    q = (select(Trial.fidelity_id, Trial.state, func.count(), *cost_sums())
          .where(Trial.study_id == study_id).group_by(Trial.fidelity_id, Trial.state))
-    for fid, state, n, cost in s.execute(q):
+    for fid, state, n, cost, cost_imported in s.execute(q):
         state = _state(state)
         per_fid[fid][state] = n
         if state in ("completed", "failed"):
             spent[fid] += float(cost)
+            spent_imported += float(cost_imported)
         elif TrialState(state) in IN_FLIGHT:
             flying[fid] += float(cost)
     fidelities = []
@@ -201,7 +207,8 @@ def study_overview(s: Session, study_id: int) -> StudyOverview:
         id=study.id, name=study.name, state=study.state.value, strategy=study.strategy,
         strategy_params=study.strategy_params or {}, domains=names, domain_tokens=[d.tokens for d in study.domains],
         objective=objective_view(study.objective, len(names)), fidelities=fidelities, budget=_budget(study),
-        parallelism=study.parallelism, seed=study.seed, spent_cost=sum(spent.values()), trial_counts=counts,
+        parallelism=study.parallelism, seed=study.seed, spent_cost=sum(spent.values()), imported_cost=spent_imported,
+        trial_counts=counts,
         n_trials=sum(counts.values()), dynamic_trials=dynamic,
         recommendation=None if rec_row is None else _brief(rec_row, names), n_recommendations=n_recs,
         has_predictions=rec_row is not None and _has_predictions(s, rec_row[0]),

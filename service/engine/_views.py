@@ -17,6 +17,7 @@ from ..schemas.studies import (
     StudyPublic,
 )
 from ..schemas.trials import ResultPublic, TrialPage, TrialPublic
+from ._costs import cost_sums
 from ._studies import latest_recommendation
 from ._trials import trial_counts
 
@@ -31,11 +32,10 @@ def recommendation_public(rec: Recommendation | None) -> RecommendationPublic | 
 
 
 def study_public(s: Session, study: Study) -> StudyPublic:
-    spent = s.scalar(
-        select(func.coalesce(func.sum(Trial.cost), 0.0)).where(
-            Trial.study_id == study.id, Trial.state.in_((TrialState.completed, TrialState.failed))
-        )
-    )
+    spent, spent_imported = map(float, s.execute(
+        select(*cost_sums())
+        .where(Trial.study_id == study.id, Trial.state.in_((TrialState.completed, TrialState.failed)))
+    ).one())
     best: dict[str, BestTrial] = {}
     for f in study.fidelities:
         q = (
@@ -59,7 +59,7 @@ def study_public(s: Session, study: Study) -> StudyPublic:
         parallelism=study.parallelism, seed=study.seed, max_attempts=study.max_attempts,
         lease_seconds=study.lease_seconds, max_epochs=study.max_epochs, dispatch=study.dispatch,
         created_at=study.created_at, started_at=study.started_at, finished_at=study.finished_at,
-        failure_reason=study.failure_reason, spent_cost=float(spent), trial_counts=trial_counts(s, study.id),
+        failure_reason=study.failure_reason, spent_cost=spent, imported_cost=spent_imported, trial_counts=trial_counts(s, study.id),
         best=best, recommendation=recommendation_public(latest_recommendation(s, study.id)),
     )
 

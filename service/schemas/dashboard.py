@@ -40,7 +40,9 @@ class StudyRow(BaseModel):
     objective: ObjectiveView = Field(..., description="the objective and how to show it")
     target_fidelity: str = Field(..., description="name of the target fidelity")
     budget: BudgetSpec = Field(..., description="the study's budget")
-    spent_cost: float = Field(..., description="cost of finished (completed or failed) trials, in target-run units")
+    spent_cost: float = Field(
+        ..., description="cost of finished (completed or failed) trials, in target-run units; imported runs are not counted")
+    imported_cost: float = Field(0.0, description="cost of the imported runs (done elsewhere, recorded for warm start)")
     n_trials: int = Field(..., description="trials created")
     trial_counts: dict[str, int] = Field(..., description="trials per state")
     best: dict[str, float] = Field(
@@ -65,7 +67,8 @@ class FidelityUsage(BaseModel):
     cost: float = Field(..., description="cost of one run, in target-run units")
     target: bool = Field(..., description="whether it is the target fidelity")
     trial_counts: dict[str, int] = Field(..., description="trials per state at this fidelity")
-    spent_cost: float = Field(..., description="cost of its finished (completed or failed) trials, target-run units")
+    spent_cost: float = Field(..., description="cost of its finished (completed or failed) trials, target-run units; "
+                              "imported runs are not counted")
     in_flight_cost: float = Field(..., description="cost of its queued, leased and running trials, target-run units")
     best_objective: float | None = Field(None, description="best stored objective of its completed trials")
     best_trial_id: int | None = Field(None, description="the trial that has it")
@@ -100,7 +103,8 @@ class StudyOverview(BaseModel):
     budget: BudgetSpec = Field(..., description="the study's budget")
     parallelism: int = Field(..., description="most trials in flight")
     seed: int = Field(..., description="the strategy's seed")
-    spent_cost: float = Field(..., description="cost of finished trials, in target-run units")
+    spent_cost: float = Field(..., description="cost of finished trials, in target-run units; imported runs are not counted")
+    imported_cost: float = Field(0.0, description="cost of the imported runs (done elsewhere, recorded for warm start)")
     trial_counts: dict[str, int] = Field(..., description="trials per state")
     n_trials: int = Field(..., description="trials created")
     dynamic_trials: list[int] = Field(..., description="ids of the online (segment-driven) trials, newest first (at most 200)")

@@ -159,7 +159,9 @@ class StudyPublic(BaseModel):
     started_at: datetime | None = Field(None, description="first start")
     finished_at: datetime | None = Field(None, description="completion, failure or cancellation")
     failure_reason: str | None = Field(None, description="why it failed or was cancelled")
-    spent_cost: float = Field(..., description="cost units of completed trials")
+    spent_cost: float = Field(..., description="cost of finished (completed or failed) trials, in target-run units; "
+                              "imported runs are not counted")
+    imported_cost: float = Field(0.0, description="cost of the imported runs (done elsewhere, recorded for warm start)")
     trial_counts: dict[str, int] = Field(..., description="trials per state")
     best: dict[str, BestTrial] = Field(default_factory=dict, description="best completed trial per fidelity")
     recommendation: RecommendationPublic | None = Field(None, description="the current recommendation")

@@ -128,7 +128,8 @@
     const c = ov.trial_counts;
     const budget = ov.budget;
     const stats = [
-      MX.stat("cost spent", `${fmt(ov.spent_cost, 3)}${budget.cost ? ` / ${fmt(budget.cost, 3)}` : ""}`, "target-run units",
+      MX.stat("cost spent", `${fmt(ov.spent_cost, 3)}${budget.cost ? ` / ${fmt(budget.cost, 3)}` : ""}`,
+        ov.imported_cost ? `target-run units; imported runs (${fmt(ov.imported_cost, 3)}) not counted` : "target-run units",
         budget.cost ? ov.spent_cost / budget.cost : null),
       MX.stat("trials", `${ov.n_trials}${budget.max_trials ? ` / ${budget.max_trials}` : ""}`,
         `${c.completed} done · ${c.running + c.leased} running · ${c.queued} queued · ${c.failed} failed`,
