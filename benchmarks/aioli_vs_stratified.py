@@ -1,4 +1,4 @@
-"""Aioli against stratified (uniform) sampling on the demo corpus (issue 5, DESIGN.md 3.2).
+"""Aioli against stratified (uniform) sampling on the demo corpus.
 
 Every method trains the same proxy for the same number of optimizer steps (equal token budgets;
 Aioli's LearnParams steps count toward its budget) with the same seeds: the seed fixes the model's

@@ -1,4 +1,4 @@
-"""Chaos (issue 7): a study of short trials on Postgres, run by worker processes that a driver
+"""Chaos: a study of short trials on Postgres, run by worker processes that a driver
 SIGKILLs at random every few seconds and restarts, with the server itself SIGKILLed and
 restarted once. Nothing may be lost or counted twice.
 

@@ -1,4 +1,4 @@
-"""Dashboard load (issue 6): how fast the study page's data endpoints answer for a large study
+"""Dashboard load: how fast the study page's data endpoints answer for a large study
 on Postgres, and how long the page takes to draw in headless Chromium.
 
 Fills a fresh Postgres database with one study of ``--trials`` trials (17 domains, two fidelities,

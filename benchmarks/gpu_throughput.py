@@ -1,4 +1,4 @@
-"""Tokens/s per GPU for small proxies (issue 8): one proxy alone, K proxies batched in one module
+"""Tokens/s per GPU for small proxies: one proxy alone, K proxies batched in one module
 (``train_proxies``: stacked weights, batched matmuls) and K processes sharing the device.
 
 A 1M-parameter proxy leaves a large GPU mostly idle; this script measures how much training

@@ -1,4 +1,4 @@
-"""Proposal latency (DESIGN.md section 4.4): seconds per ``propose`` for each strategy with 5
+"""Proposal latency: seconds per ``propose`` for each strategy with 5
 and 20 domains and 50, 300 and 1,000 past results over 2 fidelities, cold (no cached state)
 and warm (cached GP hyperparameters / regression fit), plus RegMix's recommendation time
 (1,000,000 simulated mixtures, top-128 average). Prints a table, writes JSON and Markdown.

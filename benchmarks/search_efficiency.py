@@ -1,4 +1,4 @@
-"""Search efficiency on real released runs (DESIGN.md section 4.1).
+"""Search efficiency on real released runs.
 
 Retrospective, pool-based simulation: every strategy and baseline may only propose mixtures of
 the pool, at a fidelity where the pool has a result, pays that fidelity's cost and sees the real

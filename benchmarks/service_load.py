@@ -1,4 +1,4 @@
-"""Service load (issue 7, DESIGN.md section 4.3): N simulated workers, each a separate process,
+"""Service load: N simulated workers, each a separate process,
 doing lease -> heartbeat -> complete as fast as they can against a real ``mixopt server`` on
 Postgres; side by side in the same run, Optuna's RDB storage on the same Postgres doing
 ask -> tell with the same number of processes.

@@ -1,4 +1,4 @@
-"""Proxy trainer throughput (DESIGN.md section 4.2): training tokens/s of ``proxy_models.train_proxy``
+"""Proxy trainer throughput: training tokens/s of ``proxy_models.train_proxy``
 against a plain Hugging Face ``Trainer`` on the same model (``LlamaForCausalLM`` of the preset),
 the same token windows and the same batch, measured in one run.
 

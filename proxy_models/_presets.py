@@ -70,7 +70,7 @@ class ModelPreset:
         return LlamaConfig(**kwargs)
 
 
-# The 1M/5M/20M shapes are those measured in DESIGN.md section 5; 60M and 150M follow the usual
+# The 1M/5M/20M shapes are those measured for the proxy-model presets; 60M and 150M follow the usual
 # d_ffn ~ 3 d_model SwiGLU ratio. Learning rates: short proxy runs tolerate a high peak.
 PRESETS: dict[str, ModelPreset] = {
     p.name: p

@@ -1,4 +1,4 @@
-"""Errors the engine raises and the API turns into HTTP answers (DESIGN.md section 6)."""
+"""Errors the engine raises and the API turns into HTTP answers."""
 
 from __future__ import annotations
 

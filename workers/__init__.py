@@ -1,4 +1,4 @@
-"""Worker daemons that lease trials from the server, run them and report (DESIGN.md section 2).
+"""Worker daemons that lease trials from the server, run them and report.
 They talk to the server only over HTTP, through :class:`workers.client.MixoptClient`."""
 
 from .client import ApiError, MixoptClient, ServerUnavailable

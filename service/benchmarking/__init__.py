@@ -1,5 +1,5 @@
-"""Benchmarks as library code: pools of real proxy runs and the retrospective search simulation
-(DESIGN.md section 4). The scripts under ``benchmarks/`` and ``mixopt bench`` are thin wrappers."""
+"""Benchmarks as library code: pools of real proxy runs and the retrospective search simulation.
+The scripts under ``benchmarks/`` and ``mixopt bench`` are thin wrappers."""
 
 from .pool import PoolData, load_pool, regmix_pool, write_pool
 from .search import DEFAULT_BUDGETS, DEFAULT_STRATEGIES, StrategySpec, Trace, format_table, plot, run_benchmark, simulate, summarize

@@ -1,4 +1,4 @@
-"""Proposal latency (DESIGN.md section 4.4): the time of one ``propose`` per strategy as the
+"""Proposal latency: the time of one ``propose`` per strategy as the
 number of domains and of past results grow, on synthetic continuous-mode histories.
 
 A history of ``n`` completed trials over ``k`` domains and two fidelities (``proxy`` at cost 1/60,

@@ -1,4 +1,4 @@
-"""Retrospective, pool-based search simulation (DESIGN.md section 4.1).
+"""Retrospective, pool-based search simulation.
 
 A strategy may only propose mixtures from the pool, at a fidelity where the pool has a result; it
 pays that fidelity's cost and sees the real objective. Trials run on ``parallelism`` simulated

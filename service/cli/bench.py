@@ -1,4 +1,4 @@
-"""``mixopt bench``: the benchmarks of DESIGN.md section 4."""
+"""``mixopt bench``: search efficiency, proposal latency and Aioli benchmarks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(help="Run the benchmarks of DESIGN.md section 4.", no_args_is_help=True)
+app = typer.Typer(help="Run the benchmarks: search efficiency, proposal latency, Aioli against stratified sampling.", no_args_is_help=True)
 
 
 def _specs(names: Optional[str], defaults=None):
@@ -50,8 +50,10 @@ def search(
     threads: int = typer.Option(1, min=1, help="torch threads per process."),
     out: Path = typer.Option(Path("artifacts/bench/search"), help="Output folder (search.json, search.png, search.md)."),
 ) -> None:
-    """Search efficiency on real released runs: cost to reach the pool's best target result,
-    regret after fixed budgets; table, JSON and PNG."""
+    """Search efficiency of the strategies on a pool of real released runs.
+
+    Cost to reach the pool's best target result and regret after fixed budgets, as a table,
+    JSON and PNG."""
     import torch
     from tqdm import tqdm
 
@@ -135,8 +137,10 @@ def regmix_pool_csv(
 @app.command("aioli", add_help_option=False,
              context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def aioli(ctx: typer.Context) -> None:
-    """Aioli against stratified sampling on the demo corpus: equal token budgets, the same seeds,
-    held-out test perplexity (benchmarks/aioli_vs_stratified.py; its options: --help)."""
+    """Aioli against stratified sampling on the demo corpus.
+
+    Equal token budgets and the same seeds, compared on held-out test perplexity
+    (benchmarks/aioli_vs_stratified.py; its options: --help)."""
     import sys
     from pathlib import Path as _Path
 

@@ -159,9 +159,10 @@ def export(
     url: str = url_option(),
     token: str = token_option("read"),
 ) -> None:
-    """Export a study's current recommendation (the final one once the study completed) as a
-    training config: Megatron-LM --data-path, Hugging Face interleave_datasets probabilities,
-    JSON or YAML."""
+    """Export a study's recommended mixture as a training config.
+
+    The current recommendation (the final one once the study completed), as Megatron-LM
+    --data-path, Hugging Face interleave_datasets probabilities, JSON or YAML."""
     mapping = None
     if prefix_map is not None:
         try:

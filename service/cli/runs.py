@@ -213,8 +213,10 @@ def import_runs(
     url: str = url_option(),
     token: str = token_option("write"),
 ) -> None:
-    """Import earlier runs into a study as completed trials (warm start). Create the study as a
-    draft, import, then start it: its strategy sees the runs from its first proposal on."""
+    """Import earlier runs into a study as completed trials (warm start).
+
+    Create the study as a draft, import, then start it: its strategy sees the runs from its
+    first proposal on. Imported runs do not count as spent budget."""
     from tqdm import tqdm
 
     try:

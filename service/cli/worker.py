@@ -32,8 +32,9 @@ def worker(
     exit_when_idle: float = typer.Option(None, help="exit after this many seconds without work"),
     poll_wait: float = typer.Option(5.0, help="long-poll seconds per lease request"),
 ) -> None:
-    """Lease trials from the server, run them, report the losses. SIGTERM finishes the current
-    step, reports or releases the trial, and exits."""
+    """Lease trials from the server, train them and report the losses.
+
+    SIGTERM finishes the current step, reports or releases the trial, and exits."""
     from workers.client import MixoptClient
     from workers.daemon import WorkerDaemon
     from workers.executors import CommandExecutor, ProxyExecutor, SyntheticExecutor

@@ -1,4 +1,4 @@
-"""The study state machine (DESIGN.md section 1): creation, state changes, and ``advance``, which
+"""The study state machine: creation, state changes, and ``advance``, which
 asks the strategy for as many trials as free slots and budget allow, and completes the study when
 the budget is spent and nothing is in flight."""
 

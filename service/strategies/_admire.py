@@ -1,4 +1,4 @@
-"""ADMIRE-style multi-fidelity Bayesian optimisation (DESIGN.md section 3.3).
+"""ADMIRE-style multi-fidelity Bayesian optimisation.
 
 Surrogate: BoTorch's ``SingleTaskMultiFidelityGP`` over ``k`` weights plus one fidelity column
 ``s`` (``s = 0`` for the cheapest fidelity, ``1`` for the target, log-cost in between), outcomes
@@ -101,7 +101,7 @@ correlation ``sqrt(c / (1 + c))`` between the cheapest fidelity and the target: 
 correlation near 0.9 a priori (90% interval ~0.65-0.95). Multi-fidelity search rests on proxies
 ranking mixtures as the target does (RegMix: rank invariance from 1M to 1B parameters); BoTorch's
 default, Gamma(3, 6), puts the correlation near 0.6, and the data move it slowly while the
-target results are few. Measured in the report of issue 3."""
+target results are few."""
 
 
 def build_model(X: torch.Tensor, Y: torch.Tensor, k: int):

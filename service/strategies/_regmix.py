@@ -1,4 +1,4 @@
-"""RegMix (Liu et al. 2024, "Data Mixture as Regression"), DESIGN.md section 3.1.
+"""RegMix (Liu et al. 2024, "Data Mixture as Regression").
 
 Phases, each remembered in ``Proposal.meta["phase"]``:
 

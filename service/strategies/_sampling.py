@@ -1,4 +1,4 @@
-"""RegMix's proxy-mixture sampler (DESIGN.md section 3.1), shared by RegMix and ``random``."""
+"""RegMix's proxy-mixture sampler, shared by RegMix and ``random``."""
 
 from __future__ import annotations
 

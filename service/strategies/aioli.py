@@ -1,5 +1,5 @@
 """Aioli (Chen et al. 2024, "Aioli: A Unified Optimization Framework for Language Model Data
-Mixing"): online estimation of the linear mixing law inside one training run (DESIGN.md 3.2).
+Mixing"): online estimation of the linear mixing law inside one training run.
 
 Mixing law: ``L_i(t+1) = L_i(t) - sum_j A_ij(t) p_j(t)``. A run of ``S`` steps is cut into rounds
 of ``update_steps``; each round measures ``A`` with a few short *LearnParams* segments on smoothed
@@ -334,7 +334,7 @@ class AioliPlan:
 
 @register
 class AioliStrategy(BaseOnlineStrategy):
-    """Aioli: online re-weighting from a mixing law estimated inside each run (DESIGN.md 3.2).
+    """Aioli: online re-weighting from a mixing law estimated inside each run.
 
     A study runs ``n_runs`` dynamic trials at one fidelity; each is driven segment by segment by
     :meth:`next_segment`. The recommendation is the step-weighted average over the run of the
