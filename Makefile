@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/mixopt demo
+	$(BIN)/mixopt demo $(DEMO_ARGS)
 
 # The dashboard's browser tests drive Debian's chromium (CI runs as root on Debian).
 test: $(STAMP)
