@@ -52,7 +52,10 @@ def worker(
     elif executor == "command":
         if not command:
             raise typer.BadParameter("--command is required for the command executor", param_hint="--command")
-        runner = CommandExecutor(command, timeout_s=timeout)
+        try:
+            runner = CommandExecutor(command, timeout_s=timeout)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--command") from None
     elif executor == "synthetic":
         runner = SyntheticExecutor(synthetic_seconds)
     else:
