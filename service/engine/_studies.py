@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from ..db import FINAL, IN_FLIGHT, Database, Fidelity, Recommendation, Study, StudyDomain, StudyState, Trial, TrialState, utcnow
 from ..errors import Conflict, InputError, NotFound
+from ..schemas._trainer import check_trainer_params
 from ..schemas.studies import StudyCreate
 from ..strategies import Proposal, get_strategy_class
 from ._costs import fill_costs
@@ -54,6 +55,12 @@ def create_study(session: Session, body: StudyCreate) -> Study:
         targets = [0]
     if len(targets) != 1:
         raise InputError(("body", "fidelities"), "exactly one fidelity must have target=true")
+    for i, f in enumerate(body.fidelities):
+        try:
+            check_trainer_params(f.model, f.params)
+        except ValueError as e:
+            field, _, msg = str(e).partition(": ")
+            raise InputError(("body", "fidelities", i, *field.split(".")), msg) from None
     costs = fill_costs(body.fidelities, targets[0])
     _check_objective(body, set(names))
 

@@ -9,6 +9,7 @@ exceeds a bound is a 422 naming the field; the body as a whole is bounded by the
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, StringConstraints
@@ -52,6 +53,35 @@ LossValues = Annotated[dict[Name, FiniteFloat], Field(max_length=MAX_DOMAINS)]
 Metrics = Annotated[dict[Name, FiniteFloat], Field(max_length=MAX_METRICS)]
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+"""C0 control characters and DEL, except tab and newline (NUL breaks Postgres text columns; the
+others break logs, terminals and CSV readers)."""
+_CONTROL_LINE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def has_control_chars(text: str, *, multiline: bool = False) -> bool:
+    """Whether ``text`` holds a control character: any, or (``multiline``) any but tab and newline."""
+    return (_CONTROL if multiline else _CONTROL_LINE).search(text) is not None
+
+
+def _no_control(text: str) -> str:
+    if has_control_chars(text):
+        raise ValueError("must not contain control characters (NUL, newlines, escapes)")
+    return text
+
+
+def _no_control_multiline(text: str) -> str:
+    if has_control_chars(text, multiline=True):
+        raise ValueError("must not contain control characters other than tab and newline (NUL, escapes)")
+    return text
+
+
+Text = Annotated[str, AfterValidator(_no_control)]
+"""One line of free text (a name, a client): no control characters (422 naming the field)."""
+LongText = Annotated[str, AfterValidator(_no_control_multiline)]
+"""Free text over several lines (a reason, a log tail): tab and newline allowed, no other control character."""
+
+
 def check_free_json(value: Any) -> Any:
     """Bound a free-form JSON value: depth, number of items, string and key lengths, finite
     numbers. Raises ``ValueError`` (a 422 naming the field) with what was exceeded and where."""
@@ -68,11 +98,15 @@ def check_free_json(value: Any) -> Any:
             for k, v in node.items():
                 if len(k) > MAX_JSON_KEY:
                     raise ValueError(f"key longer than {MAX_JSON_KEY} characters (at {where or 'the top'})")
+                if has_control_chars(k):
+                    raise ValueError(f"key with control characters (at {where or 'the top'})")
                 stack.append((v, depth + 1, f"{where}.{k}" if where else k))
         elif isinstance(node, list):
             stack.extend((v, depth + 1, f"{where}.{i}" if where else str(i)) for i, v in enumerate(node))
         elif isinstance(node, str) and len(node) > MAX_JSON_STRING:
             raise ValueError(f"string longer than {MAX_JSON_STRING} characters (at {where or 'the top'})")
+        elif isinstance(node, str) and has_control_chars(node, multiline=True):
+            raise ValueError(f"string with control characters other than tab and newline (at {where or 'the top'})")
         elif isinstance(node, float) and not math.isfinite(node):
             raise ValueError(f"non-finite number (at {where or 'the top'})")
         elif isinstance(node, int) and not isinstance(node, bool) and abs(node) > MAX_COUNT:
