@@ -171,8 +171,7 @@ def test_numbers_beyond_their_columns(client):
     assert _fields(r).startswith("curve.0.step:")
     # real token counts pass 2**31: stored whole on both databases
     many = 3 * 10**12
-    r = client.post(f"/api/v1/trials/{trial['id']}/result",
-                    json={"losses": losses, "tokens": many, "curve": [{"step": 1, "tokens": many, "losses": losses}]})
+    r = client.post(f"/api/v1/trials/{trial['id']}/result", json={"losses": losses, "tokens": many, "lease_id": trial["lease_id"], "curve": [{"step": 1, "tokens": many, "losses": losses}]})
     assert r.status_code == 200, r.text
     assert r.json()["result"]["tokens"] == many
     assert client.get(f"/api/v1/trials/{trial['id']}/curve").json()["points"][0]["tokens"] == many

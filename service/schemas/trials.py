@@ -64,13 +64,17 @@ class ResultCreate(_In):
     curve: list[CurvePoint] = Field(
         default_factory=list, max_length=MAX_CURVE_POINTS, description="loss curve (validation losses at intervals)"
     )
-    lease_id: str | None = Field(None, max_length=36, description="the lease reported on; refused if not current")
+    lease_id: str | None = Field(
+        None, max_length=36, description="the lease reported on (required for a leased trial); refused if not current"
+    )
 
 
 class FailCreate(_In):
     reason: str = Field(..., min_length=1, max_length=4000, description="what went wrong")
     retryable: bool = Field(False, description="requeue the trial (counts an attempt) instead of failing it")
-    lease_id: str | None = Field(None, max_length=36, description="the lease reported on; refused if not current")
+    lease_id: str | None = Field(
+        None, max_length=36, description="the lease reported on (required for a leased trial); refused if not current"
+    )
 
 
 class TrialCreate(_In):
