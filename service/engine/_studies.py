@@ -99,6 +99,10 @@ def create_study(session: Session, body: StudyCreate) -> Study:
     return study
 
 
+MAX_OBJECTIVE_WEIGHT = 1e6
+"""Largest weight of a ``weighted_loss`` objective: with losses bounded too, no result overflows it."""
+
+
 def _check_objective(body: StudyCreate, names: set[str]) -> None:
     obj = body.objective
     refs: list[tuple[tuple, str]] = []
@@ -108,6 +112,9 @@ def _check_objective(body: StudyCreate, names: set[str]) -> None:
         refs.append((("body", "objective", "domain"), obj.domain))
     if obj.weights:
         refs += [(("body", "objective", "weights", d), d) for d in obj.weights]
+        for d, w in obj.weights.items():
+            if not 0 <= w <= MAX_OBJECTIVE_WEIGHT:
+                raise InputError(("body", "objective", "weights", d), f"must be in [0, {MAX_OBJECTIVE_WEIGHT:g}]")
     for loc, d in refs:
         if d not in names:
             raise InputError(loc, f"unknown domain {d!r}")

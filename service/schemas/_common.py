@@ -45,11 +45,18 @@ DbId = Annotated[int, Field(ge=0, le=MAX_ID)]
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 """A non-negative integer that fits a 64-bit column (token counts)."""
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+MAX_LOSS = 1e6
+"""Largest loss a result may carry: validation losses are cross-entropies of a few nats, and the
+strategies' models overflow on values near the float range (a diverged run reports a failure)."""
+
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+"""A finite number: a JSON number (integers included), never a string (``"1.0"``) or a boolean."""
 Weight = Annotated[float, Field(ge=0.0, le=1.0 + 1e-6, allow_inf_nan=False)]
 Mixture = Annotated[dict[Name, Weight], Field(max_length=MAX_DOMAINS)]
 """``{domain: weight}``; the weights are non-negative and sum to 1 within 1e-6."""
-LossValues = Annotated[dict[Name, FiniteFloat], Field(max_length=MAX_DOMAINS)]
+Loss = Annotated[float, Field(strict=True, ge=0.0, le=MAX_LOSS, allow_inf_nan=False)]
+"""A validation loss: a JSON number in ``[0, MAX_LOSS]``."""
+LossValues = Annotated[dict[Name, Loss], Field(max_length=MAX_DOMAINS)]
 Metrics = Annotated[dict[Name, FiniteFloat], Field(max_length=MAX_METRICS)]
 
 
