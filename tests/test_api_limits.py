@@ -132,9 +132,9 @@ def _nested(depth: int):
 
 
 def test_free_form_json_is_bounded(limited):
-    ok = study_body(strategy={"name": "random", "params": {}},
-                    fidelities=[{"name": "big", "cost": 1.0, "target": True, "params": _nested(MAX_JSON_DEPTH)}])
-    assert limited.post("/api/v1/studies", json=ok).status_code == 201
+    # (a fidelity's params are trainer settings, flat: the depth bound is shown on capabilities)
+    ok = {"name": "w", "join_secret": JOIN_SECRET, "capabilities": {"extra": _nested(MAX_JSON_DEPTH - 1)}}
+    assert limited.post("/api/v1/workers", json=ok).status_code == 201
     deep = study_body(fidelities=[{"name": "big", "cost": 1.0, "target": True, "params": _nested(MAX_JSON_DEPTH + 1)}])
     msg = _fields(limited.post("/api/v1/studies", json=deep))
     assert msg.startswith("fidelities.0.params:") and "nested deeper" in msg

@@ -40,6 +40,9 @@ Name = Annotated[
 ]
 """A domain, fidelity or metric name: letters, digits and ``_.:-``, at most 128 characters."""
 
+LEASE_ID_PATTERN = r"^[A-Za-z0-9-]+$"
+"""A lease id (a UUID): checked before it reaches a query, so that no byte of it can upset the driver."""
+
 DbId = Annotated[int, Field(ge=0, le=MAX_ID)]
 """A non-negative integer that fits a 32-bit column (ids, steps, indices)."""
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
