@@ -132,9 +132,9 @@ def _nested(depth: int):
 
 
 def test_free_form_json_is_bounded(limited):
-    ok = study_body(strategy={"name": "random", "params": {}},
-                    fidelities=[{"name": "big", "cost": 1.0, "target": True, "params": _nested(MAX_JSON_DEPTH)}])
-    assert limited.post("/api/v1/studies", json=ok).status_code == 201
+    # (a fidelity's params are trainer settings, flat: the depth bound is shown on capabilities)
+    ok = {"name": "w", "join_secret": JOIN_SECRET, "capabilities": {"extra": _nested(MAX_JSON_DEPTH - 1)}}
+    assert limited.post("/api/v1/workers", json=ok).status_code == 201
     deep = study_body(fidelities=[{"name": "big", "cost": 1.0, "target": True, "params": _nested(MAX_JSON_DEPTH + 1)}])
     msg = _fields(limited.post("/api/v1/studies", json=deep))
     assert msg.startswith("fidelities.0.params:") and "nested deeper" in msg
@@ -171,8 +171,7 @@ def test_numbers_beyond_their_columns(client):
     assert _fields(r).startswith("curve.0.step:")
     # real token counts pass 2**31: stored whole on both databases
     many = 3 * 10**12
-    r = client.post(f"/api/v1/trials/{trial['id']}/result",
-                    json={"losses": losses, "tokens": many, "curve": [{"step": 1, "tokens": many, "losses": losses}]})
+    r = client.post(f"/api/v1/trials/{trial['id']}/result", json={"losses": losses, "tokens": many, "lease_id": trial["lease_id"], "curve": [{"step": 1, "tokens": many, "losses": losses}]})
     assert r.status_code == 200, r.text
     assert r.json()["result"]["tokens"] == many
     assert client.get(f"/api/v1/trials/{trial['id']}/curve").json()["points"][0]["tokens"] == many

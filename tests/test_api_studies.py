@@ -63,7 +63,7 @@ def test_cost_budget_and_parallelism(client):
     assert client.post(f"/api/v1/studies/{sid}/ask", json={"n": 10}).json()["trials"] == []
     _run_study(client, sid)
     for t in first:
-        client.post(f"/api/v1/trials/{t['id']}/result", json={"losses": known_losses(t["mixture"])})
+        client.post(f"/api/v1/trials/{t['id']}/result", json={"losses": known_losses(t["mixture"]), "lease_id": t["lease_id"]})
     _run_study(client, sid)
     study = client.get(f"/api/v1/studies/{sid}").json()
     assert study["state"] == "completed"
@@ -83,7 +83,8 @@ def test_pause_resume_cancel(client):
     counts = r.json()["trial_counts"]
     assert counts["cancelled"] == 2 and counts["leased"] == 1
     # the run already under way still lands: nothing is lost
-    ok = client.post(f"/api/v1/trials/{held[0]['id']}/result", json={"losses": known_losses(held[0]["mixture"])})
+    ok = client.post(f"/api/v1/trials/{held[0]['id']}/result",
+                     json={"losses": known_losses(held[0]["mixture"]), "lease_id": held[0]["lease_id"]})
     assert ok.status_code == 200 and ok.json()["state"] == "completed"
     assert client.post(f"/api/v1/studies/{sid}/resume").status_code == 409
 
@@ -168,9 +169,10 @@ def test_bad_losses_are_422(client):
     assert _loc(client.post(url, content=raw, headers={"content-type": "application/json"})).startswith("body.losses.web")
     raw = '{"losses": {"web": NaN, "code": 1, "math": 1, "books": 1}}'
     assert _loc(client.post(url, content=raw, headers={"content-type": "application/json"})).startswith("body.losses.web")
-    assert _loc(client.post(url, json={"losses": {**good, "nope": 1.0}})) == "body.losses.nope"
-    assert _loc(client.post(url, json={"losses": {"web": 1.0}})) == "body.losses"  # mean over all needs all
-    assert client.post(url, json={"losses": good}).status_code == 200  # nothing was recorded before
+    lease = t["lease_id"]
+    assert _loc(client.post(url, json={"losses": {**good, "nope": 1.0}, "lease_id": lease})) == "body.losses.nope"
+    assert _loc(client.post(url, json={"losses": {"web": 1.0}, "lease_id": lease})) == "body.losses"  # mean needs all
+    assert client.post(url, json={"losses": good, "lease_id": lease}).status_code == 200  # nothing recorded before
 
 
 def test_unknown_ids_are_404(client):

@@ -219,7 +219,7 @@ def test_live_updates_send_only_what_is_new(dash, regmix, monkeypatch):
     held = regmix["client_trial_id"]
     lease = dash.get(f"/api/v1/trials/{held}").json()
     mixture = lease["mixture"]
-    r = dash.post(f"/api/v1/trials/{held}/result", json={"losses": known_losses(mixture, "big")})
+    r = dash.post(f"/api/v1/trials/{held}/result", json={"losses": known_losses(mixture, "big"), "lease_id": regmix["client_lease_id"]})
     assert r.status_code == 200, r.text
     new = dash.post(f"/api/v1/studies/{sid}/trials", json={"mixture": mixture, "fidelity": "small"})
     assert new.status_code == 201, new.text

@@ -30,7 +30,8 @@ def _seed(c: TestClient, auth: dict) -> dict:
     so that small ids (which the fuzzer tries first) reach real rows."""
     sid = c.post("/api/v1/studies", json={**study_body(parallelism=3), "start": True}, headers=auth).json()["id"]
     asked = c.post(f"/api/v1/studies/{sid}/ask", json={"n": 1}, headers=auth).json()["trials"][0]
-    c.post(f"/api/v1/trials/{asked['id']}/result", json={"losses": known_losses(asked["mixture"])}, headers=auth)
+    c.post(f"/api/v1/trials/{asked['id']}/result", json={"losses": known_losses(asked["mixture"]), "lease_id": asked["lease_id"]},
+           headers=auth)
     w = c.post("/api/v1/workers", json={"name": "w", "join_secret": JOIN_SECRET}).json()
     worker = {"Authorization": f"Bearer {w['token']}"}
     c.post("/api/v1/leases", json={"wait_s": 0}, headers=worker)

@@ -90,7 +90,8 @@ def test_server_sigkill_mid_study_loses_nothing(backend, request, server_factory
     for _ in range(2):
         for t in c.post(f"/api/v1/studies/{sid}/ask", json={"n": 2}).json()["trials"]:
             reported[t["id"]] = known_losses(t["mixture"])
-            assert c.post(f"/api/v1/trials/{t['id']}/result", json={"losses": reported[t["id"]]}).status_code == 200
+            r = c.post(f"/api/v1/trials/{t['id']}/result", json={"losses": reported[t["id"]], "lease_id": t["lease_id"]})
+            assert r.status_code == 200
     held = c.post(f"/api/v1/studies/{sid}/ask", json={"n": 2}).json()["trials"]
     assert len(held) == 2
 
@@ -111,7 +112,7 @@ def test_server_sigkill_mid_study_loses_nothing(backend, request, server_factory
             break
         for t in body["trials"]:
             reported[t["id"]] = known_losses(t["mixture"])
-            c.post(f"/api/v1/trials/{t['id']}/result", json={"losses": reported[t["id"]]})
+            c.post(f"/api/v1/trials/{t['id']}/result", json={"losses": reported[t["id"]], "lease_id": t["lease_id"]})
     final = c.get(f"/api/v1/studies/{sid}").json()
     assert final["state"] == "completed"
     assert final["trial_counts"]["completed"] == 10 and len(reported) == 10

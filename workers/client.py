@@ -17,6 +17,7 @@ shaped as the OpenAPI schema at ``/docs`` says.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -25,6 +26,19 @@ import httpx
 __all__ = ["ApiError", "MixoptClient", "ServerUnavailable"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+LOG_TAIL_CHARS, MESSAGE_CHARS, REASON_CHARS = 20_000, 2000, 4000
+"""The server's limits on a heartbeat's log tail and message and on a failure reason."""
+
+
+def clean_text(text: str | None, most: int, *, keep_end: bool = False) -> str | None:
+    """``text`` as the server accepts it: control characters other than tab and newline removed
+    (a trainer printing NUL or terminal escapes must not make every heartbeat fail), cut to
+    ``most`` characters (its end when ``keep_end``: a log's last lines matter)."""
+    if text is None:
+        return None
+    text = _CONTROL.sub("", text)
+    return text[-most:] if keep_end else text[:most]
 
 
 class ApiError(Exception):
@@ -170,7 +184,7 @@ class MixoptClient:
 
     def report_failure(self, trial_id: int, reason: str, *, retryable: bool = False, lease_id: str | None = None) -> dict:
         """``POST /api/v1/trials/{id}/fail`` for an asked trial."""
-        body = {"reason": reason, "retryable": retryable, "lease_id": lease_id}
+        body = {"reason": clean_text(reason, REASON_CHARS), "retryable": retryable, "lease_id": lease_id}
         return self.request("POST", f"/api/v1/trials/{trial_id}/fail", json=body)
 
     # -- workers and leases (worker token) ----------------------------------------------------------
@@ -201,7 +215,11 @@ class MixoptClient:
     def heartbeat(self, lease_id: str, progress: Mapping[str, Any] | None = None,
                   curve: list[Mapping[str, Any]] | None = None, log_tail: str | None = None) -> dict:
         """``POST /api/v1/leases/{id}/heartbeat``: ``{"action": "continue"|"stop", "expires_at"}``."""
-        body = {"progress": dict(progress or {}), "curve": list(curve or []), "log_tail": log_tail}
+        progress = dict(progress or {})
+        if isinstance(progress.get("message"), str):
+            progress["message"] = clean_text(progress["message"], MESSAGE_CHARS)
+        body = {"progress": progress, "curve": list(curve or []),
+                "log_tail": clean_text(log_tail, LOG_TAIL_CHARS, keep_end=True)}
         return self.request("POST", f"/api/v1/leases/{lease_id}/heartbeat", json=body)
 
     def segment(self, lease_id: str, completed_index: int | None, losses: Mapping[str, float] | None,
@@ -216,7 +234,8 @@ class MixoptClient:
         return self.request("POST", f"/api/v1/leases/{lease_id}/complete", json=dict(result))
 
     def fail(self, lease_id: str, reason: str, retryable: bool = False) -> dict:
-        return self.request("POST", f"/api/v1/leases/{lease_id}/fail", json={"reason": reason, "retryable": retryable})
+        body = {"reason": clean_text(reason, REASON_CHARS), "retryable": retryable}
+        return self.request("POST", f"/api/v1/leases/{lease_id}/fail", json=body)
 
     def release(self, lease_id: str) -> dict:
         """Give the trial back without counting an attempt."""

@@ -8,14 +8,14 @@ from fastapi import Depends, Path, Request
 
 from ..db import Database
 from ..engine import EngineRunner
-from ..schemas._common import MAX_ID
+from ..schemas._common import LEASE_ID_PATTERN, MAX_ID
 from ..settings import Settings
 
 # Path ids are bounded like the 32-bit columns they name: a larger number is a 422, not a driver error.
 StudyId = Annotated[int, Path(ge=0, le=MAX_ID, description="the study's id")]
 TrialId = Annotated[int, Path(ge=0, le=MAX_ID, description="the trial's id")]
 WorkerId = Annotated[int, Path(ge=0, le=MAX_ID, description="the worker's id")]
-LeaseId = Annotated[str, Path(min_length=1, max_length=36, description="the lease's id")]
+LeaseId = Annotated[str, Path(min_length=1, max_length=36, pattern=LEASE_ID_PATTERN, description="the lease's id")]
 
 
 def get_db(request: Request) -> Database:

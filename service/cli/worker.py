@@ -19,6 +19,7 @@ def worker(
     executor: str = typer.Option("proxy", help="`proxy` (built-in trainer), `command`, or `synthetic` (protocol tests)"),
     corpus: Path = typer.Option(None, help="proxy: corpus directory (one entry per domain)"),
     cache_dir: Path = typer.Option(None, help="proxy: tokenizer/shard cache"),
+    tokenizer: Path = typer.Option(None, help="proxy: a local Hugging Face tokenizer (studies cannot choose paths)"),
     device: str = typer.Option("auto", help="proxy: auto, cpu, cuda, cuda:1, ..."),
     threads: int = typer.Option(None, help="torch CPU threads for this worker"),
     command: str = typer.Option(None, help="command: template, e.g. 'python train.py --mix {mixture_file} --out {output}'"),
@@ -51,11 +52,15 @@ def worker(
     if executor == "proxy":
         if corpus is None:
             raise typer.BadParameter("--corpus is required for the proxy executor", param_hint="--corpus")
-        runner = ProxyExecutor(corpus, cache_dir=cache_dir, device=device, threads=threads)
+        runner = ProxyExecutor(corpus, cache_dir=cache_dir, device=device, threads=threads,
+                               overrides={"tokenizer": str(tokenizer)} if tokenizer else None)
     elif executor == "command":
         if not command:
             raise typer.BadParameter("--command is required for the command executor", param_hint="--command")
-        runner = CommandExecutor(command, timeout_s=timeout)
+        try:
+            runner = CommandExecutor(command, timeout_s=timeout)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--command") from None
     elif executor == "synthetic":
         runner = SyntheticExecutor(synthetic_seconds)
     else:

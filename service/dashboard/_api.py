@@ -9,9 +9,10 @@ import csv
 import gzip
 import io
 import json
+import math
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -135,6 +136,29 @@ def _stream(db, study_id: StudyId, render) -> Iterator[bytes]:
     yield from render(names, metrics, rows)
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+"""What makes a spreadsheet read a cell as a formula (``=HYPERLINK(...)`` in a failure reason)."""
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell that a spreadsheet shows as text: strings starting like a formula get a ``'``."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as ``null``: JSON has no NaN or Infinity, and a value stored
+    before results were checked must not break the export halfway."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _csv(names: list[str], metrics: list[str], rows) -> Iterator[bytes]:
     head = ["id", "number", "fidelity", "state", "objective", "cost", "predicted", "uncertainty", "attempts",
             "dynamic", "created_at", "started_at", "finished_at", "tokens", "wall_s", "failure_reason"]
@@ -143,8 +167,8 @@ def _csv(names: list[str], metrics: list[str], rows) -> Iterator[bytes]:
     out.writerow(head + [f"w_{n}" for n in names] + [f"loss_{n}" for n in names] + [f"metric_{m}" for m in metrics])
     for i, r in enumerate(rows):
         losses, mets = r["losses"] or {}, r["metrics"] or {}
-        out.writerow([r[h] for h in head] + [r["mixture"][n] for n in names] + [losses.get(n) for n in names]
-                     + [mets.get(m) for m in metrics])
+        out.writerow([_cell(r[h]) for h in head] + [r["mixture"][n] for n in names]
+                     + [losses.get(n) for n in names] + [mets.get(m) for m in metrics])
         if i % 500 == 499:
             yield buf.getvalue().encode()
             buf.seek(0)
@@ -155,7 +179,7 @@ def _csv(names: list[str], metrics: list[str], rows) -> Iterator[bytes]:
 def _json_lines(names: list[str], metrics: list[str], rows) -> Iterator[bytes]:
     yield b"["
     for i, r in enumerate(rows):
-        yield (b"," if i else b"") + b"\n" + json.dumps(r, allow_nan=False).encode()
+        yield (b"," if i else b"") + b"\n" + json.dumps(_json_safe(r), allow_nan=False).encode()
     yield b"\n]\n"
 
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import InputError
+
+
+MAX_OBJECTIVE = 1e12
+"""Largest objective magnitude stored: the strategies' models standardise objectives, and values
+near the float range overflow them (one such report failed a whole study)."""
 
 
 def required_losses(objective: Mapping[str, Any], domains: Sequence[str]) -> list[str]:
@@ -47,4 +53,8 @@ def check_result(objective: Mapping[str, Any], domains: Sequence[str], losses: M
         raise InputError((*loc, "losses"), f"missing losses for {missing}, required by the objective")
     if objective.get("kind") == "metric" and objective["name"] not in metrics:
         raise InputError((*loc, "metrics"), f"missing metric {objective['name']!r}, the objective")
+    value = objective_value(objective, losses, metrics)
+    if not (math.isfinite(value) and abs(value) <= MAX_OBJECTIVE):
+        field = (*loc, "metrics", objective["name"]) if objective.get("kind") == "metric" else (*loc, "losses")
+        raise InputError(field, f"the objective computed from these values is {value:g}, beyond +-{MAX_OBJECTIVE:g}")
 

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from ..db import FINAL, IN_FLIGHT, Database, Fidelity, Recommendation, Study, StudyDomain, StudyState, Trial, TrialState, utcnow
 from ..errors import Conflict, InputError, NotFound
+from ..schemas._trainer import check_trainer_params
 from ..schemas.studies import StudyCreate
 from ..strategies import Proposal, get_strategy_class
 from ._costs import fill_costs
@@ -54,6 +55,12 @@ def create_study(session: Session, body: StudyCreate) -> Study:
         targets = [0]
     if len(targets) != 1:
         raise InputError(("body", "fidelities"), "exactly one fidelity must have target=true")
+    for i, f in enumerate(body.fidelities):
+        try:
+            check_trainer_params(f.model, f.params)
+        except ValueError as e:
+            field, _, msg = str(e).partition(": ")
+            raise InputError(("body", "fidelities", i, *field.split(".")), msg) from None
     costs = fill_costs(body.fidelities, targets[0])
     _check_objective(body, set(names))
 
@@ -92,6 +99,10 @@ def create_study(session: Session, body: StudyCreate) -> Study:
     return study
 
 
+MAX_OBJECTIVE_WEIGHT = 1e6
+"""Largest weight of a ``weighted_loss`` objective: with losses bounded too, no result overflows it."""
+
+
 def _check_objective(body: StudyCreate, names: set[str]) -> None:
     obj = body.objective
     refs: list[tuple[tuple, str]] = []
@@ -101,6 +112,9 @@ def _check_objective(body: StudyCreate, names: set[str]) -> None:
         refs.append((("body", "objective", "domain"), obj.domain))
     if obj.weights:
         refs += [(("body", "objective", "weights", d), d) for d in obj.weights]
+        for d, w in obj.weights.items():
+            if not 0 <= w <= MAX_OBJECTIVE_WEIGHT:
+                raise InputError(("body", "objective", "weights", d), f"must be in [0, {MAX_OBJECTIVE_WEIGHT:g}]")
     for loc, d in refs:
         if d not in names:
             raise InputError(loc, f"unknown domain {d!r}")

@@ -112,8 +112,23 @@ def asked_trial(trial: Trial, lease: Lease) -> AskedTrial:
 
 
 def payload_hash(body: ResultCreate) -> str:
-    blob = json.dumps({"losses": body.losses, "metrics": body.metrics}, sort_keys=True, separators=(",", ":"))
+    """The whole result (losses, metrics, tokens, wall time, curve; not the lease it names): a repeat
+    differing in any of them is another result, not a duplicate."""
+    blob = json.dumps(body.model_dump(mode="json", exclude={"lease_id"}), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def check_caller_lease(trial: Trial, lease_id: str | None) -> None:
+    """Outside callers report on a held trial only with its current, unexpired lease: a write
+    token alone must not complete or fail a trial that a worker (or another client) holds."""
+    if trial.state not in HELD:
+        return
+    if lease_id is None:
+        raise InputError(("body", "lease_id"), f"trial {trial.id} is leased: report with the lease_id you were given")
+    if lease_id != trial.lease_id:
+        raise Conflict(f"lease {lease_id} is not trial {trial.id}'s current lease (it expired or was replaced)")
+    if trial.lease_expires_at is not None and trial.lease_expires_at < utcnow():
+        raise Conflict(f"lease {lease_id} is over (expired): its report is not accepted")
 
 
 def record_result(s: Session, trial: Trial, body: ResultCreate, lease_id: str | None) -> bool:
@@ -161,6 +176,7 @@ def report_result(db: Database, trial_id: int, body: ResultCreate) -> tuple[Tria
     sweep_expired(db)
     with db.session() as s:
         trial = get_trial(s, trial_id, lock=True)
+        check_caller_lease(trial, body.lease_id)
         created = record_result(s, trial, body, body.lease_id)
     return trial, created
 
@@ -193,6 +209,7 @@ def report_failure(db: Database, trial_id: int, body: FailCreate) -> Trial:
     sweep_expired(db)
     with db.session() as s:
         trial = get_trial(s, trial_id, lock=True)
+        check_caller_lease(trial, body.lease_id)
         record_failure(s, trial, body, body.lease_id)
     return trial
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._common import Count, FiniteFloat, LossValues, Mixture
+from ._common import Count, FiniteFloat, LongText, LossValues, Mixture
 from .trials import CurvePoint, FidelityRef
 
 
@@ -45,13 +45,13 @@ class Progress(_In):
     train_loss: FiniteFloat | None = Field(None, description="latest training loss")
     tokens_per_s: FiniteFloat | None = Field(None, ge=0, description="throughput")
     losses: LossValues | None = Field(None, description="latest validation losses per domain")
-    message: str | None = Field(None, max_length=2000, description="free text, e.g. a log line")
+    message: LongText | None = Field(None, max_length=2000, description="free text, e.g. a log line")
 
 
 class Heartbeat(_In):
     progress: Progress = Field(default_factory=Progress, description="where the run stands")
     curve: list[CurvePoint] = Field(default_factory=list, max_length=1000, description="new loss-curve points")
-    log_tail: str | None = Field(None, max_length=20_000, description="the last lines of the run's log")
+    log_tail: LongText | None = Field(None, max_length=20_000, description="the last lines of the run's log")
 
 
 class HeartbeatAnswer(BaseModel):
@@ -61,7 +61,7 @@ class HeartbeatAnswer(BaseModel):
 
 
 class LeaseFail(_In):
-    reason: str = Field(..., min_length=1, max_length=4000, description="what went wrong")
+    reason: LongText = Field(..., min_length=1, max_length=4000, description="what went wrong")
     retryable: bool = Field(False, description="requeue the trial (counts an attempt) instead of failing it")
 
 

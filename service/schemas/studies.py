@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ._common import MAX_DOMAINS, FiniteFloat, FreeJSON, Mixture, Name
+from ._common import MAX_DOMAINS, FiniteFloat, FreeJSON, LongText, Mixture, Name, Text
 
 
 class _In(BaseModel):
@@ -62,7 +62,9 @@ class FidelitySpec(_In):
     """One proxy scale: a model, a token budget and its cost."""
 
     name: Name = Field(..., description="unique name of the fidelity", examples=["1m"])
-    model: str | None = Field(None, max_length=128, description="proxy model preset, e.g. `llama-1m`")
+    model: str | None = Field(
+        None, max_length=128, description="proxy model preset, e.g. `llama-1m`, or the name a command trainer gets"
+    )
     tokens: float | None = Field(None, gt=0, allow_inf_nan=False, description="training tokens of one run")
     cost: float | None = Field(
         None, gt=0, allow_inf_nan=False,
@@ -70,7 +72,8 @@ class FidelitySpec(_In):
     )
     target: bool = Field(False, description="whether this is the scale the recommendation is for (exactly one)")
     params: FreeJSON = Field(
-        default_factory=dict, description="trainer settings for the worker (batch_size, seq_len, lr, ...)"
+        default_factory=dict, description="trainer settings for the worker (batch_size, seq_len, lr, ...): the "
+        "proxy trainer's, typed and bounded; for a model that is not a proxy preset, also other JSON scalars",
     )
 
 
@@ -99,7 +102,7 @@ class BudgetSpec(_In):
 class StudyCreate(_In):
     """A new study (created in state `draft`; `POST .../start` runs it)."""
 
-    name: str = Field(..., min_length=1, max_length=200, description="a human name")
+    name: Text = Field(..., min_length=1, max_length=200, description="a human name")
     domains: list[DomainSpec] = Field(..., min_length=1, max_length=MAX_DOMAINS, description="the domains to mix")
     objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec, description="what is minimised")
     fidelities: list[FidelitySpec] = Field(..., min_length=1, max_length=16, description="the proxy scales")
@@ -121,7 +124,7 @@ class StudyCreate(_In):
 class StudyAction(BaseModel):
     """Optional reason for a state change."""
 
-    reason: str | None = Field(None, max_length=2000, description="why (recorded for cancel)")
+    reason: LongText | None = Field(None, max_length=2000, description="why (recorded for cancel)")
 
 
 class RecommendationPublic(BaseModel):

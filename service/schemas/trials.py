@@ -7,7 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._common import MAX_ASK, MAX_CURVE_POINTS, Count, DbId, FiniteFloat, LossValues, Metrics, Mixture, Name
+from ._common import (
+    LEASE_ID_PATTERN, MAX_ASK, MAX_CURVE_POINTS, Count, DbId, FiniteFloat, LongText, LossValues, Metrics, Mixture, Name,
+    Text,
+)
 
 
 class _In(BaseModel):
@@ -18,7 +21,7 @@ class AskRequest(_In):
     """Ask for trials to run outside mixopt's workers."""
 
     n: int = Field(1, ge=1, le=MAX_ASK, description=f"most trials to return (1..{MAX_ASK})")
-    client: str | None = Field(None, max_length=128, description="the caller's name, recorded as lease owner")
+    client: Text | None = Field(None, max_length=128, description="the caller's name, recorded as lease owner")
     lease_seconds: float | None = Field(
         None, ge=1, le=30 * 86400, description="how long the trials stay yours (default: the server's ask lease)"
     )
@@ -64,13 +67,17 @@ class ResultCreate(_In):
     curve: list[CurvePoint] = Field(
         default_factory=list, max_length=MAX_CURVE_POINTS, description="loss curve (validation losses at intervals)"
     )
-    lease_id: str | None = Field(None, max_length=36, description="the lease reported on; refused if not current")
+    lease_id: str | None = Field(
+        None, max_length=36, pattern=LEASE_ID_PATTERN, description="the lease reported on (required for a leased trial); refused if not current"
+    )
 
 
 class FailCreate(_In):
-    reason: str = Field(..., min_length=1, max_length=4000, description="what went wrong")
+    reason: LongText = Field(..., min_length=1, max_length=4000, description="what went wrong")
     retryable: bool = Field(False, description="requeue the trial (counts an attempt) instead of failing it")
-    lease_id: str | None = Field(None, max_length=36, description="the lease reported on; refused if not current")
+    lease_id: str | None = Field(
+        None, max_length=36, pattern=LEASE_ID_PATTERN, description="the lease reported on (required for a leased trial); refused if not current"
+    )
 
 
 class TrialCreate(_In):

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from ._common import check_free_json
+from ._common import LongText, Text, check_free_json
 
 MAX_CAPABILITIES = 64
 """Most extra capability fields a worker may declare."""
@@ -18,14 +18,14 @@ class Capabilities(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    device: str = Field("cpu", max_length=64, description="`cpu`, `cuda`, `cuda:0`, ...")
+    device: Text = Field("cpu", max_length=64, description="`cpu`, `cuda`, `cuda:0`, ...")
     memory_gb: float | None = Field(None, ge=0, allow_inf_nan=False, description="device memory")
-    models: list[Annotated[str, StringConstraints(max_length=128)]] | None = Field(
+    models: list[Annotated[Text, StringConstraints(max_length=128)]] | None = Field(
         None, max_length=256, description="model presets it runs (null: any)"
     )
     max_params: float | None = Field(None, gt=0, allow_inf_nan=False, description="largest model (non-embedding params)")
     dynamic: bool = Field(True, description="whether it runs online (segment-driven) trials")
-    executor: str = Field("proxy", max_length=64, description="`proxy` (built-in trainer) or `command`")
+    executor: Text = Field("proxy", max_length=64, description="`proxy` (built-in trainer) or `command`")
 
     @model_validator(mode="after")
     def _bounded_extras(self) -> Capabilities:
@@ -39,7 +39,7 @@ class Capabilities(BaseModel):
 class WorkerCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(..., min_length=1, max_length=200, description="a name for logs and the dashboard (e.g. host:gpu)")
+    name: Text = Field(..., min_length=1, max_length=200, description="a name for logs and the dashboard (e.g. host:gpu)")
     join_secret: str = Field(..., min_length=1, max_length=512, description="the server's join secret")
     capabilities: Capabilities = Field(default_factory=Capabilities, description="what the worker can run")
 

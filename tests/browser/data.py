@@ -43,7 +43,8 @@ def regmix_study(http, database_url: str, *, n_initial: int = 48, n_verify: int 
     and a log tail. So the study stays running. Without ``regmix`` registered, ``random`` runs
     the design and recommendations with held-out predictions are written as RegMix writes them.
 
-    Returns ``{"id", "strategy", "worker_trial_id", "client_trial_id", "worker_id", "lease_id", "headers"}``.
+    Returns ``{"id", "strategy", "worker_trial_id", "client_trial_id", "client_lease_id", "worker_id", "lease_id",
+    "headers"}``.
     """
     from service.strategies import available_strategies
 
@@ -111,7 +112,8 @@ def regmix_study(http, database_url: str, *, n_initial: int = 48, n_verify: int 
     if not has_regmix:
         _recommendations_like_regmix(http, database_url, sid)
     return {"id": sid, "strategy": strategy["name"], "worker_trial_id": worker_trial["id"],
-            "client_trial_id": client_trial["id"], "worker_id": worker_id, "lease_id": lease, "headers": headers}
+            "client_trial_id": client_trial["id"],
+            "client_lease_id": client_trial["lease_id"], "worker_id": worker_id, "lease_id": lease, "headers": headers}
 
 
 def _recommendations_like_regmix(http, database_url: str, sid: int) -> None:

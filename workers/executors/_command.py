@@ -1,13 +1,21 @@
 """Run any training command (Megatron, torchtitan, your own script) as a trial.
 
 The command is a template: ``{mixture_json}``, ``{mixture_file}``, ``{fidelity_json}``, ``{model}``,
-``{tokens}``, ``{seed}``, ``{output}``, ``{trial_id}`` are substituted (shell-quoted), and the same
-values are in the environment as ``MIXOPT_MIXTURE`` (JSON), ``MIXOPT_MIXTURE_FILE``,
+``{tokens}``, ``{seed}``, ``{output}``, ``{trial_id}`` are substituted, and the same values are in
+the environment as ``MIXOPT_MIXTURE`` (JSON), ``MIXOPT_MIXTURE_FILE``,
 ``MIXOPT_FIDELITY`` (JSON), ``MIXOPT_MODEL``, ``MIXOPT_TOKENS``, ``MIXOPT_SEED``, ``MIXOPT_OUTPUT``,
 ``MIXOPT_TRIAL_ID``. The command must write ``{"losses": {...}, "metrics": {...}}`` to the output
 path. Its output is streamed to the worker's log and its tail sent with heartbeats; it is killed
 after ``timeout_s`` or when the run must stop. A line ``MIXOPT_PROGRESS {"step": ..., ...}`` on
 its stdout is forwarded as progress.
+
+No shell runs the command: the template is split into arguments once (``shlex.split``), each
+placeholder is substituted inside its own argument, and the program is started with that argument
+list. A study's values (its model, its trainer parameters) thus never meet a shell parser, whatever
+they contain. Templates that would hand them to one anyway are refused when the executor is made:
+a placeholder inside quotes (the quotes would be passed literally, and they suggest shell intent),
+shell syntax (``|``, ``;``, ``&``, ``>``, ``<``, ``$``, backquotes), or a placeholder given to
+``sh -c``/``bash -c``. Pipelines, redirections and ``cd`` go into a script the template runs.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import json
 import os
 import shlex
 import signal
+import string
 import subprocess
 import tempfile
 import threading
@@ -27,10 +36,44 @@ from typing import ClassVar
 from ._base import BaseExecutor, ExecResult, RunContext, Task
 
 PROGRESS_PREFIX = "MIXOPT_PROGRESS "
+PLACEHOLDERS = ("mixture_json", "mixture_file", "fidelity_json", "model", "tokens", "seed", "output", "trial_id")
+SHELL_SYNTAX = set("|;&<>$`")
+"""Characters that mean something only to a shell: a template holding them expects one."""
+SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "fish", "csh", "tcsh"}
 
 
 class CommandFailed(RuntimeError):
     pass
+
+
+def parse_template(template: str) -> list[str]:
+    """The template's arguments, placeholders left in. Raises ``ValueError`` for a template that
+    would pass a study's values through a shell (see the module's docstring) or names an unknown
+    placeholder."""
+    try:
+        argv = shlex.split(template)
+        raw = list(shlex.shlex(template, posix=False, punctuation_chars=False))
+    except ValueError as e:
+        raise ValueError(f"command template: {e}") from None
+    if not argv:
+        raise ValueError("command template is empty")
+    for item in argv:
+        for _, name, spec, conv in string.Formatter().parse(item):
+            if name is None:
+                continue
+            if name not in PLACEHOLDERS or spec or conv:
+                raise ValueError(f"command template: unknown placeholder {{{name}}}; known: "
+                                 + ", ".join(f"{{{p}}}" for p in PLACEHOLDERS))
+    if SHELL_SYNTAX & set(template.replace("{", "").replace("}", "")):
+        raise ValueError("command template: no shell runs the command, so shell syntax (| ; & < > $ `) "
+                         "does not work; put pipelines, redirections and variables into a script and run that")
+    if any(("{" in token) and ("'" in token or '"' in token) for token in raw):
+        raise ValueError("command template: placeholders must not be quoted: each is passed as one argument "
+                         "as it is, without a shell")
+    if os.path.basename(argv[0]) in SHELLS and any("{" in item for item in argv[1:]):
+        raise ValueError("command template: placeholders must not go to a shell (sh -c ...): run the program "
+                         "directly, or read the MIXOPT_* environment variables in your script")
+    return argv
 
 
 class CommandExecutor(BaseExecutor):
@@ -41,6 +84,7 @@ class CommandExecutor(BaseExecutor):
         if not template.strip():
             raise ValueError("command template is empty")
         self.template = template
+        self.argv = parse_template(template)
         self.timeout_s = timeout_s
         self.workdir = Path(workdir) if workdir else None
         self.log_lines = log_lines
@@ -56,14 +100,14 @@ class CommandExecutor(BaseExecutor):
                 "tokens": str(int(task.fidelity["tokens"])) if task.fidelity.get("tokens") else "",
                 "seed": str(task.seed), "output": str(output), "trial_id": str(task.trial_id),
             }
-            command = self.template.format(**{k: shlex.quote(v) for k, v in values.items()})
+            argv = [item.format(**values) for item in self.argv]
             env = {**os.environ, **{f"MIXOPT_{k.upper()}": v for k, v in {
                 "mixture": values["mixture_json"], "mixture_file": values["mixture_file"],
                 "fidelity": values["fidelity_json"], "model": values["model"], "tokens": values["tokens"],
                 "seed": values["seed"], "output": values["output"], "trial_id": values["trial_id"]}.items()}}
-            ctx.log(f"$ {command}")
+            ctx.log(f"$ {shlex.join(argv)}")
             start = time.monotonic()
-            proc = subprocess.Popen(command, shell=True, cwd=self.workdir, env=env, stdout=subprocess.PIPE,
+            proc = subprocess.Popen(argv, cwd=self.workdir, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
             tail: deque[str] = deque(maxlen=self.log_lines)
             reader = threading.Thread(target=self._pump, args=(proc, ctx, tail), daemon=True)
