@@ -95,6 +95,10 @@ class MixoptClient:
         """``GET /healthz``: liveness and database reachability."""
         return self.request("GET", "/healthz")
 
+    def metrics(self) -> str:
+        """``GET /metrics``: every series in the Prometheus text format."""
+        return self.request("GET", "/metrics")
+
     # -- studies --------------------------------------------------------------------------------
     def create_study(self, body: Mapping[str, Any], *, start: bool = False) -> dict:
         """``POST /api/v1/studies``: create a study (see ``StudyCreate``); ``start`` runs it at once."""

@@ -37,6 +37,14 @@ def server(
 
         upgrade(settings.database_url)
         os.environ["MIXOPT_AUTO_MIGRATE"] = "false"  # the worker processes inherit it
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # one /metrics for all processes: each writes its counters there, any one sums them
+        import shutil
+
+        multiproc = settings.data_dir / f"prometheus-{os.getpid()}"
+        shutil.rmtree(multiproc, ignore_errors=True)
+        multiproc.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
     uvicorn.run(
         "service.api:create_app", factory=True, host=host or settings.host, port=port or settings.port,
         workers=workers, log_config=None,
