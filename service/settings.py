@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     )
     public_read: bool = Field(False, description="with auth enabled, let anyone read (GETs, dashboard)")
     admin_token: SecretStr | None = Field(None, description="a bootstrap token with admin scope (compose, k8s)")
+    metrics_token: SecretStr | None = Field(
+        None, description="a bearer token that may read /metrics only (for Prometheus), besides read-scope tokens"
+    )
     allow_open_network: bool = Field(
         False, description="allow binding a non-loopback address without auth (e.g. behind an authenticating proxy)"
     )

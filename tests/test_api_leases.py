@@ -151,3 +151,44 @@ def test_unknown_lease_is_404(client, path):
             "segment": {}}[path]
     r = client.post(f"/api/v1/leases/00000000-0000-0000-0000-000000000000/{path}", headers=a, json=body)
     assert r.status_code == 404
+
+
+def test_one_call_leases_up_to_max_trials_with_the_same_settings(client):
+    """`max_trials` leases several trials of one run setting at once (any study), each with its own
+    lease; the single-lease shape stays at the top level; other settings are not mixed in."""
+    fids = [{"name": "small", "model": "llama-1m", "tokens": 1e6, "cost": 0.1, "params": {"seq_len": 64}},
+            {"name": "big", "model": "llama-1m", "tokens": 1e6, "cost": 1, "target": True, "params": {"seq_len": 128}}]
+    for seed, strategy_fid in enumerate(("small", "small", "big")):
+        body = study_body(fidelities=fids, parallelism=3, seed=seed,
+                          strategy={"name": "random", "params": {"fidelity": strategy_fid}})
+        assert client.post("/api/v1/studies", json={**body, "start": True}).status_code == 201
+    a = _register(client, "a")
+    grant = client.post("/api/v1/leases", json={"wait_s": 0, "max_trials": 5}, headers=a).json()
+    leases = grant["leases"]
+    assert len(leases) == 5 and leases[0]["lease_id"] == grant["lease_id"] and leases[0]["trial"] == grant["trial"]
+    assert {g["trial"]["fidelity"]["params"]["seq_len"] for g in leases} == {64}  # the first one's settings only
+    assert len({g["trial"]["study_id"] for g in leases}) == 2 and len({g["lease_id"] for g in leases}) == 5
+    assert len({g["trial"]["seed"] for g in leases}) == 5
+    rest = client.post("/api/v1/leases", json={"wait_s": 0, "max_trials": 5}, headers=a).json()["leases"]
+    assert len(rest) == 1 and rest[0]["trial"]["fidelity"]["params"]["seq_len"] == 64  # 6 queued "small" in all
+    big = client.post("/api/v1/leases", json={"wait_s": 0, "max_trials": 5, "model": "llama-1m"}, headers=a).json()
+    assert len(big["leases"]) == 3 and big["trial"]["fidelity"]["params"]["seq_len"] == 128
+    for g in leases:  # every lease lives on its own
+        hb = client.post(f"/api/v1/leases/{g['lease_id']}/heartbeat", headers=a, json={})
+        assert hb.status_code == 200 and hb.json()["action"] == "continue"
+    r = client.post(f"/api/v1/leases/{leases[1]['lease_id']}/complete", headers=a,
+                    json={"losses": known_losses(leases[1]["trial"]["mixture"])})
+    assert r.status_code == 200 and r.json()["state"] == "completed"
+    assert client.post(f"/api/v1/leases/{leases[2]['lease_id']}/release", headers=a).json()["state"] == "queued"
+    single = _lease(client, a).json()  # an old-style call: one lease, `leases` holds just it
+    assert [g["lease_id"] for g in single["leases"]] == [single["lease_id"]]
+
+
+def test_multi_lease_input_is_validated(client):
+    _start(client)
+    a = _register(client, "a")
+    for body, field in (({"max_trials": 0}, "max_trials"), ({"max_trials": 257}, "max_trials"),
+                        ({"max_trials": "many"}, "max_trials"), ({"model": "bad model!"}, "model")):
+        r = client.post("/api/v1/leases", json=body, headers=a)
+        assert r.status_code == 422 and field in r.text, (body, r.text)
+    assert client.post("/api/v1/leases", json={"wait_s": 0, "model": "llama-60m"}, headers=a).status_code == 204

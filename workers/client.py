@@ -109,6 +109,10 @@ class MixoptClient:
         """``GET /healthz``: liveness and database reachability."""
         return self.request("GET", "/healthz")
 
+    def metrics(self) -> str:
+        """``GET /metrics``: every series in the Prometheus text format."""
+        return self.request("GET", "/metrics")
+
     # -- studies --------------------------------------------------------------------------------
     def create_study(self, body: Mapping[str, Any], *, start: bool = False) -> dict:
         """``POST /api/v1/studies``: create a study (see ``StudyCreate``); ``start`` runs it at once."""
@@ -207,10 +211,16 @@ class MixoptClient:
     def get_worker(self, worker_id: int) -> dict:
         return self.request("GET", f"/api/v1/workers/{worker_id}")
 
-    def lease(self, wait_s: float | None = None) -> dict | None:
-        """``POST /api/v1/leases``: the next trial for this worker, or ``None`` after ``wait_s``."""
-        return self.request("POST", "/api/v1/leases", json={"wait_s": wait_s},
-                            timeout=self.timeout + (wait_s or 0) + 5)
+    def lease(self, wait_s: float | None = None, max_trials: int = 1, model: str | None = None) -> dict | None:
+        """``POST /api/v1/leases``: the next trial for this worker, or ``None`` after ``wait_s``.
+        ``max_trials`` > 1: up to that many trials with the first one's training settings, all in
+        the answer's ``leases`` (the first also at the top level); ``model``: only that preset."""
+        body: dict[str, Any] = {"wait_s": wait_s}
+        if max_trials != 1:
+            body["max_trials"] = max_trials
+        if model is not None:
+            body["model"] = model
+        return self.request("POST", "/api/v1/leases", json=body, timeout=self.timeout + (wait_s or 0) + 5)
 
     def heartbeat(self, lease_id: str, progress: Mapping[str, Any] | None = None,
                   curve: list[Mapping[str, Any]] | None = None, log_tail: str | None = None) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import signal
@@ -47,8 +48,9 @@ class Backoff:
 class _Run:
     """The context an executor runs in (see ``workers.executors.RunContext``)."""
 
-    def __init__(self, daemon: WorkerDaemon, task: Task):
+    def __init__(self, daemon: WorkerDaemon, task: Task, *, show: bool = True, label: str | None = None):
         self.daemon, self.task = daemon, task
+        self.show, self.label = show, label or f"trial {task.trial_id}"  # a batch shows one bar, for all
         self.aborted = threading.Event()  # the server said stop, or the lease is over
         self.abort_reason = ""
         self.latest: dict[str, Any] = {}
@@ -63,6 +65,8 @@ class _Run:
         return self.daemon.stopping.is_set() or self.aborted.is_set()
 
     def progress(self, **fields: Any) -> None:
+        # a diverging run reports NaN losses; the server accepts finite numbers only
+        fields = {k: v for k, v in fields.items() if not (isinstance(v, float) and not math.isfinite(v))}
         with self.lock:
             self.latest.update({k: v for k, v in fields.items() if v is not None})
             if fields.get("losses"):
@@ -71,19 +75,21 @@ class _Run:
         self._show(fields)
 
     def _show(self, fields: Mapping[str, Any]) -> None:
+        if not self.show:
+            return
         step, total = fields.get("step"), fields.get("total_steps") or self.latest.get("total_steps")
         if self.daemon.progress_bar and step is not None and total:
             if self._bar is None:
                 from tqdm import tqdm
 
-                self._bar = tqdm(total=total, desc=f"trial {self.task.trial_id}", unit="step", leave=False)
+                self._bar = tqdm(total=total, desc=self.label, unit="step", leave=False)
             self._bar.n = int(step)
             self._bar.set_postfix(loss=fields.get("train_loss"), tok_s=fields.get("tokens_per_s"), refresh=False)
             self._bar.refresh()
         elif time.monotonic() - self._last_line >= self.daemon.log_every_s and step is not None:
             self._last_line = time.monotonic()
             loss, tps = self.latest.get("train_loss"), self.latest.get("tokens_per_s")
-            log.info("trial %s step %s/%s loss %s tokens/s %s", self.task.trial_id, step, total,
+            log.info("%s step %s/%s loss %s tokens/s %s", self.label, step, total,
                      f"{loss:.4f}" if isinstance(loss, float) else loss, f"{tps:.0f}" if isinstance(tps, float) else tps,
                      extra={"trial_id": self.task.trial_id})
 
@@ -124,12 +130,14 @@ class WorkerDaemon:
     state_dir: where the identity and the outbox live (survive restarts).
     join_secret: the server's join secret (for the first registration).
     max_trials: exit after this many trials (None: run until stopped).
+    batch: lease up to this many trials with the same settings at once and train them together
+        (executors with ``supports_batch``; 1: one trial at a time).
     """
 
     def __init__(self, client: MixoptClient, executor: BaseExecutor, *, name: str, state_dir: Path,
                  join_secret: str | None, capabilities: Mapping[str, Any] | None = None,
                  max_trials: int | None = None, poll_wait_s: float = 5.0, exit_when_idle_s: float | None = None,
-                 progress_bar: bool | None = None, log_every_s: float = 10.0):
+                 progress_bar: bool | None = None, log_every_s: float = 10.0, batch: int = 1):
         self.client, self.executor, self.name = client, executor, name
         self.state_dir = Path(state_dir)
         self.outbox = Outbox(self.state_dir / "outbox")
@@ -138,6 +146,7 @@ class WorkerDaemon:
         self.max_trials, self.poll_wait_s, self.exit_when_idle_s = max_trials, poll_wait_s, exit_when_idle_s
         self.progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
         self.log_every_s = log_every_s
+        self.batch = max(int(batch), 1) if executor.supports_batch else 1
         self.stopping = threading.Event()
         self.trials_done = 0
         self.worker_id: int | None = None
@@ -160,12 +169,19 @@ class WorkerDaemon:
         while not self.stopping.is_set():
             if self.max_trials is not None and self.trials_done >= self.max_trials:
                 break
-            grant = self.call(lambda c: c.lease(self.poll_wait_s))
+            want = self.batch if self.max_trials is None else min(self.batch, self.max_trials - self.trials_done)
+            grant = self.call(lambda c: c.lease(self.poll_wait_s, max_trials=want))
             if grant is None:
                 if self.exit_when_idle_s is not None and time.monotonic() - idle_since > self.exit_when_idle_s:
                     break
                 continue
-            self._run(Task.from_grant(grant), float(grant.get("heartbeat_interval_s", 10.0)))
+            grants = grant.get("leases") or [grant]  # a server before multi-lease sends no "leases"
+            heartbeat_s = min(float(g.get("heartbeat_interval_s", 10.0)) for g in grants)
+            tasks = [Task.from_grant(g) for g in grants]
+            if len(tasks) == 1:
+                self._run(tasks[0], heartbeat_s)
+            else:
+                self._run_batch(tasks, heartbeat_s)
             idle_since = time.monotonic()
         self._deliver_outbox()
         log.info("worker %s exits after %d trials", self.name, self.trials_done)
@@ -222,7 +238,7 @@ class WorkerDaemon:
                  {k: round(v, 4) for k, v in task.mixture.items()}, extra={"trial_id": task.trial_id})
         run = _Run(self, task)
         beat_stop = threading.Event()
-        beats = threading.Thread(target=self._heartbeats, args=(run, heartbeat_s, beat_stop), daemon=True)
+        beats = threading.Thread(target=self._heartbeats, args=([run], heartbeat_s, beat_stop), daemon=True)
         beats.start()
         try:
             result: ExecResult | None = self.executor.run(task, run)
@@ -234,6 +250,43 @@ class WorkerDaemon:
             beats.join(heartbeat_s + 35)
             run.close()
         self.trials_done += 1
+        self._finish(task, run, result, error)
+
+    def _run_batch(self, tasks: list[Task], heartbeat_s: float) -> None:
+        """Train several leased static trials together (``executor.run_batch``). They finish at the
+        same step, so their results are reported together at the end; each lease is heartbeated,
+        abandoned (server 'stop'), failed (e.g. its proxy diverged), completed or released on its own."""
+        keep = self.executor.batch_limit(tasks[0], len(tasks))
+        for task in tasks[keep:]:  # more than fits the device: back to the queue, no attempt counted
+            self._release(task)
+        tasks = tasks[:keep]
+        if len(tasks) == 1:
+            return self._run(tasks[0], heartbeat_s)
+        label = f"{len(tasks)} trials ({tasks[0].fidelity.get('model')})"
+        log.info("%s leased: trials %s", label, [t.trial_id for t in tasks])
+        runs = [_Run(self, t, show=i == 0, label=label) for i, t in enumerate(tasks)]
+        beat_stop = threading.Event()
+        beats = threading.Thread(target=self._heartbeats, args=(runs, heartbeat_s, beat_stop), daemon=True)
+        beats.start()
+        error = None
+        results: list[ExecResult | None] = [None] * len(tasks)
+        try:
+            results = list(self.executor.run_batch(tasks, runs))
+            if len(results) != len(tasks):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(tasks)} trials")
+        except Exception as e:  # the whole run failed: every trial is retried
+            results, error = [None] * len(tasks), f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
+        finally:
+            beat_stop.set()
+            beats.join(heartbeat_s + 35)
+            for run in runs:
+                run.close()
+        self.trials_done += len(tasks)
+        for task, run, result in zip(tasks, runs, results):
+            self._finish(task, run, result, error)
+
+    def _finish(self, task: Task, run: _Run, result: ExecResult | None, error: str | None) -> None:
+        """Report one trial's outcome (through the outbox), or release or abandon its lease."""
         if run.aborted.is_set():
             log.info("trial %s abandoned: %s", task.trial_id, run.abort_reason)
             return
@@ -249,32 +302,40 @@ class WorkerDaemon:
             self._deliver(self.outbox.put(task.lease_id, "complete", result.payload()))
         else:
             log.info("trial %s stopped before its end: releasing it", task.trial_id)
-            try:
-                self.client.release(task.lease_id)
-            except (ApiError, ServerUnavailable) as e:  # it expires and is requeued anyway
-                log.warning("could not release lease %s: %s", task.lease_id, e)
+            self._release(task)
 
-    def _heartbeats(self, run: _Run, interval: float, stop: threading.Event) -> None:
+    def _release(self, task: Task) -> None:
+        try:
+            self.client.release(task.lease_id)
+        except (ApiError, ServerUnavailable) as e:  # it expires and is requeued anyway
+            log.warning("could not release lease %s: %s", task.lease_id, e)
+
+    def _heartbeats(self, runs: list[_Run], interval: float, stop: threading.Event) -> None:
+        """Heartbeat every run that is still live, each ``interval`` seconds, until ``stop``."""
         while not stop.wait(interval):
-            progress, curve, tail = run.drain()
-            try:
-                answer = self.client.heartbeat(run.task.lease_id, progress, curve, tail)
-            except ServerUnavailable:
-                with run.lock:
-                    run.curve[:0] = curve  # send them next time
-                continue
-            except ApiError as e:
-                if e.status == 409:
-                    run.abort_reason = str(e.detail)
-                    run.aborted.set()
-                    return
-                with run.lock:
-                    run.curve[:0] = curve
-                continue
-            if answer.get("action") == "stop":
-                run.abort_reason = answer.get("reason") or "server said stop"
+            for run in runs:
+                if not run.aborted.is_set():
+                    self._heartbeat(run)
+
+    def _heartbeat(self, run: _Run) -> None:
+        progress, curve, tail = run.drain()
+        try:
+            answer = self.client.heartbeat(run.task.lease_id, progress, curve, tail)
+        except ServerUnavailable:
+            with run.lock:
+                run.curve[:0] = curve  # send them next time
+            return
+        except ApiError as e:
+            if e.status == 409:
+                run.abort_reason = str(e.detail)
                 run.aborted.set()
                 return
+            with run.lock:
+                run.curve[:0] = curve
+            return
+        if answer.get("action") == "stop":
+            run.abort_reason = answer.get("reason") or "server said stop"
+            run.aborted.set()
 
     # -- delivery ---------------------------------------------------------------------------------
     def _deliver(self, letter: Letter) -> bool:

@@ -19,7 +19,9 @@ from ..errors import InputError, MixoptError
 from ..logs import configure_logging, register_secret
 from ..settings import Settings, get_settings
 from ._limits import BodySizeLimit
+from .. import metrics
 from .routes import health, leases, studies, trials, workers
+from .routes import metrics as metrics_route
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         configure_logging(settings.log_level, settings.log_json)
     register_secret(settings.admin_token.get_secret_value() if settings.admin_token else None)
     register_secret(settings.join_secret.get_secret_value() if settings.join_secret else None)
+    register_secret(settings.metrics_token.get_secret_value() if settings.metrics_token else None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -43,6 +46,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         runner = EngineRunner(db, sweep_interval_s=settings.sweep_interval_s,
                               recommend_interval_s=settings.recommend_interval_s)
         app.state.db, app.state.runner, app.state.settings = db, runner, settings
+        metrics.instrument_pool(db)
         runner.start()
         # The imports (torch, botorch, ...) leave ~300k long-lived objects, and a full garbage
         # collection walked them all: a ~250 ms pause in whichever request triggered it. Frozen,
@@ -55,6 +59,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
             gc.unfreeze()
             runner.stop()
             db.dispose()
+            metrics.mark_process_dead()
 
     app = FastAPI(
         title="mixopt",
@@ -100,7 +105,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         raise exc
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    for module in (health, studies, trials, workers, leases):
+    app.add_middleware(metrics.MetricsMiddleware)
+    for module in (health, studies, trials, workers, leases, metrics_route):
         app.include_router(module.router)
     app.include_router(dashboard.router)
     return app

@@ -51,6 +51,14 @@ def server(
     # process (e.g. set for another command only) shows here as the default SQLite file.
     log.info("serving database %s at revision %s", _public_url(settings.database_url),
              current_revision(settings.database_url) or "(empty)")
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # one /metrics for all processes: each writes its counters there, any one sums them
+        import shutil
+
+        multiproc = settings.data_dir / f"prometheus-{os.getpid()}"
+        shutil.rmtree(multiproc, ignore_errors=True)
+        multiproc.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
     uvicorn.run(
         "service.api:create_app", factory=True, host=host or settings.host, port=port or settings.port,
         workers=workers, log_config=None,

@@ -32,6 +32,9 @@ def worker(
     max_trials: int = typer.Option(None, help="exit after this many trials"),
     exit_when_idle: float = typer.Option(None, help="exit after this many seconds without work"),
     poll_wait: float = typer.Option(5.0, help="long-poll seconds per lease request"),
+    batch: int = typer.Option(None, min=1, max=256, help=(
+        "proxy: lease up to this many trials with the same settings at once and train them together "
+        "(lowered on a GPU to what its free memory holds) [1 on CPU; 64 on a GPU]")),
 ) -> None:
     """Lease trials from the server, train them and report the losses.
 
@@ -81,13 +84,28 @@ def worker(
     if secret is None and (settings.data_dir / "join-secret").exists():  # a server on this machine
         secret = (settings.data_dir / "join-secret").read_text().strip()
     caps = {"models": models.split(",") if models else None, "max_params": max_params}
+    if batch is None:
+        batch = default_batch(device) if executor == "proxy" else 1
     daemon = WorkerDaemon(
         MixoptClient(url), runner, name=name, state_dir=state_dir,
         join_secret=secret, capabilities={k: v for k, v in caps.items() if v is not None},
-        max_trials=max_trials, poll_wait_s=poll_wait, exit_when_idle_s=exit_when_idle,
+        max_trials=max_trials, poll_wait_s=poll_wait, exit_when_idle_s=exit_when_idle, batch=batch,
     )
     daemon.install_signal_handlers()
     try:
         daemon.run()
     finally:
         lock.close()
+
+
+GPU_BATCH = 64
+"""Default ``--batch`` on a GPU: 64 ``llama-1m`` proxies train at 17.7x one proxy's speed on an
+H200; the worker lowers it per run to what free memory holds (bigger presets fit fewer)."""
+
+
+def default_batch(device: str) -> int:
+    """1 on CPU (batching gains nothing there), :data:`GPU_BATCH` on a GPU."""
+    import torch
+
+    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return GPU_BATCH if on_gpu else 1

@@ -5,6 +5,7 @@ the budget is spent and nothing is in flight."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 from ..db import FINAL, IN_FLIGHT, Database, Fidelity, Recommendation, Study, StudyDomain, StudyState, Trial, TrialState, utcnow
 from ..errors import Conflict, InputError, NotFound
 from ..schemas._trainer import check_trainer_params
+from ..metrics import observe_proposal
 from ..schemas.studies import StudyCreate
 from ..strategies import Proposal, get_strategy_class
 from ._costs import fill_costs
@@ -188,7 +190,9 @@ def advance(db: Database, study_id: int, *, attempts: int = 5) -> bool:
         if before.free > 0:
             try:
                 if not strategy.is_finished(history):
+                    t0 = time.perf_counter()
                     proposals = strategy.propose(history, before.free)
+                    observe_proposal(study.strategy, time.perf_counter() - t0)
             except Exception as e:  # a strategy bug must not take the server down, but must be seen
                 log.exception("strategy %s failed on study %s", study.strategy, study_id)
                 _fail(db, study_id, f"strategy {study.strategy} raised {type(e).__name__}: {e}")

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from ..db import HELD, Database, Fidelity, Lease, Study, StudyState, Trial, TrialState, Worker, utcnow
 from ..errors import Conflict, Forbidden, NotFound, Unauthorized
-from ..schemas.leases import Heartbeat, HeartbeatAnswer, LeaseFail, LeaseGrant, LeasedTrial, LeaseOutcome
+from ..schemas.leases import Heartbeat, HeartbeatAnswer, LeaseFail, LeasedTrial, LeaseItem, LeaseOutcome
 from ..schemas.trials import FailCreate, FidelityRef, ResultCreate
 from ..schemas.workers import WorkerCreate
 from ._costs import model_params
@@ -89,8 +89,10 @@ def _expired(trial: Trial, now: datetime) -> bool:
     return trial.lease_expires_at is not None and trial.lease_expires_at < now
 
 
-def lease_next(db: Database, worker: Worker) -> LeaseGrant | None:
-    """Lease the oldest queued trial that ``worker`` can run, or ``None``."""
+def lease_next(db: Database, worker: Worker, max_trials: int = 1, model: str | None = None) -> list[LeaseItem]:
+    """Lease the oldest queued trial that ``worker`` can run (of preset ``model`` if given), and up
+    to ``max_trials - 1`` more queued static trials with the same model, tokens and trainer settings
+    (of any study), so that a batched worker can train them together. Empty when there is no work."""
     _lazy_sweep(db)
     with db.session() as s:
         _touch(s, worker, utcnow())
@@ -100,29 +102,46 @@ def lease_next(db: Database, worker: Worker) -> LeaseGrant | None:
             .where(Study.state == StudyState.running, Study.dispatch == "workers")
             .where(select(Trial.id).where(Trial.fidelity_id == Fidelity.id, Trial.state == TrialState.queued).exists())
         ).all()
-        fidelity_ids = [f.id for f in candidates if _fits(worker, f)]
-        if not fidelity_ids:
-            return None
-        q = select(Trial).where(Trial.fidelity_id.in_(fidelity_ids), Trial.state == TrialState.queued)
+        fitting = {f.id: f for f in candidates if _fits(worker, f) and (model is None or f.model == model)}
+        if not fitting:
+            return []
+        q = select(Trial).where(Trial.fidelity_id.in_(fitting), Trial.state == TrialState.queued)
         if not (worker.capabilities or {}).get("dynamic", True):
             q = q.where(Trial.dynamic.is_(False))
         trial = s.scalars(q.order_by(Trial.id).limit(1).with_for_update(of=Trial, skip_locked=True)).first()
         if trial is None:
-            return None
-        study = s.get(Study, trial.study_id)
-        lease = grant_lease(s, trial, study.lease_seconds, worker_id=worker.id)
-        f = trial.fidelity
-        return LeaseGrant(
-            lease_id=lease.id,
-            expires_at=lease.expires_at,
-            heartbeat_interval_s=max(study.lease_seconds / 3.0, 0.2),
-            trial=LeasedTrial(
-                id=trial.id, study_id=trial.study_id, number=trial.number, mixture=trial.mixture,
-                fidelity=FidelityRef(name=f.name, model=f.model, tokens=f.tokens, params=f.params),
-                dynamic=trial.dynamic, seed=study.seed * 100_003 + trial.number, attempt=lease.attempt,
-                strategy_meta=trial.strategy_meta or {},
-            ),
-        )
+            return []
+        trials = [trial]
+        if max_trials > 1 and not trial.dynamic:
+            first = fitting[trial.fidelity_id]
+            same = [f.id for f in fitting.values() if _same_run(f, first)]
+            more = (select(Trial).where(Trial.fidelity_id.in_(same), Trial.state == TrialState.queued,
+                                        Trial.dynamic.is_(False), Trial.id != trial.id)
+                    .order_by(Trial.id).limit(max_trials - 1).with_for_update(of=Trial, skip_locked=True))
+            trials += s.scalars(more).all()
+        return [_grant(s, t, worker) for t in trials]
+
+
+def _same_run(a: Fidelity, b: Fidelity) -> bool:
+    """Trials of these fidelities train with identical settings (only mixture and seed differ)."""
+    return a.model == b.model and a.tokens == b.tokens and (a.params or {}) == (b.params or {})
+
+
+def _grant(s: Session, trial: Trial, worker: Worker) -> LeaseItem:
+    study = s.get(Study, trial.study_id)
+    lease = grant_lease(s, trial, study.lease_seconds, worker_id=worker.id)
+    f = trial.fidelity
+    return LeaseItem(
+        lease_id=lease.id,
+        expires_at=lease.expires_at,
+        heartbeat_interval_s=max(study.lease_seconds / 3.0, 0.2),
+        trial=LeasedTrial(
+            id=trial.id, study_id=trial.study_id, number=trial.number, mixture=trial.mixture,
+            fidelity=FidelityRef(name=f.name, model=f.model, tokens=f.tokens, params=f.params),
+            dynamic=trial.dynamic, seed=study.seed * 100_003 + trial.number, attempt=lease.attempt,
+            strategy_meta=trial.strategy_meta or {},
+        ),
+    )
 
 
 def _own_lease(s: Session, lease_id: str, worker: Worker) -> Lease:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._common import Count, FiniteFloat, LongText, LossValues, Mixture
+from ._common import MAX_ASK, Count, FiniteFloat, LongText, LossValues, Mixture, Name
 from .trials import CurvePoint, FidelityRef
 
 
@@ -17,6 +17,10 @@ class _In(BaseModel):
 
 class LeaseRequest(_In):
     wait_s: float | None = Field(None, ge=0, le=60, description="long-poll: seconds to wait for work before a 204")
+    max_trials: int = Field(1, ge=1, le=MAX_ASK, description=(
+        "lease up to this many trials in one call, all with the first one's model, tokens and trainer "
+        "settings (so one batched run can train them together); an online trial is always leased alone"))
+    model: Name | None = Field(None, description="only trials of this model preset")
 
 
 class LeasedTrial(BaseModel):
@@ -31,11 +35,18 @@ class LeasedTrial(BaseModel):
     strategy_meta: dict[str, Any] = Field(default_factory=dict, description="the strategy's notes")
 
 
-class LeaseGrant(BaseModel):
+class LeaseItem(BaseModel):
     lease_id: str = Field(..., description="the lease; use it for heartbeat, segment, complete, fail")
     trial: LeasedTrial = Field(..., description="the trial to run")
     expires_at: datetime = Field(..., description="the lease's expiry unless renewed by a heartbeat")
     heartbeat_interval_s: float = Field(..., description="how often to heartbeat (a third of the lease)")
+
+
+class LeaseGrant(LeaseItem):
+    """The first lease at the top level (the single-lease answer), every lease of the call in ``leases``."""
+
+    leases: list[LeaseItem] = Field(default_factory=list, description=(
+        "every lease granted by this call, the top-level one first (more than one only with `max_trials` > 1)"))
 
 
 class Progress(_In):

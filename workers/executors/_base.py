@@ -104,6 +104,8 @@ class BaseExecutor(ABC):
 
     name: ClassVar[str]
     supports_dynamic: ClassVar[bool] = False
+    supports_batch: ClassVar[bool] = False
+    """Implements :meth:`batch_limit` and :meth:`run_batch` (several static trials in one run)."""
 
     def capabilities(self) -> dict[str, Any]:
         """Sent at registration, so the server hands out only trials this executor can run."""
@@ -112,3 +114,12 @@ class BaseExecutor(ABC):
     @abstractmethod
     def run(self, task: Task, ctx: RunContext) -> ExecResult:
         """Train ``task``; raise on failure (the daemon reports it)."""
+
+    def batch_limit(self, task: Task, want: int) -> int:
+        """How many trials with ``task``'s settings one :meth:`run_batch` call takes (at most ``want``)."""
+        return 1
+
+    def run_batch(self, tasks: list[Task], ctxs: list[RunContext]) -> list[ExecResult]:
+        """Train static ``tasks`` that share their settings together, one context each; one
+        result per task, in order. Raise when the whole run failed."""
+        raise NotImplementedError(f"the {self.name} executor does not train batches")

@@ -25,13 +25,16 @@ POLL_INTERVAL_S = 0.25
 
 @router.post("", response_model=LeaseGrant, responses={204: {"description": "no work right now"}})
 async def lease(worker: WorkerDep, db: DbDep, settings: SettingsDep, body: LeaseRequest | None = None):
-    """Lease the next trial this worker can run; waits up to `wait_s` (long-poll), then 204."""
-    wait = settings.long_poll_s if body is None or body.wait_s is None else min(body.wait_s, settings.long_poll_s * 4)
+    """Lease the next trial this worker can run; waits up to `wait_s` (long-poll), then 204.
+    With `max_trials` > 1, up to that many trials sharing the first one's training settings: the
+    first at the top level, all of them in `leases`."""
+    body = body or LeaseRequest()
+    wait = settings.long_poll_s if body.wait_s is None else min(body.wait_s, settings.long_poll_s * 4)
     deadline = time.monotonic() + wait
     while True:
-        grant = await run_in_threadpool(engine.lease_next, db, worker)
-        if grant is not None:
-            return grant
+        grants = await run_in_threadpool(engine.lease_next, db, worker, body.max_trials, body.model)
+        if grants:
+            return LeaseGrant(**grants[0].model_dump(), leases=grants)
         if time.monotonic() >= deadline:
             return Response(status_code=status.HTTP_204_NO_CONTENT)
         await asyncio.sleep(min(POLL_INTERVAL_S, max(deadline - time.monotonic(), 0)))
