@@ -1,4 +1,4 @@
-"""Aioli against stratified (uniform) sampling on the demo corpus.
+"""Aioli against stratified (uniform) sampling on the demo corpus, paired over seeds.
 
 Every method trains the same proxy for the same number of optimizer steps (equal token budgets;
 Aioli's LearnParams steps count toward its budget) with the same seeds: the seed fixes the model's
@@ -6,39 +6,39 @@ initialisation and each domain's window order, so two methods with one seed diff
 domain each example is drawn from. Methods:
 
 * ``stratified``        the uniform mixture for the whole run.
-* ``aioli``             :class:`service.strategies.AioliStrategy`, driven in-process segment by
-                        segment (the strategy is pure; the server does the same over HTTP).
+* ``aioli``             :class:`service.strategies.AioliStrategy` with its defaults, driven
+                        in-process segment by segment (the strategy is pure; the server does the
+                        same over HTTP).
 * ``aioli-restricted``  the "restricted" variant: the first ``--prior-fraction`` of the steps on
-                        ``--prior-mixture`` (default uniform, i.e. stratified), then Aioli.
+                        a prior mixture, then Aioli. The prior is ``--prior-mixture``, or the
+                        recommendation of a RegMix or ADMIRE study read from a server
+                        (``--prior-from-study ID --url URL``), restricted to the setting's domains.
 * ``aioli-eta0``        a control: Aioli's schedule with ``eta = 1e-9``, so its training segments
                         stay uniform; it differs from ``stratified`` only by the LearnParams
-                        segments (smoothed one-hot batches), and from ``aioli`` only by the
-                        mixture Aioli chose. It splits Aioli's difference to stratified into the
-                        cost of measuring and the effect of re-weighting.
+                        segments, and from ``aioli`` only by the mixture Aioli chose.
+
+**Settings** (``--settings``): ``k5`` all five demo domains; ``k3`` code, dialogue and prose;
+``k2`` code and dialogue (the paper's 3- and 2-domain rows: arXiv, Books, StackExchange).
 
 **Held-out evaluation.** Aioli steers on the per-domain validation losses its segments report, so
 they are not a fair score for it. Each domain's validation tokens are split
-(``TrainConfig.test_fraction``): the head is the *steering* split (every evaluation during a run:
-Aioli's segment losses, the stratified run's curve), the tail the *test* split, evaluated once at
-the end of every run on all its windows. The score is the average per-domain test perplexity
-``mean_i exp(L_i)``; nothing was chosen by looking at it.
+(``TrainConfig.test_fraction``): the head is the *steering* split, the tail the *test* split,
+evaluated once at the end of every run on all its windows. The score is the average per-domain
+test perplexity ``mean_i exp(L_i)``; nothing was chosen by looking at it. Per method and setting
+the summary gives the paired difference to ``stratified`` per seed with a 95% t-interval, in
+perplexity and in % of stratified's perplexity.
 
-**Scaling the paper's settings.** The paper's settings are in optimizer steps of 5,000-step
-(2-3 domains) and 40,000-step (7 domains) runs; our runs have ~1,000. What the algorithm needs
-is (a) several mixture updates per run, (b) the paper's share of the run spent in LearnParams and
-(c) LearnParams segments long enough that their loss drops rise above the noise. The defaults
-(:func:`scaled_aioli_params`) keep ``rounds`` = 10 updates (``update_steps = steps / 10``), spend
-30% of each round in LearnParams (the paper's 3-domain share, 72 of 250 steps; its 2-domain share
-is 13% and its 7-domain share 70%) in one sweep (``lp_rounds = 1``: two sweeps would leave 3-step
-segments), so ``lp_steps = 0.3 * update_steps / k``; ``eta``, ``ema`` and ``one_hot_factor`` are the
-paper's row for ``k >= 4`` unchanged: ``A`` is normalised to sum 1 before the update, so the step
-size does not depend on the run's length or the loss scale.
+**Run length.** Aioli runs with the strategy's defaults (:func:`service.strategies.aioli.
+default_settings`), its warm-up being the trainer's (5% of the steps, at most 200). When the run is
+too short for ``ROUNDS`` default rounds after the warm-up, :func:`scaled_aioli_params` shortens
+the rounds and LearnParams segments, keeping the defaults' LearnParams share and sweeps.
 
-    .venv/bin/python benchmarks/aioli_vs_stratified.py --seeds 3 --jobs 2
-    .venv/bin/mixopt bench aioli --seeds 3 --jobs 2        # the same
+    .venv/bin/mixopt bench aioli --settings k5,k3,k2 --seeds 10 --steps 3000 --jobs 2
+    .venv/bin/python benchmarks/aioli_vs_stratified.py ...          # the same
 
 Writes ``--out``/aioli_vs_stratified.json (settings, every run with its segments and losses, the
-summary), .md (the table) and .png (the mixture proportions over the steps of one Aioli run).
+summaries), .md (the tables), aioli_paired_ci.png (paired differences with their intervals) and
+aioli_mixture.png (the mixture over the steps of one Aioli run).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from proxy_models import SegmentSpec, TrainConfig, ensure_demo_corpus, prepare_corpus, read_demo_manifest, train_proxy  # noqa: E402,E501
 from service.strategies import Domain, Fidelity, MixtureSpace, SearchSpace, SegmentRecord, TrialRecord  # noqa: E402
 from service.strategies.aioli import (  # noqa: E402
-    PAPER_SETTINGS,
+    MAX_LEARN_FRACTION,
     AioliStrategy,
     estimate_interactions,
     normalize_interactions,
@@ -73,10 +73,14 @@ from service.strategies.aioli import (  # noqa: E402
 METHODS = ("stratified", "aioli", "aioli-restricted", "aioli-eta0")
 ETA_OFF = 1e-9
 """``eta`` of the ``aioli-eta0`` control: ``exp(eta * c)`` is 1 up to 1e-9, the mixture stays uniform."""
-ROUNDS = 10
-"""Mixture updates per run of the scaled defaults."""
-LEARN_SHARE = 0.3
-"""Share of a round spent in LearnParams in the scaled defaults."""
+ROUNDS = 8
+"""Fewest rounds after the warm-up: shorter runs get proportionally shorter rounds."""
+SETTINGS: dict[str, tuple[str, ...] | None] = {
+    "k5": None,  # every domain of the corpus
+    "k3": ("code", "dialogue", "prose"),
+    "k2": ("code", "dialogue"),
+}
+"""Domain subsets by setting name (``None``: all)."""
 
 
 @dataclasses.dataclass
@@ -126,16 +130,25 @@ class BenchConfig:
 
 
 def scaled_aioli_params(k: int, steps: int) -> dict[str, Any]:
-    """The paper's Aioli settings for ``k`` domains scaled to a run of ``steps`` steps (see the
-    module docstring): ``ROUNDS`` rounds, ``LEARN_SHARE`` of each in one LearnParams sweep; the
-    step size, EMA and one-hot factor of the paper's row for ``k``."""
-    paper = PAPER_SETTINGS[2 if k <= 2 else 3 if k == 3 else 7]
-    update_steps = max(steps // ROUNDS, 2 * k)
-    lp_steps = max(int(round(LEARN_SHARE * update_steps / k)), 1)
-    if lp_steps * k >= update_steps:  # tiny runs (the smoke test): keep room to train in a round
-        lp_steps = max((update_steps - 1) // k, 1)
-    return {"update_steps": update_steps, "lp_rounds": 1, "lp_steps": lp_steps, "eta": paper["eta"],
-            "ema": paper["ema"], "one_hot_factor": paper["one_hot_factor"]}
+    """AioliParams overrides for a run too short for ``ROUNDS`` default rounds after the warm-up
+    (``{}`` when they fit). LearnParams segments keep the default ``lp_steps`` (shorter ones drop
+    the loss by less than its noise); sweeps go down to 2, rounds to ``(steps - warm-up) / ROUNDS``
+    but no shorter than LearnParams' ``MAX_LEARN_FRACTION`` share allows. Only a run too short
+    even for that (the smoke test's) gets two rounds of one sweep of shorter segments."""
+    space = SearchSpace(MixtureSpace(tuple(Domain(f"d{i}") for i in range(k))),
+                        (Fidelity("bench", 1.0, True, params={"steps": steps}),))
+    strategy = AioliStrategy(space, {})
+    d = strategy.settings
+    after = steps - strategy.warmup("bench")
+    if after >= ROUNDS * d.update_steps:
+        return {}
+    update_steps = after // ROUNDS
+    lp_rounds = min(d.lp_rounds, max(2, int(MAX_LEARN_FRACTION * update_steps // (k * d.lp_steps))))
+    update_steps = max(update_steps, -(-lp_rounds * k * d.lp_steps * 10 // int(MAX_LEARN_FRACTION * 10)))
+    if update_steps > after:  # tiny runs: two rounds of one sweep, room left to train
+        update_steps = max(after // 2, 2 * k + 1)
+        return {"update_steps": update_steps, "lp_rounds": 1, "lp_steps": max((update_steps - 1) // (2 * k), 1)}
+    return {"update_steps": update_steps, "lp_rounds": lp_rounds, "lp_steps": d.lp_steps}
 
 
 def aioli_params(bench: BenchConfig, method: str, domains: Sequence[str]) -> dict[str, Any]:
@@ -145,8 +158,41 @@ def aioli_params(bench: BenchConfig, method: str, domains: Sequence[str]) -> dic
         params["eta"] = ETA_OFF
     if method == "aioli-restricted":
         params["prior_steps"] = int(round(bench.prior_fraction * bench.steps))
-        params["prior_mixture"] = bench.prior_mixture or {d: 1.0 for d in domains}
+        params["prior_mixture"] = restrict(bench.prior_mixture, domains)
     return params
+
+
+def restrict(mixture: Mapping[str, float] | None, domains: Sequence[str]) -> dict[str, float]:
+    """``mixture`` on ``domains`` only, renormalised (uniform when ``None``).
+
+    Raises:
+        ValueError: when it gives none of ``domains`` any weight.
+    """
+    if mixture is None:
+        return {d: 1.0 / len(domains) for d in domains}
+    total = sum(mixture.get(d, 0.0) for d in domains)
+    if total <= 0:
+        raise ValueError(f"prior_mixture: no weight on the setting's domains {list(domains)}")
+    return {d: mixture.get(d, 0.0) / total for d in domains}
+
+
+def subset_corpus(corpus_dir: str | Path, root: str | Path, domains: Sequence[str] | None) -> Path:
+    """A corpus directory holding only ``domains`` of ``corpus_dir`` (symbolic links under
+    ``root``), or ``corpus_dir`` itself for ``None``."""
+    corpus_dir = Path(corpus_dir)
+    if domains is None:
+        return corpus_dir
+    files = {f.stem: f for f in corpus_dir.iterdir() if not f.name.startswith(".")}
+    missing = [d for d in domains if d not in files]
+    if missing:
+        raise ValueError(f"settings: the corpus {corpus_dir} has no domain {missing}")
+    out = Path(root) / f"corpus-{'-'.join(domains)}"
+    out.mkdir(parents=True, exist_ok=True)
+    for d in domains:
+        link = out / files[d].name
+        if not link.exists():
+            link.symlink_to(files[d].resolve())
+    return out
 
 
 def search_space(bench: BenchConfig, domains: Sequence[str]) -> SearchSpace:
@@ -188,8 +234,8 @@ def run_one(bench: BenchConfig, corpus_dir: str, cache_dir: str, method: str, se
     wall0, cpu0 = time.perf_counter(), time.process_time()
     record: dict[str, Any] = {"method": method, "seed": seed}
     if method == "stratified":
-        params = aioli_params(bench, "aioli", domains)  # the curve at Aioli's round boundaries
-        cfg = bench.train_config(seed, eval_every=params["update_steps"])
+        aioli = AioliStrategy(search_space(bench, domains), aioli_params(bench, "aioli", domains))
+        cfg = bench.train_config(seed, eval_every=aioli.settings.update_steps)  # the curve at Aioli's round length
         result = train_proxy(cfg, corpus, mixture={d: 1.0 / len(domains) for d in domains})
     elif method in ("aioli", "aioli-restricted", "aioli-eta0"):
         params = aioli_params(bench, method, domains)
@@ -202,14 +248,15 @@ def run_one(bench: BenchConfig, corpus_dir: str, cache_dir: str, method: str, se
         summary = summarize_run(source.records, len(domains))
         record.update(
             params=params,
-            settings=dataclasses.asdict(strategy.settings),
+            settings={**dataclasses.asdict(strategy.settings), "warmup": strategy.warmup("bench")},
             average_mixture=dict(zip(domains, summary["average"].round(6).tolist())),
             final_mixture=dict(zip(domains, summary["final"].round(6).tolist())),
             segments=[
                 {"index": r.index, "kind": r.segment.kind, "start": int(starts[i]), "steps": r.segment.steps,
                  "weights": r.segment.weights.round(6).tolist(), "losses": r.losses,
                  **({"round": r.segment.meta.get("round")}),
-                 **({"column_sums": r.segment.meta["column_sums"]} if "column_sums" in r.segment.meta else {})}
+                 **({"column_sums": r.segment.meta["column_sums"]} if "column_sums" in r.segment.meta else {}),
+                 **({"snr": r.segment.meta["snr"]} if "snr" in r.segment.meta else {})}
                 for i, r in enumerate(source.records)
             ],
         )
@@ -263,13 +310,34 @@ def learnparams_diagnostics(run: dict[str, Any]) -> dict[str, Any] | None:
                                                      run["settings"]["lp_steps"]))
     dev = a.sum(1) - 1.0 / k  # Q x k
     corr = [float(np.corrcoef(dev[q], dev[q + 1])[0, 1]) for q in range(len(dev) - 1)]
+    snr = [g["snr"] for g in segs if g["kind"] == "train" and g.get("snr") and g["snr"]["columns"] is not None]
     return {
         "rounds": rounds,
+        "snr_drop": [x["drop"] for x in snr],
+        "snr_columns": [x["columns"] for x in snr],
         "own_drop": (drops * onehot).sum(2).mean(1).tolist(),
         "other_drop": ((drops * (1 - onehot)).sum(2).mean(1) / (k - 1)).tolist(),
         "column_sums": a.sum(1).round(4).tolist(),
         "consecutive_corr": corr,
     }
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return float(np.median(values)) if len(values) else None
+
+
+def paired_ci(diff: Sequence[float], level: float = 0.95) -> dict[str, Any]:
+    """Mean, std, t statistic and the ``level`` t-interval ``ci`` of paired differences (``n - 1``
+    degrees of freedom; ``ci`` is ``None`` for fewer than 2)."""
+    from scipy import stats
+
+    d = np.asarray(diff, dtype=float)
+    out: dict[str, Any] = _mean_std(d)
+    if len(d) < 2:
+        return {**out, "t": None, "ci": None}
+    se = out["std"] / math.sqrt(len(d))
+    half = float(stats.t.ppf(0.5 + level / 2, len(d) - 1)) * se
+    return {**out, "t": out["mean"] / se if se > 0 else None, "ci": [out["mean"] - half, out["mean"] + half]}
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, float]:
@@ -304,13 +372,15 @@ def summarize(runs: Sequence[dict[str, Any]], methods: Sequence[str], seeds: Seq
                     "other_drop": np.mean([x["other_drop"] for x in diag], 0).tolist(),
                     "consecutive_corr": [float(np.mean(x["consecutive_corr"])) if x["consecutive_corr"] else None
                                          for x in diag],
+                    "snr_drop": _median([v for x in diag for v in x["snr_drop"]]),
+                    "snr_columns": _median([v for x in diag for v in x["snr_columns"]]),
                 }
         out["methods"][m] = entry
     def paired(m: str, base: str) -> dict[str, Any]:
-        diff = np.array(out["methods"][m]["test_avg_ppl"]) - np.array(out["methods"][base]["test_avg_ppl"])
-        stats = _mean_std(diff)
-        se = stats["std"] / math.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-        return {"diff": diff.tolist(), **stats, "t": stats["mean"] / se if se > 0 else None,
+        ref = np.array(out["methods"][base]["test_avg_ppl"])
+        diff = np.array(out["methods"][m]["test_avg_ppl"]) - ref
+        stats = paired_ci(diff)
+        return {"diff": diff.tolist(), **stats, "pct": paired_ci(100 * diff / ref),
                 "wins": int((diff < 0).sum()), "n": len(diff)}
 
     if "stratified" in methods:
@@ -383,20 +453,29 @@ def format_table(result: dict[str, Any]) -> str:
     perplexities and the mixtures."""
     s, seeds = result["summary"], result["seeds"]
     domains = result["runs"][0]["domains"]
+    def ci(x: dict[str, Any], unit: str = "") -> str:
+        if x["ci"] is None:
+            return f"{x['mean']:+.3f}{unit}"
+        return f"{x['mean']:+.3f}{unit} [{x['ci'][0]:+.3f}, {x['ci'][1]:+.3f}]"
+
     lines = [
-        "| method | " + " | ".join(f"seed {x}" for x in seeds) + " | mean ± std | Δ vs stratified (paired) | wins | tokens/run | CPU s/run |",
-        "|---|" + "---|" * len(seeds) + "---|---|---|---|---|",
+        "| method | test avg ppl, mean ± std | Δ vs stratified, ppl [95% CI] | Δ, % of stratified [95% CI] "
+        "| wins | seeds | tokens/run | CPU s/run |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for m, e in s["methods"].items():
         p = s["paired"].get(m)
-        delta = f"{p['mean']:+.3f} ± {p['std']:.3f}" if p else "–"
+        delta, pct = (ci(p), ci(p["pct"], "%")) if p else ("–", "–")
         wins = f"{p['wins']}/{p['n']}" if p else "–"
-        lines.append(f"| {m} | " + " | ".join(f"{v:.3f}" for v in e["test_avg_ppl"])
-                     + f" | {e['mean']:.3f} ± {e['std']:.3f} | {delta} | {wins} | {e['tokens'][0]:,} | {e['cpu_s']['mean']:.0f} |")
+        lines.append(f"| {m} | {e['mean']:.3f} ± {e['std']:.3f} | {delta} | {pct} | {wins} | {len(seeds)} "
+                     f"| {e['tokens'][0]:,} | {e['cpu_s']['mean']:.0f} |")
+    lines += ["", "| method | " + " | ".join(f"seed {x}" for x in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    for m, e in s["methods"].items():
+        lines.append(f"| {m} | " + " | ".join(f"{v:.3f}" for v in e["test_avg_ppl"]) + " |")
     if "reweighting" in s:
         r = s["reweighting"]
         lines += ["", f"aioli − aioli-eta0 (the re-weighting alone, same LearnParams schedule; paired): "
-                      f"{r['mean']:+.3f} ± {r['std']:.3f}, aioli better in {r['wins']}/{r['n']} seeds"]
+                      f"{ci(r)} ppl, aioli better in {r['wins']}/{r['n']} seeds"]
     lines += ["", "| method | " + " | ".join(domains) + " | steering-split avg ppl |",
               "|---|" + "---|" * len(domains) + "---|"]
     for m, e in s["methods"].items():
@@ -412,14 +491,16 @@ def format_table(result: dict[str, Any]) -> str:
     if diag:
         lines += ["", "LearnParams diagnostics (steering split; loss drop per LearnParams segment, mean over seeds):", "",
                   "| method | own-domain drop: first round / later rounds | other-domain drop: first / later | "
-                  "corr. of 1ᵀA between consecutive rounds (per seed) |", "|---|---|---|---|"]
+                  "signal/noise: drop · 1ᵀA spread (median) | corr. of 1ᵀA between consecutive rounds (per seed) |",
+                  "|---|---|---|---|---|"]
 
         def first_later(v: list[float]) -> str:
             return f"{v[0]:+.4f} / {np.mean(v[1:]):+.4f}" if len(v) > 1 else f"{v[0]:+.4f} / –"
 
         for m, x in diag.items():
             corr = ", ".join("–" if c is None else f"{c:+.2f}" for c in x["consecutive_corr"])
-            lines.append(f"| {m} | {first_later(x['own_drop'])} | {first_later(x['other_drop'])} | {corr} |")
+            snr = " · ".join("–" if v is None else f"{v:.2f}" for v in (x.get("snr_drop"), x.get("snr_columns")))
+            lines.append(f"| {m} | {first_later(x['own_drop'])} | {first_later(x['other_drop'])} | {snr} | {corr} |")
     return "\n".join(lines)
 
 
@@ -460,6 +541,32 @@ def plot_mixture(run: dict[str, Any], path: str | Path) -> None:
     plt.close(fig)
 
 
+def plot_paired(results: Mapping[str, dict[str, Any]], path: str | Path) -> None:
+    """Per setting and method: the paired difference to stratified in % of its perplexity, every
+    seed as a dot and the mean with its 95% t-interval; the dashed lines mark 0 and +0.5%."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(name, m, p) for name, r in results.items() for m, p in r["summary"].get("paired", {}).items()]
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.5))
+    for y, (name, m, p) in enumerate(rows):
+        pct = p["pct"]
+        ref = np.array(results[name]["summary"]["methods"]["stratified"]["test_avg_ppl"])
+        ax.scatter(100 * np.array(p["diff"]) / ref, np.full(len(ref), y), s=12, color="0.6", zorder=2)
+        lo, hi = pct["ci"] if pct["ci"] else (pct["mean"], pct["mean"])
+        ax.errorbar(pct["mean"], y, xerr=[[pct["mean"] - lo], [hi - pct["mean"]]], fmt="o", color="C0", capsize=4, zorder=3)
+    ax.axvline(0, color="0.3", lw=1)
+    ax.axvline(0.5, color="C3", lw=1, ls="--")
+    ax.set_yticks(range(len(rows)), [f"{name} {m} (n={p['n']})" for name, m, p in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel("test avg perplexity vs stratified, % (paired; mean and 95% CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="aioli_vs_stratified", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -473,11 +580,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--test-fraction", type=float, default=d.test_fraction, help="share of the held-out tokens in the test split")
     parser.add_argument("--vocab-size", type=int, default=d.vocab_size)
     parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1, the same for every method")
-    parser.add_argument("--methods", default=",".join(METHODS[:2]), help=f"comma-separated, of {', '.join(METHODS)}")
+    parser.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1, the same for every method")
+    parser.add_argument("--methods", default="stratified,aioli,aioli-eta0", help=f"comma-separated, of {', '.join(METHODS)}")
     parser.add_argument("--aioli", default="{}", help="JSON AioliParams over the scaled defaults")
     parser.add_argument("--prior-fraction", type=float, default=d.prior_fraction, help="aioli-restricted: share of steps on the prior")
     parser.add_argument("--prior-mixture", default=None, help="aioli-restricted: JSON mixture (default uniform)")
+    parser.add_argument("--prior-from-study", type=int, default=None, help="aioli-restricted: the prior is this study's "
+                        "recommendation (e.g. a RegMix or ADMIRE study), read from the server at --url")
+    parser.add_argument("--url", default=None, help="server of --prior-from-study (default $MIXOPT_URL or http://127.0.0.1:8000)")
+    parser.add_argument("--settings", default="k5", help=f"comma-separated domain settings, of {', '.join(SETTINGS)}")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (separate processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--corpus", type=Path, default=None, help="corpus dir (default: the demo corpus, built if missing)")
@@ -492,6 +603,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         prior = json.loads(args.prior_mixture) if args.prior_mixture else None
     except json.JSONDecodeError as exc:
         parser.error(f"--aioli/--prior-mixture: bad JSON: {exc}")
+    if args.prior_from_study is not None:
+        if prior is not None:
+            parser.error("--prior-from-study: give it or --prior-mixture, not both")
+        from workers.client import MixoptClient
+
+        with MixoptClient(args.url) as client:
+            prior = client.recommendation(args.prior_from_study)["mixture"]
+    names = [x.strip() for x in args.settings.split(",") if x.strip()]
+    if not names or any(x not in SETTINGS for x in names):
+        parser.error(f"--settings: unknown {[x for x in names if x not in SETTINGS]}; known: {', '.join(SETTINGS)}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if any(m not in METHODS for m in methods):
         parser.error(f"--methods: unknown {[m for m in methods if m not in METHODS]}; known: {', '.join(METHODS)}")
@@ -506,39 +627,48 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     from tqdm import tqdm
 
-    # Every finished run is appended to a partial file; --resume reuses those of the same settings.
     args.out.mkdir(parents=True, exist_ok=True)
-    partial = args.out / "aioli_vs_stratified.partial.jsonl"
-    key = json.dumps(dataclasses.asdict(bench), sort_keys=True)
-    done = []
-    if args.resume and partial.exists():
-        lines = partial.read_text().splitlines()
-        if lines and lines[0] == key:
-            done = [json.loads(line) for line in lines[1:] if line.strip()]
-    if not done:
-        partial.write_text(key + "\n")
     seeds = list(range(args.seeds))
-    with tqdm(total=len(seeds) * len(methods), desc="proxy runs") as bar:
-        def progress(run: dict[str, Any]) -> None:
-            bar.update()
-            with partial.open("a") as f:
-                f.write(json.dumps(run) + "\n")
-            bar.write(f"{run['method']:>16} seed {run['seed']}: test avg ppl {run['test_avg_ppl']:.3f} "
-                      f"(steering {run['val_avg_ppl']:.3f}), {run['cpu_s']:.0f} CPU s, {run['wall_s']:.0f} s")
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {}
+    for name in names:
+        domains = SETTINGS[name]
+        corpus = subset_corpus(corpus_dir, args.cache_dir, domains)
+        # Every finished run is appended to a partial file; --resume reuses those of the same settings.
+        partial = args.out / f"aioli_vs_stratified.{name}.partial.jsonl"
+        key = json.dumps({**dataclasses.asdict(bench), "domains": domains}, sort_keys=True)
+        done = []
+        if args.resume and partial.exists():
+            lines = partial.read_text().splitlines()
+            if lines and lines[0] == key:
+                done = [json.loads(line) for line in lines[1:] if line.strip()]
+        if not done:
+            partial.write_text(key + "\n")
+        with tqdm(total=len(seeds) * len(methods), desc=f"{name}: proxy runs") as bar:
+            def progress(run: dict[str, Any]) -> None:
+                bar.update()
+                with partial.open("a") as f:
+                    f.write(json.dumps(run) + "\n")
+                bar.write(f"{name} {run['method']:>16} seed {run['seed']}: test avg ppl {run['test_avg_ppl']:.3f} "
+                          f"(steering {run['val_avg_ppl']:.3f}), {run['cpu_s']:.0f} CPU s, {run['wall_s']:.0f} s")
 
-        bar.update(sum((r["method"], r["seed"]) in {(m, s) for m in methods for s in seeds} for r in done))
-        result = run_benchmark(bench, corpus_dir, args.cache_dir, methods, seeds, jobs=args.jobs, progress=progress,
-                               done=done)
-    result["corpus"] = read_demo_manifest(corpus_dir)  # the demo corpus's fingerprint; None for another corpus
-    table = format_table(result)
+            bar.update(sum((r["method"], r["seed"]) in {(m, s) for m in methods for s in seeds} for r in done))
+            results[name] = run_benchmark(bench, corpus, args.cache_dir, methods, seeds, jobs=args.jobs,
+                                          progress=progress, done=done)
+    result = {"settings": results, "wall_s": time.perf_counter() - t0,
+              "corpus": read_demo_manifest(corpus_dir),  # the demo corpus's fingerprint; None for another corpus
+              "command": "mixopt bench aioli " + " ".join(argv if argv is not None else sys.argv[1:])}
+    table = "\n\n".join(f"### {name}: {', '.join(r['runs'][0]['domains'])}\n\n{format_table(r)}" for name, r in results.items())
     print(table)
     (args.out / "aioli_vs_stratified.json").write_text(json.dumps(result, indent=1))
     (args.out / "aioli_vs_stratified.md").write_text(table + "\n")
-    aioli_runs = [r for r in result["runs"] if r["method"] == "aioli"] or [r for r in result["runs"] if "segments" in r]
+    plot_paired(results, args.out / "aioli_paired_ci.png")
+    aioli_runs = [r for res in results.values() for r in res["runs"] if r["method"] == "aioli"]
+    aioli_runs = aioli_runs or [r for res in results.values() for r in res["runs"] if "segments" in r]
     if aioli_runs:
         plot_mixture(aioli_runs[0], args.out / "aioli_mixture.png")
-    print(f"wrote {args.out}/aioli_vs_stratified.{{json,md}}" + (", aioli_mixture.png" if aioli_runs else "")
-          + f" ({result['wall_s']:.0f} s)")
+    print(f"wrote {args.out}/aioli_vs_stratified.{{json,md}}, aioli_paired_ci.png"
+          + (", aioli_mixture.png" if aioli_runs else "") + f" ({result['wall_s']:.0f} s)")
     return result
 
 

@@ -249,3 +249,44 @@ def test_healthz(client):
 def test_domains_order_is_kept(client):
     sid = client.post("/api/v1/studies", json=study_body()).json()["id"]
     assert [d["name"] for d in client.get(f"/api/v1/studies/{sid}").json()["domains"]] == DOMAINS
+
+
+def test_aioli_prior_chained_from_another_studys_recommendation(client):
+    """A restricted Aioli study whose prior mixture is another study's recommendation, resolved
+    by the server at creation (on a subset of that study's domains: restricted, renormalised)."""
+    source = client.post("/api/v1/studies", json=study_body(budget={"max_trials": 6}, parallelism=2)).json()["id"]
+    client.post(f"/api/v1/studies/{source}/start")
+    _run_study(client, source)
+    rec = client.get(f"/api/v1/studies/{source}/recommendation").json()["mixture"]
+
+    def aioli(domains, **params):
+        return study_body(domains=[{"name": d} for d in domains],
+                          fidelities=[{"name": "proxy", "target": True, "params": {"steps": 2000}}],
+                          strategy={"name": "aioli", "params": {"prior_steps": 500, **params}})
+
+    r = client.post("/api/v1/studies", json=aioli(DOMAINS, prior_mixture_from_study=source))
+    assert r.status_code == 201, r.text
+    params = r.json()["strategy"]["params"]
+    assert params["prior_mixture_from_study"] == source
+    assert params["prior_mixture"] == pytest.approx(rec)
+    sid = r.json()["id"]
+    client.post(f"/api/v1/studies/{sid}/start")
+    trial = client.post(f"/api/v1/studies/{sid}/ask", json={"n": 1}).json()["trials"][0]
+    assert trial["mixture"] == pytest.approx(rec)  # the run starts on the recommended mixture
+
+    sub = client.post("/api/v1/studies", json=aioli(["code", "math"], prior_mixture_from_study=source)).json()
+    total = rec["code"] + rec["math"]
+    assert sub["strategy"]["params"]["prior_mixture"] == pytest.approx({"code": rec["code"] / total, "math": rec["math"] / total})
+
+    draft = client.post("/api/v1/studies", json=study_body()).json()["id"]
+    field = "body.strategy.params.prior_mixture_from_study"
+    for domains, params, message in [
+        (DOMAINS, {"prior_mixture_from_study": 999_999}, "does not exist"),
+        (DOMAINS, {"prior_mixture_from_study": draft}, "no recommendation yet"),
+        (["web", "law"], {"prior_mixture_from_study": source}, "no weight for the domains ['law']"),
+        (DOMAINS, {"prior_mixture_from_study": source, "prior_mixture": {"web": 1.0}}, "not both"),
+    ]:
+        r = client.post("/api/v1/studies", json=aioli(domains, **params))
+        assert _loc(r) == field and message in r.json()["detail"][0]["msg"], r.text
+    r = client.post("/api/v1/studies", json=aioli(DOMAINS, prior_mixture_from_study="one"))
+    assert _loc(r) == field

@@ -9,6 +9,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from proxy_models import DEMO_CORPUS_FINGERPRINT
@@ -37,24 +38,65 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def test_scaled_params_fit_the_run(bench):
-    p = bench.scaled_aioli_params(5, 960)
-    assert p["update_steps"] == 96 and p["lp_rounds"] == 1 and p["lp_steps"] == 6  # 30 of 96 steps in LearnParams
-    assert (p["eta"], p["ema"], p["one_hot_factor"]) == (1.0, 0.1, 0.75)  # the paper's k >= 4 row
+    assert bench.scaled_aioli_params(5, 3000) == {}  # 8 default rounds of 250 fit after the warm-up
+    p = bench.scaled_aioli_params(2, 1000)  # 950 steps after the warm-up: 8 rounds of 118
+    assert p == {"update_steps": 118, "lp_rounds": 4, "lp_steps": 4}
+    p = bench.scaled_aioli_params(5, 1000)  # the default 2 sweeps of 6 steps, <= 30% of a round
+    assert p == {"update_steps": 200, "lp_rounds": 2, "lp_steps": 6}
+    for k in (2, 3, 5):
+        for steps in (300, 600, 1000, 2000):
+            q = bench.scaled_aioli_params(k, steps)
+            assert q["lp_rounds"] >= 2 and q["lp_rounds"] * k * q["lp_steps"] <= 0.3 * q["update_steps"]
     tiny = bench.scaled_aioli_params(5, STEPS)
-    assert tiny["lp_steps"] * 5 < tiny["update_steps"] <= STEPS
+    assert tiny["lp_steps"] * 5 < tiny["update_steps"] <= STEPS // 2
+
+
+def test_paired_ci_is_the_t_interval(bench):
+    from scipy import stats
+
+    d = [1.0, -0.5, 2.0, 0.3, 0.7]
+    ci = bench.paired_ci(d)
+    half = stats.t.ppf(0.975, 4) * np.std(d, ddof=1) / np.sqrt(5)
+    assert ci["ci"] == pytest.approx([np.mean(d) - half, np.mean(d) + half])
+    assert bench.paired_ci([1.0])["ci"] is None
+
+
+def test_restricted_prior_and_subset_corpus(bench, corpus, tmp_path):
+    assert bench.restrict({"code": 0.3, "dialogue": 0.1, "news": 0.6}, ["code", "dialogue"]) == pytest.approx(
+        {"code": 0.75, "dialogue": 0.25})
+    assert bench.restrict(None, ["a", "b"]) == {"a": 0.5, "b": 0.5}
+    with pytest.raises(ValueError, match="prior_mixture"):
+        bench.restrict({"news": 1.0}, ["code"])
+    sub = bench.subset_corpus(corpus, tmp_path, bench.SETTINGS["k2"])
+    assert sorted(p.stem for p in sub.iterdir()) == ["code", "dialogue"]
+    assert bench.subset_corpus(corpus, tmp_path, None) == corpus
+    with pytest.raises(ValueError, match="settings"):
+        bench.subset_corpus(corpus, tmp_path, ["nope"])
 
 
 def test_benchmark_end_to_end(bench, corpus, tmp_path):
     out = tmp_path / "out"
     result = bench.main([
         "--steps", str(STEPS), "--batch-size", str(BATCH), "--seq-len", str(SEQ), "--eval-tokens", "256",
-        "--vocab-size", "1024", "--seeds", "1", "--jobs", "1", "--methods", "stratified,aioli,aioli-restricted,aioli-eta0",
+        "--vocab-size", "1024", "--seeds", "2", "--jobs", "1", "--methods", "stratified,aioli,aioli-restricted,aioli-eta0",
+        "--settings", "k5,k2", "--prior-mixture", '{"code": 0.6, "dialogue": 0.2, "news": 0.2}',
         "--corpus", str(corpus), "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
     ])
-    saved = json.loads((out / "aioli_vs_stratified.json").read_text())
-    assert saved["summary"] == json.loads(json.dumps(result["summary"]))
-    assert saved["corpus"]["fingerprint"] == DEMO_CORPUS_FINGERPRINT  # the report states the corpus it ran on
+    saved_all = json.loads((out / "aioli_vs_stratified.json").read_text())
+    assert set(saved_all["settings"]) == {"k5", "k2"}
+    assert saved_all["corpus"]["fingerprint"] == DEMO_CORPUS_FINGERPRINT  # the report states the corpus it ran on
+    k2 = saved_all["settings"]["k2"]
+    assert all(r["domains"] == ["code", "dialogue"] for r in k2["runs"])
+    restricted2 = next(r for r in k2["runs"] if r["method"] == "aioli-restricted")["segments"][0]
+    assert restricted2["kind"] == "prior" and restricted2["weights"] == pytest.approx([0.75, 0.25])
+    saved = saved_all["settings"]["k5"]
+    saved["runs"] = [r for r in saved["runs"] if r["seed"] == 0]
+    assert saved["summary"] == json.loads(json.dumps(result["settings"]["k5"]["summary"]))
     assert (out / "aioli_mixture.png").stat().st_size > 10_000
+    assert (out / "aioli_paired_ci.png").stat().st_size > 10_000
+    ci = saved["summary"]["paired"]["aioli"]
+    lo, hi = ci["ci"]
+    assert lo < ci["mean"] < hi and ci["n"] == 2 and ci["pct"]["ci"][0] < ci["pct"]["mean"] < ci["pct"]["ci"][1]
     table = (out / "aioli_vs_stratified.md").read_text()
     assert all(f"| {m} |" in table for m in ("stratified", "aioli", "aioli-restricted", "aioli-eta0"))
 
@@ -71,7 +113,7 @@ def test_benchmark_end_to_end(bench, corpus, tmp_path):
 
     aioli = runs["aioli"]
     kinds = [s["kind"] for s in aioli["segments"]]
-    assert kinds[0] == "eval" and "learn" in kinds and kinds[-1] == "train"
+    assert kinds[0] == "warmup" and "learn" in kinds and kinds[-1] == "train"  # no LearnParams in the warm-up
     assert sum(s["steps"] for s in aioli["segments"]) == STEPS
     assert all(s["losses"] is not None and set(s["losses"]) == domains for s in aioli["segments"][:-1])
     # what Aioli steered on is what the trainer reported on the steering split
@@ -82,18 +124,18 @@ def test_benchmark_end_to_end(bench, corpus, tmp_path):
     assert any(s["weights"] != pytest.approx([0.2] * 5, abs=1e-3) for s in aioli["segments"] if s["kind"] == "train")
     restricted = runs["aioli-restricted"]["segments"]
     assert restricted[0]["kind"] == "prior" and restricted[0]["steps"] == STEPS // 2
-    assert restricted[0]["weights"] == pytest.approx([0.2] * 5)
+    assert restricted[0]["weights"] == pytest.approx([0.6, 0.2, 0.0, 0.2, 0.0])  # code, dialogue, legal, news, prose
 
     summary = saved["summary"]
-    assert summary["methods"]["stratified"]["test_avg_ppl"] == [runs["stratified"]["test_avg_ppl"]]
+    assert summary["methods"]["stratified"]["test_avg_ppl"][0] == runs["stratified"]["test_avg_ppl"]
     paired = summary["paired"]["aioli"]
-    assert paired["n"] == 1 and paired["diff"][0] == pytest.approx(
+    assert paired["n"] == 2 and paired["diff"][0] == pytest.approx(
         runs["aioli"]["test_avg_ppl"] - runs["stratified"]["test_avg_ppl"])
     assert summary["methods"]["aioli"]["tokens"] == summary["methods"]["stratified"]["tokens"] == [STEPS * BATCH * SEQ]
     learn_rounds = {s["round"] for s in aioli["segments"] if s["kind"] == "learn"}
     diag = summary["methods"]["aioli"]["learnparams"]
     assert len(diag["own_drop"]) == len(diag["other_drop"]) == len(learn_rounds) >= 2
-    assert len(diag["consecutive_corr"]) == 1 and "LearnParams diagnostics" in table
+    assert len(diag["consecutive_corr"]) == 2 and "LearnParams diagnostics" in table  # one per seed
     assert "learnparams" not in summary["methods"]["stratified"]
     assert summary["reweighting"]["diff"][0] == pytest.approx(
         runs["aioli"]["test_avg_ppl"] - runs["aioli-eta0"]["test_avg_ppl"])

@@ -89,17 +89,97 @@ def cosine(x: np.ndarray, y: np.ndarray) -> float:
 
 def test_registered_and_paper_defaults_by_number_of_domains():
     assert "aioli" in available_strategies()
-    for k, row in [(2, 2), (3, 3), (7, 7)]:
+    for k in (2, 3):  # the paper's own rows, one_hot_factor included
         s = make(k, 5000).settings
-        paper = PAPER_SETTINGS[row]
-        assert (s.lp_rounds, s.lp_steps, s.eta, s.ema, s.update_steps, s.one_hot_factor) == (
-            paper["lp_rounds"], paper["lp_steps"], paper["eta"], paper["ema"], paper["update_steps"], paper["one_hot_factor"]
+        paper = PAPER_SETTINGS[k]
+        assert (s.lp_rounds, s.lp_steps, s.eta, s.ema, s.update_steps) == (
+            paper["lp_rounds"], paper["lp_steps"], paper["eta"], paper["ema"], paper["update_steps"]
         )
-    # 17 domains: LearnParams is 2 * 17 * 10 = 340 steps; the round grows to keep it <= 70%.
+        assert s.one_hot_factor == pytest.approx(paper["one_hot_factor"])
+    # k >= 4: the 3-domain row with 2 sweeps, not the released 7-domain setting (0.75, eta 1)
+    s7 = make(7, 5000).settings
+    assert (s7.lp_rounds, s7.lp_steps, s7.eta, s7.ema) == (2, 6, 0.1, 0.5)
+    assert s7.one_hot_factor == pytest.approx(1.5 / 7) and s7.update_steps == 300  # 84 steps <= 30%
+    # 17 domains: LearnParams is 2 * 17 * 6 = 204 steps; the round grows to keep it <= 30%.
     s17 = make(17, 5000).settings
-    assert s17.learn_steps(17) == 340 and s17.update_steps == 500
+    assert s17.learn_steps(17) == 204 and s17.update_steps == 700
     assert make(3, 5000, ema="off").settings.ema is None
     assert make(3, 5000, ema=0.0).settings.ema == 0.0
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 5, 7, 10, 17])
+def test_default_one_hot_weight_is_a_multiple_of_uniform(k):
+    s = make(k, 5000).settings
+    multiple = 1.25 if k <= 2 else 1.5
+    assert s.one_hot_factor == pytest.approx(multiple / k) and s.one_hot_multiple == pytest.approx(multiple)
+    # the mixture trained in LearnParams: multiple x uniform on the favoured domain, the rest shared
+    w = make(k, 5000).learn_mixtures
+    np.testing.assert_allclose(np.diag(w), multiple / k)
+    np.testing.assert_allclose(w.sum(1), 1.0)
+    assert w.max() * k <= 1.5 + 1e-9 and w[~np.eye(k, dtype=bool)].min() * k >= (k - 1.5) / (k - 1) - 1e-9
+    assert make(k, 5000, lp_rounds=1).settings.lp_rounds == 1  # explicit values still win
+    assert make(k, 5000, one_hot_multiple=2.0).settings.one_hot_factor == pytest.approx(2.0 / k)
+    assert make(k, 5000, one_hot_factor=0.9).settings.one_hot_factor == 0.9  # backward compatible
+    assert make(k, 5000).settings.lp_rounds >= 2  # the loss drops' noise is measurable
+
+
+def test_one_hot_multiple_and_factor_are_exclusive_and_bounded():
+    for params, field in [({"one_hot_multiple": 1.5, "one_hot_factor": 0.5}, "one_hot_multiple"),
+                          ({"one_hot_multiple": 3.5}, "one_hot_multiple")]:
+        with pytest.raises(ValueError, match=rf"^{field}: "):
+            make(3, 1000, **params).check()
+    with pytest.raises(ValidationError, match="one_hot_multiple"):
+        make(3, 1000, one_hot_multiple=1.0)  # uniform: W singular
+
+
+@pytest.mark.parametrize(
+    "budget, fidelity_params, params, warmup",
+    [
+        (1000, {}, {}, 50),  # the trainer's default: 5% of the steps
+        (5000, {}, {}, 200),  # ... at most 200
+        (10, {}, {}, 1),  # ... at least 1
+        (1000, {"warmup": 120}, {}, 120),  # the fidelity's own warm-up
+        (1000, {"warmup": 120}, {"warmup_steps": 0}, 0),  # an explicit override
+        (1000, {}, {"prior_steps": 30, "prior_mixture": {"d0": 1.0, "d1": 1.0, "d2": 1.0}}, 50),
+        (1000, {}, {"prior_steps": 300, "prior_mixture": {"d0": 1.0, "d1": 1.0, "d2": 1.0}}, 300),
+    ],
+)
+def test_no_learnparams_segment_during_the_learning_rate_warmup(budget, fidelity_params, params, warmup):
+    from proxy_models import TrainConfig
+
+    target = Fidelity("target", 1.0, True, params={"steps": budget, **fidelity_params})
+    strategy = make(3, target=target, **params)
+    if not params:  # the strategy's warm-up is the trainer's for the same fidelity
+        assert strategy.warmup("target") == TrainConfig.from_fidelity(None, None, target.params).warmup_steps
+    plan = strategy.plan(trial_of(strategy))
+    starts = np.concatenate([[0], np.cumsum(plan.steps)[:-1]])
+    learn = np.array(plan.kinds) == "learn"
+    assert plan.steps.sum() == budget
+    pre = [(kd, st) for kd, st in zip(plan.kinds, plan.steps) if kd in ("prior", "warmup")]
+    assert sum(st for _, st in pre) == min(warmup, budget)
+    if budget < 100:  # a run shorter than a round: no LearnParams at all
+        assert not learn.any()
+        return
+    assert starts[learn].min() == warmup  # the first round starts right after the warm-up
+    assert ("eval" in plan.kinds) == (warmup == 0)  # L^0: the warm-up's evaluation, else a 0-step one
+    segments, _ = simulate(strategy, A3, eval_noise=1e-4, step_noise=1e-4)
+    first = next(i for i, r in enumerate(segments) if r.segment.kind == "learn")
+    assert sum(r.segment.steps for r in segments[:first]) == warmup
+    assert all(r.segment.weights == pytest.approx(strategy.prior) for r in segments[:first])
+
+
+def test_lp_rounds_of_two_measure_the_signal_to_noise():
+    segments, _ = simulate(make(3, 3000), A3, eval_noise=1e-4, step_noise=1e-4, seed=3)
+    train = [r.segment for r in segments if r.segment.kind == "train" and r.segment.meta["estimates"]]
+    snr = [seg.meta["snr"] for seg in train]
+    # one LearnParams segment lowers a loss by 6 * (1-4.5e-3) ~ 0.01-0.03 against noise ~2e-4
+    assert all(x["noise"] == pytest.approx(2.2e-4, rel=0.6) and x["drop"] > 20 and x["columns"] > 3 for x in snr)
+    noisy, _ = simulate(make(3, 3000), A3, eval_noise=1e-4, step_noise=3e-2, seed=3)
+    worse = [r.segment.meta["snr"] for r in noisy if r.segment.kind == "train" and r.segment.meta["estimates"]]
+    assert np.median([x["columns"] for x in worse]) < 1 < np.median([x["columns"] for x in snr])
+    one = [r.segment.meta["snr"] for r in simulate(make(3, 3000, lp_rounds=1), A3)[0]
+           if r.segment.kind == "train" and r.segment.meta["estimates"]]
+    assert one and all(x == {"noise": None, "drop": None, "columns": None} for x in one)
 
 
 def test_step_budget_from_fidelity():
@@ -185,10 +265,12 @@ def test_spaces_aioli_cannot_run_on_are_rejected():
 @pytest.mark.parametrize(
     "k, budget, params",
     [
-        (3, 5000, {}),  # 20 full rounds
-        (3, 1037, {}),  # a short last round, still with room for LearnParams
-        (3, 1010, {}),  # a last round of 10 steps: no LearnParams, trains on the current mixture
-        (3, 50, {}),  # less than one LearnParams phase: one plain segment
+        (3, 5000, {}),  # a 200-step warm-up, then 19 full rounds and a short one
+        (3, 1037, {"warmup_steps": 0}),  # a short last round, still with room for LearnParams
+        (3, 1010, {"warmup_steps": 0}),  # a last round of 10 steps: no LearnParams, trains on the current mixture
+        (3, 1060, {}),  # the same after the 53-step warm-up: a last round of 7 steps
+        (3, 50, {"warmup_steps": 0}),  # less than one LearnParams phase: one plain segment
+        (3, 50, {}),  # a 2-step warm-up, then 48 steps without LearnParams
         (2, 777, {"update_steps": 60, "lp_rounds": 2, "lp_steps": 3}),
         (7, 1000, {}),
         (3, 900, {"prior_steps": 250, "prior_mixture": {"d0": 0.6, "d1": 0.3, "d2": 0.1}}),
@@ -207,8 +289,11 @@ def test_budget_is_respected_exactly(k, budget, params):
     rounds_with_learn = len({r.segment.meta["round"] for r in segments if r.segment.kind == "learn"})
     assert learn == rounds_with_learn * s.learn_steps(k)  # LearnParams steps are in the budget
     assert [r.segment.evaluate_after for r in segments] == [True] * (len(segments) - 1) + [False]
+    warmup = strategy.warmup("target")
     if params.get("prior_steps"):
         assert kinds[0] == "prior" and steps[0] == min(params["prior_steps"], budget)
+    elif warmup:
+        assert kinds[0] == "warmup" and steps[0] == warmup  # L^0 of the first round: its evaluation
     elif "learn" in kinds:
         assert kinds[0] == "eval" and steps[0] == 0  # L^0 of the first round: a pure evaluation
     by_round: dict[int, list[str]] = {}
@@ -333,7 +418,7 @@ def test_lstsq_estimator_against_the_exact_solve_at_several_noise_levels(k):
 @pytest.mark.parametrize("ema", [None, "off"], ids=["ema", "multiplicative"])
 def test_update_favours_the_domains_that_lower_the_average_loss_most(a, ema):
     params = {} if ema is None else {"ema": ema}
-    strategy = make(3, 5000, **params)
+    strategy = make(3, 5200, **params)  # 200 warm-up steps, then 20 full rounds
     segments, final = simulate(strategy, a, eval_noise=1e-4, step_noise=1e-4, seed=2)
     train = [r.segment.weights for r in segments if r.segment.kind == "train"]
     order = np.argsort(a.sum(0))

@@ -65,6 +65,9 @@ def create_study(session: Session, body: StudyCreate) -> Study:
             raise InputError(("body", "fidelities", i, *field.split(".")), msg) from None
     costs = fill_costs(body.fidelities, targets[0])
     _check_objective(body, set(names))
+    params = _chained_prior(session, body.strategy.params, names)
+    if params is not body.strategy.params:
+        body = body.model_copy(update={"strategy": body.strategy.model_copy(update={"params": params})})
 
     study = Study(
         name=body.name,
@@ -103,6 +106,31 @@ def create_study(session: Session, body: StudyCreate) -> Study:
 
 MAX_OBJECTIVE_WEIGHT = 1e6
 """Largest weight of a ``weighted_loss`` objective: with losses bounded too, no result overflows it."""
+
+
+def _chained_prior(session: Session, params: dict, names: list[str]) -> dict:
+    """``params`` with ``prior_mixture`` set from the latest recommendation of the study named by
+    ``prior_mixture_from_study`` (restricted to ``names`` and renormalised), or ``params`` itself
+    when it names none. A study that starts from another study's result (e.g. Aioli's restricted
+    variant from a RegMix or ADMIRE recommendation)."""
+    source = params.get("prior_mixture_from_study")
+    if source is None or isinstance(source, bool) or not isinstance(source, int):
+        return params  # absent, or the strategy's own validation names the bad type
+    loc = ("body", "strategy", "params", "prior_mixture_from_study")
+    if params.get("prior_mixture") is not None:
+        raise InputError(loc, "give prior_mixture_from_study or prior_mixture, not both")
+    if session.get(Study, source) is None:
+        raise InputError(loc, f"study {source} does not exist")
+    rec = latest_recommendation(session, source)
+    if rec is None:
+        raise InputError(loc, f"study {source} has no recommendation yet")
+    missing = [d for d in names if d not in rec.mixture]
+    if missing:
+        raise InputError(loc, f"study {source}'s recommendation has no weight for the domains {missing}")
+    total = sum(float(rec.mixture[d]) for d in names)
+    if total <= 0:
+        raise InputError(loc, f"study {source}'s recommendation gives these domains no weight")
+    return {**params, "prior_mixture": {d: float(rec.mixture[d]) / total for d in names}}
 
 
 def _check_objective(body: StudyCreate, names: set[str]) -> None:

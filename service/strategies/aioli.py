@@ -20,8 +20,10 @@ exactly; restarting from scratch is the empty record. A record that disagrees wi
 
 The schedule of a run of ``S`` steps (``S`` from :func:`step_budget`):
 
-- ``prior`` (restricted variant): ``prior_steps`` on ``prior_mixture``; otherwise ``eval``: a
-  0-step segment that only measures ``L^0`` of the first round.
+- ``prior`` (restricted variant): ``prior_steps`` on ``prior_mixture``; then ``warmup``: the rest
+  of the trainer's learning-rate warm-up (:func:`warmup_budget`) on the initial mixture, so that
+  no LearnParams segment runs while the learning rate climbs; without either, ``eval``: a 0-step
+  segment that only measures ``L^0`` of the first round.
 - per round of ``update_steps``: ``lp_rounds * k`` ``learn`` segments of ``lp_steps`` on the
   smoothed one-hot mixtures (the k domains in a seeded random order per sweep), then one
   ``train`` segment on the updated mixture for the rest of the round. ``L^0`` of a round is the
@@ -34,9 +36,20 @@ LearnParams steps count toward ``S`` (the reference code subtracts them from the
 examples, not steps: ``update_steps * batch_size - lp_duration``; here they are steps).
 
 Segments carry exact weights. The trainer must draw each example's domain from them (or allocate
-a batch by largest remainders), never build a batch as ``int(p_j * B)`` examples per domain: with
-7 domains, ``B = 8`` and ``one_hot_factor = 0.75`` that turns every LearnParams mixture into a
-pure one-hot batch of 6 (the pitfall of the reference code).
+a batch by largest remainders), never build a batch as ``int(p_j * B)`` examples per domain: the
+reference code does, and its released 7-domain configuration (``one_hot_factor = 0.75``,
+8-sequence batches) therefore trained ``0.545 / 0.091 / ...`` with one domain at 0 instead of the
+written ``0.75 / 0.042 / ...`` LearnParams mixtures, and about 126 of each 200-step round's steps.
+Its settings are not a measurement of what works, so no default here comes from them.
+
+**Defaults** (:func:`default_settings`, measured in ``docs/strategies.md``). The paper's 2- and
+3-domain rows (160M model, 5,000 steps, 500-step warm-up), with the LearnParams weight given as a
+multiple of uniform (``one_hot_multiple``: 1.25x at ``k <= 2``, 1.5x at ``k >= 3``) so that it
+scales with ``k``; ``k >= 4`` takes the 3-domain row with ``lp_rounds = 2`` (the fewest sweeps
+that still measure the noise of the loss drops) and rounds long enough that LearnParams is at
+most 30% of a round. On the demo corpus a LearnParams weight of 3.75x uniform (the 7-domain
+row's 0.75 at ``k = 5``) during and right after the warm-up cost +13.8 perplexity against
+stratified sampling; 2x cost +0.7.
 
 Shapes: ``k`` domains, ``Q`` LearnParams phases (rounds with an estimate), ``M = lp_rounds * k``
 LearnParams segments per phase.
@@ -75,15 +88,33 @@ PAPER_SETTINGS: dict[int, dict[str, Any]] = {
     2: {"lp_rounds": 4, "lp_steps": 4, "eta": 0.2, "ema": 0.1, "update_steps": 250, "one_hot_factor": 0.625},
     # arXiv + Books + StackExchange, 5,000 steps (scripts/arxiv_books_stackexchange/aioli/run.sh).
     3: {"lp_rounds": 4, "lp_steps": 6, "eta": 0.1, "ema": 0.5, "update_steps": 250, "one_hot_factor": 0.5},
-    # The 7 SlimPajama domains, 40,000 steps (scripts/full/aioli/run.sh).
-    7: {"lp_rounds": 2, "lp_steps": 10, "eta": 1.0, "ema": 0.1, "update_steps": 200, "one_hot_factor": 0.75},
 }
-"""The paper's settings by number of domains; ``k <= 2`` uses the 2-domain row, ``k = 3`` the
-3-domain row, ``k >= 4`` the 7-domain row."""
+"""The paper's 2- and 3-domain settings (one_hot_factor 0.625 = 1.25x and 0.5 = 1.5x uniform).
+Its released 7-domain setting is left out on purpose (see the module docstring)."""
 
-MAX_LEARN_FRACTION = 0.7
+ONE_HOT_MULTIPLE = {2: 1.25, 3: 1.5}
+"""Default LearnParams weight on the favoured domain, as a multiple of uniform ``1/k``: the
+paper's 2-domain row for ``k <= 2``, its 3-domain row for ``k >= 3``."""
+
+MAX_LEARN_FRACTION = 0.3
 """With automatic ``update_steps``, LearnParams takes at most this share of a round (the paper's
-7-domain setting: 140 of 200 steps); rounds are lengthened in multiples of 50 steps for larger k."""
+3-domain setting: 72 of 250 steps); rounds are lengthened in multiples of 50 steps for larger k."""
+
+LP_ROUNDS_MANY = 2
+"""Default ``lp_rounds`` for ``k >= 4``: two sweeps per round, the fewest whose loss drops show
+their own noise (one sweep fits ``A`` exactly, leaving no residual)."""
+
+
+def default_settings(k: int) -> dict[str, Any]:
+    """The default parameters for ``k`` domains: ``one_hot_multiple`` (the LearnParams weight as
+    a multiple of ``1/k``), ``lp_rounds``, ``lp_steps``, ``eta``, ``ema`` and the minimum
+    ``update_steps`` (:data:`MAX_LEARN_FRACTION` may lengthen it)."""
+    row = dict(PAPER_SETTINGS[2 if k <= 2 else 3])
+    row.pop("one_hot_factor")
+    row["one_hot_multiple"] = ONE_HOT_MULTIPLE[2 if k <= 2 else 3]
+    if k >= 4:
+        row["lp_rounds"] = LP_ROUNDS_MANY
+    return row
 
 
 MAX_CONDITION = 1e4
@@ -120,6 +151,19 @@ def step_budget(fidelity: Fidelity) -> int:
             f"{sizes['batch_size']} x {sizes['seq_len']} tokens"
         )
     return steps
+
+
+def warmup_budget(fidelity: Fidelity) -> int:
+    """Steps of the proxy trainer's learning-rate warm-up at ``fidelity`` (``TrainConfig.
+    warmup_steps``): ``params["warmup"]`` when given, else 5% of :func:`step_budget`, at least 1
+    and at most 200."""
+    params = fidelity.params or {}
+    warmup = params.get("warmup")
+    if warmup is not None:
+        if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or warmup != int(warmup) or warmup < 0:
+            raise ValueError(f"fidelities[{fidelity.name!r}].params.warmup: must be an integer >= 0, got {warmup!r}")
+        return int(warmup)
+    return min(200, max(1, step_budget(fidelity) // 20))
 
 
 def learn_params_mixtures(k: int, one_hot_factor: float) -> np.ndarray:
@@ -210,6 +254,41 @@ def loss_noise(
     return s_eval, s_step
 
 
+def signal_to_noise(
+    losses: np.ndarray, weights: np.ndarray, steps: np.ndarray, domains: np.ndarray, lp_steps: int
+) -> dict[str, float | None]:
+    """How far a run's LearnParams measurements rise above their noise (arguments as
+    :func:`estimate_interactions`: ``Q`` phases, ``M`` segments, ``k`` domains).
+
+    Returns:
+        ``noise``: the standard deviation of one segment's loss drop (per ``lp_steps`` steps) about
+        the exact mixing-law fit, ``sqrt(2 s_eval + s_step)`` from :func:`loss_noise` pooled over the
+        phases; ``drop``: the last phase's mean LearnParams loss drop (over segments and domains)
+        over ``noise``; ``columns``: the spread (std over domains) of the last phase's raw column
+        sums ``1^T A`` over their standard error, ``noise * sqrt(k / R * diag(W^-1 W^-T))`` with
+        ``R = M / k`` sweeps. Below about 1 the update steers on noise. All ``None`` with one sweep
+        per phase (``M = k``: the exact fit leaves no residual to measure the noise from).
+    """
+    losses = np.asarray(losses, dtype=float)
+    weights = np.asarray(weights, dtype=float)
+    q, m1, k = losses.shape
+    if m1 - 1 <= k:
+        return {"noise": None, "drop": None, "columns": None}
+    a = estimate_interactions(losses, weights, steps, domains, lp_steps)
+    s_eval, s_step = loss_noise(losses, weights, steps, a, lp_steps)
+    noise = math.sqrt(2 * s_eval + s_step)
+    blocks = np.asarray(steps, dtype=float)[-1] / lp_steps
+    drop = float(np.mean((losses[-1, :-1] - losses[-1, 1:]) / blocks[:, None]))
+    onehot = np.eye(k)[np.asarray(domains)[-1]]  # M x k
+    mix = onehot.T @ weights[-1] / onehot.sum(0)[:, None]  # k x k, row j = W_j
+    inv = np.linalg.inv(mix)
+    se = noise * np.sqrt(k / ((m1 - 1) / k) * np.diag(inv @ inv.T))
+    spread = float(np.std(a[-1].sum(0)))
+    if noise <= 0:
+        return {"noise": 0.0, "drop": None, "columns": None}
+    return {"noise": noise, "drop": drop / noise, "columns": spread / float(np.sqrt(np.mean(se**2)))}
+
+
 def normalize_interactions(a: np.ndarray) -> np.ndarray:
     """The paper's normalisation of ``... x k x k`` matrices: subtract the smallest entry when it is
     negative, divide by the sum; a matrix with no positive mass becomes all zeros (no update)."""
@@ -259,16 +338,19 @@ class AioliParams(StrategyParams):
 
     n_runs: int = Field(1, ge=1, le=1000, description="dynamic runs in the study; each run's meta['run'] seeds its LearnParams order (and should seed its trainer)")
     fidelity: str | None = Field(None, description="fidelity to run at; default: the target")
-    update_steps: int | None = Field(None, ge=2, description="steps per round (LearnParams included); default: 250 for k<=3, 200 for k>=4, lengthened so LearnParams stays <= 70% of a round")
-    lp_rounds: int | None = Field(None, ge=1, le=100, description="LearnParams sweeps over the k domains per round; default: 4 for k<=3, 2 for k>=4")
-    lp_steps: int | None = Field(None, ge=1, description="steps per LearnParams segment; default: 4 (k<=2), 6 (k=3), 10 (k>=4)")
-    one_hot_factor: float | None = Field(None, gt=0.0, le=1.0, description="weight f of the favoured domain in a LearnParams mixture, > 1/k; default: 0.625 (k<=2), 0.5 (k=3), 0.75 (k>=4)")
-    eta: float | None = Field(None, gt=0.0, le=1000.0, description="exponentiated-gradient step size; default: 0.2 (k<=2), 0.1 (k=3), 1.0 (k>=4)")
-    ema: float | Literal["off"] | None = Field(None, description="EMA weight gamma on the past estimate (reference-code convention), in [0, 1), or 'off' for multiplicative updates; default: 0.1 (k<=2), 0.5 (k=3), 0.1 (k>=4)")
+    update_steps: int | None = Field(None, ge=2, description="steps per round (LearnParams included); default: 250, lengthened in steps of 50 so that LearnParams stays <= 30% of a round")
+    lp_rounds: int | None = Field(None, ge=1, le=100, description="LearnParams sweeps over the k domains per round; default: 4 for k<=3, 2 for k>=4 (>= 2 so the loss drops show their noise)")
+    lp_steps: int | None = Field(None, ge=1, description="steps per LearnParams segment; default: 4 (k<=2), 6 (k>=3)")
+    one_hot_multiple: float | None = Field(None, gt=1.0, description="weight of the favoured domain in a LearnParams mixture as a multiple of uniform 1/k (at most k); default: 1.25 (k<=2), 1.5 (k>=3). Give this or one_hot_factor")
+    one_hot_factor: float | None = Field(None, gt=0.0, le=1.0, description="weight f of the favoured domain in a LearnParams mixture, > 1/k; overrides the default one_hot_multiple / k. Give this or one_hot_multiple")
+    eta: float | None = Field(None, gt=0.0, le=1000.0, description="exponentiated-gradient step size; default: 0.2 (k<=2), 0.1 (k>=3)")
+    ema: float | Literal["off"] | None = Field(None, description="EMA weight gamma on the past estimate (reference-code convention), in [0, 1), or 'off' for multiplicative updates; default: 0.1 (k<=2), 0.5 (k>=3)")
+    warmup_steps: int | None = Field(None, ge=0, description="steps on the initial mixture before the first LearnParams round (a restricted run's prior_steps count toward them); default: the trainer's learning-rate warm-up at the fidelity (params.warmup, else 5% of the steps, at most 200)")
     normalize: bool = Field(True, description="normalise A (subtract a negative minimum, divide by the sum) before the update, as in all of the paper's runs")
     solve: Literal["exact", "lstsq"] = Field("exact", description="estimator of A: 'exact' (the paper's W^-1 G per round) or 'lstsq' (generalised least squares on the loss levels of all LearnParams segments of a round, noise model estimated from the run)")
     prior_mixture: dict[str, float] | None = Field(None, description="'restricted' variant: the mixture of the first prior_steps steps (e.g. a RegMix or ADMIRE recommendation; renormalised); default uniform. As in the reference code, Aioli's updates then start from uniform, not from this mixture")
     prior_steps: int = Field(0, ge=0, description="'restricted' variant: steps trained on prior_mixture before Aioli starts (0: unrestricted)")
+    prior_mixture_from_study: int | None = Field(None, ge=1, description="'restricted' variant chained to another study: the server sets prior_mixture to that study's latest recommendation when this study is created (same domains required)")
     recommend: Literal["average", "final"] = Field("average", description="the recommended static mixture: the step-weighted average of the Aioli-chosen mixtures over the run, or the last one")
 
     @field_validator("ema")
@@ -299,6 +381,8 @@ class AioliSettings:
     one_hot_factor: float
     eta: float
     ema: float | None
+    one_hot_multiple: float
+    """``one_hot_factor * k``: the LearnParams weight as a multiple of uniform."""
 
     def learn_steps(self, k: int) -> int:
         """Steps of one round's LearnParams phase: ``lp_rounds * k * lp_steps``."""
@@ -311,7 +395,8 @@ class AioliPlan:
 
     Attributes:
         budget: total optimizer steps (the sum of ``steps``).
-        kinds: ``n`` labels: ``prior`` (restricted variant), ``eval`` (0 steps, ``L^0`` of the
+        kinds: ``n`` labels: ``prior`` (restricted variant), ``warmup`` (the rest of the
+            learning-rate warm-up, on the initial mixture), ``eval`` (0 steps, ``L^0`` of the
             first round), ``learn`` (LearnParams), ``train`` (the rest of a round).
         steps: ``n`` step counts.
         evaluate: ``n`` evaluate-after flags (all but the last segment).
@@ -372,8 +457,18 @@ class AioliStrategy(BaseOnlineStrategy):
             raise ValueError("pool: aioli changes its mixture while it trains, so it cannot run from a pool of static results")
         try:
             step_budget(self.space.fidelity(self._fidelity()))
+            warmup_budget(self.space.fidelity(self._fidelity()))
         except ValueError as e:
             raise ValueError(f"fidelity: {e}") from None
+        if p.one_hot_factor is not None and p.one_hot_multiple is not None:
+            raise ValueError("one_hot_multiple: give one_hot_multiple or one_hot_factor, not both")
+        if p.one_hot_multiple is not None and p.one_hot_multiple > k:
+            raise ValueError(f"one_hot_multiple: must be at most k = {k} (a weight multiple / k <= 1), got {p.one_hot_multiple:g}")
+        if p.prior_mixture_from_study is not None and p.prior_mixture is None:
+            raise ValueError(
+                "prior_mixture_from_study: not resolved; the server sets prior_mixture from that study's "
+                "recommendation when the study is created"
+            )
         f = self.settings.one_hot_factor
         if f <= 1.0 / k + 1e-9:
             raise ValueError(
@@ -403,23 +498,35 @@ class AioliStrategy(BaseOnlineStrategy):
 
     def _resolve(self, k: int) -> AioliSettings:
         p: AioliParams = self.params
-        paper = PAPER_SETTINGS[2 if k <= 2 else 3 if k == 3 else 7]
-        lp_rounds = p.lp_rounds if p.lp_rounds is not None else paper["lp_rounds"]
-        lp_steps = p.lp_steps if p.lp_steps is not None else paper["lp_steps"]
+        default = default_settings(k)
+        lp_rounds = p.lp_rounds if p.lp_rounds is not None else default["lp_rounds"]
+        lp_steps = p.lp_steps if p.lp_steps is not None else default["lp_steps"]
         update_steps = p.update_steps
         if update_steps is None:
             learn = lp_rounds * k * lp_steps
-            # ceil(learn / MAX_LEARN_FRACTION) rounded up to 50 steps, in integers (0.7 = 7/10).
-            update_steps = max(paper["update_steps"], 50 * -(-learn * 10 // (7 * 50)))
-        ema = paper["ema"] if p.ema is None else (None if p.ema == "off" else float(p.ema))
+            # ceil(learn / MAX_LEARN_FRACTION) rounded up to 50 steps, in integers (0.3 = 3/10).
+            update_steps = max(default["update_steps"], 50 * -(-learn * 10 // (3 * 50)))
+        ema = default["ema"] if p.ema is None else (None if p.ema == "off" else float(p.ema))
+        if p.one_hot_factor is not None:
+            factor = float(p.one_hot_factor)
+        else:
+            factor = float(p.one_hot_multiple if p.one_hot_multiple is not None else default["one_hot_multiple"]) / k
         return AioliSettings(
             update_steps=int(update_steps),
             lp_rounds=int(lp_rounds),
             lp_steps=int(lp_steps),
-            one_hot_factor=float(p.one_hot_factor if p.one_hot_factor is not None else paper["one_hot_factor"]),
-            eta=float(p.eta if p.eta is not None else paper["eta"]),
+            one_hot_factor=factor,
+            eta=float(p.eta if p.eta is not None else default["eta"]),
             ema=ema,
+            one_hot_multiple=factor * k,
         )
+
+    def warmup(self, fidelity: str) -> int:
+        """Steps before the first LearnParams round at ``fidelity``: ``warmup_steps``, else the
+        trainer's learning-rate warm-up there (:func:`warmup_budget`)."""
+        if self.params.warmup_steps is not None:
+            return self.params.warmup_steps
+        return warmup_budget(self.space.fidelity(fidelity))
 
     # ----------------------------------------------------------------------------------------
     # Study level: proposals and the recommendation.
@@ -479,7 +586,10 @@ class AioliStrategy(BaseOnlineStrategy):
         s = self.settings
         budget = step_budget(self.space.fidelity(trial.fidelity))
         prior_steps = min(self.params.prior_steps, budget)
-        rest = budget - prior_steps
+        # LearnParams never runs in the learning-rate warm-up: its extreme mixtures at a rising,
+        # soon peak learning rate cost more than the whole run's re-weighting gains.
+        warmup_steps = min(max(self.warmup(trial.fidelity) - prior_steps, 0), budget - prior_steps)
+        rest = budget - prior_steps - warmup_steps
         n_rounds = -(-rest // s.update_steps)
         lengths = np.full(n_rounds, s.update_steps)
         if n_rounds:
@@ -501,7 +611,9 @@ class AioliStrategy(BaseOnlineStrategy):
 
         if prior_steps:
             add("prior", prior_steps, -1)
-        elif n_rounds and lengths[0] > learn:
+        if warmup_steps:
+            add("warmup", warmup_steps, -1)
+        if not kinds and n_rounds and lengths[0] > learn:
             add("eval", 0, -1)
         for r in range(n_rounds):
             if lengths[r] > learn:  # only a short last round can lack room for LearnParams
@@ -547,6 +659,8 @@ class AioliStrategy(BaseOnlineStrategy):
             return Segment(self.prior.copy(), steps, evaluate, kind, {"round": -1, "restricted": True})
         if kind == "eval":
             return Segment(self.prior.copy(), 0, True, kind, {"round": -1})
+        if kind == "warmup":
+            return Segment(self.prior.copy(), steps, evaluate, kind, {"round": -1})
         if kind == "learn":
             pos = n - int(plan.learn_start[r])
             meta = {"round": r, "domain": names[j], "sweep": pos // self.space.mixture.k, "position": pos}
@@ -575,11 +689,13 @@ class AioliStrategy(BaseOnlineStrategy):
         norm = normalize_interactions(raw) if self.params.normalize else raw
         logits, driver = mixture_logits(norm, s.eta, s.ema)
         p = softmax(logits)
+        snr = signal_to_noise(losses, weights, plan.steps[learn_idx], plan.domains[learn_idx], s.lp_steps)
         meta.update(
             p=p.tolist(),
             column_sums=driver.sum(0).tolist(),
             A=norm[-1].tolist(),
             A_raw=raw[-1].tolist(),
+            snr=snr,
         )
         return p, meta
 
@@ -630,7 +746,10 @@ __all__ = [
     "learn_params_mixtures",
     "loss_noise",
     "mixture_logits",
+    "default_settings",
     "normalize_interactions",
+    "signal_to_noise",
     "step_budget",
+    "warmup_budget",
     "summarize_run",
 ]
