@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 VOCAB = 4096
 FIDELITIES = {
     # name: (model, tokens, cost relative to the target); cost = 6·N·D with the same model: tokens ratio
-    "small": ("llama-tiny", 50_000, 0.125),
-    "target": ("llama-tiny", 400_000, 1.0),
+    "small": ("llama-tiny", 25_000, 0.125),
+    "target": ("llama-tiny", 200_000, 1.0),
 }
 
 
@@ -95,16 +95,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from proxy_models import build_demo_corpus, prepare_corpus
-    corpus_fingerprint = lambda p: "TODO"
+    from proxy_models import ensure_demo_corpus, prepare_corpus
     from service.testing import ServerProcess
     from workers.client import MixoptClient
 
     t0 = time.monotonic()
     corpus, cache, logs = args.workdir / "corpus", args.workdir / "cache", args.workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    build_demo_corpus(corpus, max_bytes_per_domain=1_000_000, extra=False)
-    fingerprint = corpus_fingerprint(corpus)
+    manifest = ensure_demo_corpus(corpus, max_bytes_per_domain=1_000_000)
+    fingerprint = manifest["fingerprint"]
     prepared = prepare_corpus(corpus, cache_dir=cache, vocab_size=VOCAB)
     tokens = prepared.token_counts()
     domains = list(tokens)
@@ -152,6 +151,7 @@ def main() -> None:
     meta = {
         "command": "python benchmarks/demo_pool.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "corpus_fingerprint": fingerprint,
+        "corpus": manifest,
         "domains": domains,
         "corpus_tokens": tokens,
         "vocab_size": VOCAB,
@@ -160,7 +160,7 @@ def main() -> None:
         "per_domain_losses": losses,
         "wall_seconds": round(time.monotonic() - t0, 1),
         "workers": args.workers,
-        "machine": os.uname().nodename and f"{os.cpu_count()} cores",
+        "machine": f"{os.cpu_count()} cores",
     }
     (args.out / "meta.json").write_text(json.dumps(meta, indent=1))
     print(f"wrote {args.out / 'pool.csv'} ({len(rows)} runs) in {meta['wall_seconds']:.0f} s")
