@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import shlex
@@ -170,7 +171,7 @@ def test_compose_file_is_valid_compose_spec(compose):
     from compose_spec import PyCompose
 
     parsed = PyCompose.from_yaml(yaml.safe_dump(compose))
-    assert sorted(parsed.service_names()) == ["postgres", "server", "worker"]
+    assert sorted(parsed.service_names()) == ["grafana", "postgres", "prometheus", "server", "worker"]
     with pytest.raises(ValueError, match="extension key"):  # the validator does refuse what is not compose
         PyCompose.from_yaml(yaml.safe_dump({**compose, "services": {**compose["services"], "worker": {
             **compose["services"]["worker"], "gpus_per_replica": 1}}}))
@@ -514,3 +515,25 @@ def test_k8s_workers_take_one_gpu_and_their_secret(k8s):
     assert mounts[str(params["corpus"])]["readOnly"] is True
     assert {m["name"] for m in container["volumeMounts"]} <= set(volumes)
 
+
+
+def test_compose_metrics_profile_scrapes_the_server_and_the_dashboard_uses_real_series(compose):
+    """Prometheus and Grafana start only with ``--profile metrics``; Prometheus scrapes the
+    server's /metrics with the metrics token; every Grafana query names a series mixopt exports."""
+    for name in ("prometheus", "grafana"):
+        assert compose["services"][name]["profiles"] == ["metrics"]
+    for name in ("postgres", "server", "worker"):
+        assert "profiles" not in compose["services"][name]
+    assert compose["services"]["server"]["environment"]["MIXOPT_METRICS_TOKEN"] == env_example()["MIXOPT_METRICS_TOKEN"]
+    prom = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    (job,) = prom["scrape_configs"]
+    assert job["metrics_path"] == "/metrics" and job["authorization"]["type"] == "Bearer"
+    assert job["static_configs"][0]["targets"] == ["server:8000"]
+    assert "metrics-token" in job["authorization"]["credentials_file"]
+    assert job["authorization"]["credentials_file"] in " ".join(compose["services"]["prometheus"]["entrypoint"])
+    exported = set(re.findall(r'"(mixopt_[a-z_]+)"', (ROOT / "service" / "metrics.py").read_text()))
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "mixopt.json").read_text())
+    used = {m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"mixopt_[a-z_]+", t["expr"])}
+    suffixes = ("_bucket", "_count", "_sum", "_total")
+    unknown = {m for m in used if m not in exported and not any(m.endswith(x) and m[: -len(x)] in exported for x in suffixes)}
+    assert len(dashboard["panels"]) >= 10 and not unknown, unknown
