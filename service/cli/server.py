@@ -21,7 +21,7 @@ def server(
 
     from ..logs import configure_logging, register_secret
 
-    from ..settings import check_exposure, resolve_join_secret
+    from ..settings import check_exposure, check_secrets, resolve_join_secret
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
@@ -31,6 +31,10 @@ def server(
         check_exposure(settings, host or settings.host)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--host") from None
+    try:
+        check_secrets(settings)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     if settings.auto_migrate:
         # Once, here: `--workers N` processes migrating at the same time race on creating the tables.
         from ..db import upgrade
@@ -39,7 +43,9 @@ def server(
         os.environ["MIXOPT_AUTO_MIGRATE"] = "false"  # the worker processes inherit it
     uvicorn.run(
         "service.api:create_app", factory=True, host=host or settings.host, port=port or settings.port,
-        workers=workers, log_config=None,
+        workers=workers, log_config=None, timeout_keep_alive=settings.timeout_keep_alive_s,
+        limit_concurrency=settings.limit_concurrency, h11_max_incomplete_event_size=settings.h11_max_incomplete_event_size,
+        proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips,
     )
 
 

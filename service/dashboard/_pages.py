@@ -105,7 +105,7 @@ async def login(request: Request, db: DbDep, settings: SettingsDep) -> Response:
                        error=e.message)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(COOKIE, token, max_age=COOKIE_MAX_AGE_S, path=_base(request), httponly=True,
-                        samesite="strict", secure=request.url.scheme == "https")
+                        samesite="strict", secure=settings.secure_cookies or request.url.scheme == "https")
     return response
 
 
