@@ -131,3 +131,22 @@ def test_database_outage_does_not_leak_connection_details(tmp_path):
             c.app.state.db = healthy
     assert r.status_code == 503
     assert r.json()["detail"] == "database unavailable; retry later"
+
+
+def test_login_and_logout_refuse_cross_site_posts(settings):
+    """The attack: a page on another site posts the login form with the attacker's token
+    (replacing the victim's admin cookie), or posts logout."""
+    s = settings.model_copy(update={"auth_enabled": True})
+    with TestClient(create_app(s, migrate=True)) as c:
+        db = Database(s.database_url)
+        token = create_token(db, "r", "read")[1]
+        db.dispose()
+        for headers in ({"origin": "https://evil.example"}, {"referer": "https://evil.example/page"},
+                        {"sec-fetch-site": "cross-site"}, {"origin": "null"}):
+            r = c.post("/dashboard/login", data={"token": token}, headers=headers, follow_redirects=False)
+            assert r.status_code == 403 and "set-cookie" not in r.headers, headers
+            assert c.post("/dashboard/logout", headers=headers, follow_redirects=False).status_code == 403
+        same = {"origin": "http://testserver", "sec-fetch-site": "same-origin"}
+        r = c.post("/dashboard/login", data={"token": token}, headers=same, follow_redirects=False)
+        assert r.status_code == 303 and "set-cookie" in r.headers
+        assert c.post("/dashboard/logout", headers=same, follow_redirects=False).status_code == 303
