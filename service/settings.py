@@ -83,9 +83,6 @@ class Settings(BaseSettings):
     h11_max_incomplete_event_size: int = Field(
         64 * 1024, ge=1024, description="uvicorn: largest request line plus headers (bytes)"
     )
-    max_leases_per_worker: int = Field(
-        4, ge=1, description="most trials one worker token may hold at once (a worker runs one at a time)"
-    )
     secure_cookies: bool = Field(
         False, description="always mark the dashboard cookie Secure (set it behind a TLS-terminating proxy)"
     )
