@@ -18,6 +18,10 @@ def default_database_url() -> str:
     return f"sqlite:///{default_data_dir() / 'mixopt.db'}"
 
 
+MIN_SECRET_LENGTH = 16
+"""Shortest admin token or join secret the server starts with."""
+
+
 class Settings(BaseSettings):
     """Everything the server can be configured with. Defaults run with nothing else installed."""
 
@@ -59,6 +63,38 @@ class Settings(BaseSettings):
     log_json: bool = Field(False, description="structured logs as JSON lines instead of console text")
     log_level: str = Field("INFO", description="root log level")
 
+    # Limits against abuse (see docs/security.md). Defaults suit a team's server; each is an env var.
+    unauthenticated_body_bytes: int = Field(
+        64 * 1024, ge=1024, description="largest body of a request without a valid token (worker registration, "
+        "and every request when auth is enabled): checked from the headers, before the body is read"
+    )
+    auth_failures_max: int = Field(
+        30, ge=1, description="failed secrets (401: join secret, API or worker token, dashboard login) one client "
+        "address may send within auth_failure_window_s before it is locked out"
+    )
+    auth_failure_window_s: float = Field(60.0, gt=0, description="window of auth_failures_max (seconds)")
+    auth_lockout_s: float = Field(300.0, ge=0, description="how long a locked-out address gets 429 (seconds)")
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="seconds a request's body may take to arrive; slower ones get 408"
+    )
+    timeout_keep_alive_s: float = Field(
+        5.0, gt=0, description="uvicorn: seconds an idle keep-alive connection is held open"
+    )
+    limit_concurrency: int = Field(
+        1000, ge=1, description="uvicorn: most connections and tasks at once per process; beyond it, 503"
+    )
+    h11_max_incomplete_event_size: int = Field(
+        64 * 1024, ge=1024, description="uvicorn: largest request line plus headers (bytes)"
+    )
+    secure_cookies: bool = Field(
+        False, description="always mark the dashboard cookie Secure (set it behind a TLS-terminating proxy)"
+    )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1", description="uvicorn: proxies whose X-Forwarded-For/-Proto are trusted (comma-separated; "
+        "the client address and https scheme then come from them)"
+    )
+
+
 
 @lru_cache
 def get_settings() -> Settings:
@@ -79,6 +115,16 @@ def resolve_join_secret(settings: Settings) -> str:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32))
     return path.read_text().strip()
+
+
+def check_secrets(settings: Settings) -> None:
+    """Refuse to serve with a short admin token or join secret: they fall to guessing even with
+    the lockout on failed secrets."""
+    for name in ("admin_token", "join_secret"):
+        value = getattr(settings, name)
+        if value is not None and len(value.get_secret_value()) < MIN_SECRET_LENGTH:
+            raise ValueError(f"MIXOPT_{name.upper()}: at least {MIN_SECRET_LENGTH} characters, e.g. "
+                             "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
 
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}

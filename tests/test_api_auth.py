@@ -76,11 +76,11 @@ def test_revoked_token_stops_working(settings, monkeypatch):
 
 
 def test_public_read_and_admin_bootstrap_token(settings):
-    s = settings.model_copy(update={"auth_enabled": True, "public_read": True, "admin_token": SecretStr("bootstrap-admin")})
+    s = settings.model_copy(update={"auth_enabled": True, "public_read": True, "admin_token": SecretStr("bootstrap-admin-token")})
     with TestClient(create_app(s, migrate=True)) as c:
         assert c.get("/api/v1/studies").status_code == 200
         assert c.post("/api/v1/studies", json=study_body()).status_code == 401
-        r = c.post("/api/v1/studies", json=study_body(), headers={"Authorization": "Bearer bootstrap-admin"})
+        r = c.post("/api/v1/studies", json=study_body(), headers={"Authorization": "Bearer bootstrap-admin-token"})
         assert r.status_code == 201
 
 

@@ -17,7 +17,8 @@ from ..db import Database, upgrade
 from ..engine import EngineRunner
 from ..errors import InputError, MixoptError
 from ..logs import configure_logging, register_secret
-from ..settings import Settings, get_settings
+from ..settings import Settings, check_secrets, get_settings
+from ._guard import Guard
 from ._limits import BodySizeLimit
 from .. import metrics
 from .routes import health, leases, studies, trials, workers
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
     """Build the app. ``migrate`` runs the Alembic migrations at start (default: the
     ``auto_migrate`` setting), so that ``mixopt server`` works on a fresh SQLite file."""
     settings = settings or get_settings()
+    check_secrets(settings)
     if not logging.getLogger().handlers:  # a process of `mixopt server --workers N` starts bare
         configure_logging(settings.log_level, settings.log_json)
     register_secret(settings.admin_token.get_secret_value() if settings.admin_token else None)
@@ -89,11 +91,12 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
     async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
         # The database is down, restarting or out of connections: a 503 tells clients (the worker
         # daemon retries with backoff) that the same call may succeed later. No stack, no SQL.
+        # The driver's message (host, port, database names) goes to the log only, never to callers.
         orig = getattr(exc, "orig", None) or exc
         reason = (str(orig).strip().splitlines() or [""])[0][:300]
         log.warning("database unavailable: %s: %s", type(orig).__name__, reason)
         return JSONResponse(status_code=503, headers={"Retry-After": "1"},
-                            content={"detail": f"database unavailable ({type(orig).__name__}: {reason}); retry later"})
+                            content={"detail": "database unavailable; retry later"})
 
     for unavailable in (OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(unavailable, _database_unavailable)
@@ -106,6 +109,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
 
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(metrics.MetricsMiddleware)
+    app.add_middleware(Guard, settings=settings)  # outermost: lockout and token check before any body
     for module in (health, studies, trials, workers, leases, metrics_route):
         app.include_router(module.router)
     app.include_router(dashboard.router)

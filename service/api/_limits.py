@@ -23,12 +23,14 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # A request without a valid token may have a smaller limit (set by the Guard in front).
+        limit = scope.get("state", {}).get("max_body_bytes", self.max_bytes)
         length = _content_length(scope)
         if length is not None:
             if length < 0:
                 await _answer(send, 400, "content-length: not a non-negative integer")
-            elif length > self.max_bytes:
-                await self._refuse(send, f"{length} bytes")
+            elif length > limit:
+                await self._refuse(send, f"{length} bytes", limit)
             else:
                 await self.app(scope, receive, send)
             return
@@ -41,8 +43,8 @@ class BodySizeLimit:
                 return
             body = message.get("body", b"")
             size += len(body)
-            if size > self.max_bytes:
-                await self._refuse(send, f"more than {self.max_bytes} bytes")
+            if size > limit:
+                await self._refuse(send, f"more than {limit} bytes", limit)
                 return
             chunks.append(body)
             if not message.get("more_body", False):
@@ -58,9 +60,11 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Send, size: str) -> None:
-        await _answer(send, 413, f"body: the request body ({size}) exceeds the server's limit of {self.max_bytes} "
-                                 "bytes (setting MIXOPT_MAX_BODY_BYTES)")
+    async def _refuse(self, send: Send, size: str, limit: int) -> None:
+        setting = "MIXOPT_MAX_BODY_BYTES" if limit == self.max_bytes else \
+            "MIXOPT_UNAUTHENTICATED_BODY_BYTES, for requests without a valid token"
+        await _answer(send, 413, f"body: the request body ({size}) exceeds the server's limit of {limit} "
+                                 f"bytes (setting {setting})")
 
 
 def _content_length(scope: Scope) -> int | None:

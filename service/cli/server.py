@@ -24,7 +24,7 @@ def server(
 
     from ..logs import configure_logging, register_secret
 
-    from ..settings import check_exposure, resolve_join_secret
+    from ..settings import check_exposure, check_secrets, resolve_join_secret
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
@@ -34,6 +34,10 @@ def server(
         check_exposure(settings, host or settings.host)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--host") from None
+    try:
+        check_secrets(settings)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     # Alembic's plugin and context lines at every start are noise; the migration is logged below.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     from ..db import current_revision, upgrade
@@ -61,7 +65,9 @@ def server(
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
     uvicorn.run(
         "service.api:create_app", factory=True, host=host or settings.host, port=port or settings.port,
-        workers=workers, log_config=None,
+        workers=workers, log_config=None, timeout_keep_alive=settings.timeout_keep_alive_s,
+        limit_concurrency=settings.limit_concurrency, h11_max_incomplete_event_size=settings.h11_max_incomplete_event_size,
+        proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips,
     )
 
 

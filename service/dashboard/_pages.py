@@ -4,7 +4,7 @@ from ``/dashboard/api``, plus the token login for browsers when auth is enabled.
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -88,9 +88,24 @@ def login_form(request: Request, settings: SettingsDep, next: str | None = None)
     return _render(request, settings, "login.html", title="Sign in", next=_safe_next(request, next), error=None)
 
 
+def check_same_origin(request: Request) -> None:
+    """Refuse a form post from another site (login/logout CSRF: a foreign page signing the victim
+    in with the attacker's token, or out). Browsers send ``Origin`` (or at least ``Referer`` and
+    ``Sec-Fetch-Site``) with every form post; it must name this server."""
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        raise Forbidden("cross-site form posts are refused")
+    source = request.headers.get("origin") or request.headers.get("referer")
+    if source is None:
+        return  # not a browser (curl, scripts): no ambient cookie to abuse
+    host = request.headers.get("x-forwarded-host") or request.headers.get("host", "")
+    if source == "null" or urlsplit(source).netloc != host:
+        raise Forbidden("cross-site form posts are refused")
+
+
 @router.post("/login", response_class=HTMLResponse)
 async def login(request: Request, db: DbDep, settings: SettingsDep) -> Response:
     """Check a pasted API token (read scope) and keep it in an HttpOnly cookie."""
+    check_same_origin(request)
     raw = await request.body()
     form = parse_qs(raw[:MAX_LOGIN_BODY].decode("utf-8", "replace"))
     token = (form.get("token") or [""])[0].strip()
@@ -105,12 +120,13 @@ async def login(request: Request, db: DbDep, settings: SettingsDep) -> Response:
                        error=e.message)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(COOKIE, token, max_age=COOKIE_MAX_AGE_S, path=_base(request), httponly=True,
-                        samesite="strict", secure=request.url.scheme == "https")
+                        samesite="strict", secure=settings.secure_cookies or request.url.scheme == "https")
     return response
 
 
 @router.post("/logout")
 def logout(request: Request) -> Response:
+    check_same_origin(request)
     response = RedirectResponse(f"{_base(request)}/login", status_code=303)
     response.delete_cookie(COOKIE, path=_base(request))
     return response

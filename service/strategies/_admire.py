@@ -128,6 +128,11 @@ def build_model(X: torch.Tensor, Y: torch.Tensor, k: int):
     return model
 
 
+MAX_CANDIDATE_CELLS = 2_000_000
+"""Most ``num_candidates x domains`` values scored per fidelity and proposal (the acquisition's
+cost grows with it); the default 1,024 candidates fit any study."""
+
+
 @register
 class AdmireStrategy(BaseStrategy):
     """Cost-aware multi-fidelity Bayesian optimisation of the mixture (ADMIRE-BayesOpt)."""
@@ -142,6 +147,9 @@ class AdmireStrategy(BaseStrategy):
         if p.initial_fidelity is not None and p.initial_fidelity not in names:
             raise ValueError(f"strategy.params.initial_fidelity: unknown fidelity {p.initial_fidelity!r}; study has {names}")
         self.initial_fidelity = p.initial_fidelity or min(space.fidelities, key=lambda f: f.cost).name
+        if p.num_candidates * space.mixture.k > MAX_CANDIDATE_CELLS:
+            raise ValueError(f"strategy.params.num_candidates: at most {MAX_CANDIDATE_CELLS // space.mixture.k} for "
+                             f"{space.mixture.k} domains (num_candidates x domains <= {MAX_CANDIDATE_CELLS:,})")
         self.levels = fidelity_levels(space.costs, space.target.cost)
         self.k = space.mixture.k
 

@@ -53,6 +53,12 @@ class RegMixParams(StrategyParams):
     cv_folds: int = Field(5, ge=2, le=20, description="folds of the cross-validated predictions and Spearman in the recommendation")
 
 
+MAX_SIMULATED_CELLS = 20_000_000
+"""Most ``n_simulated x domains`` values one search may simulate and score: the search's time grows
+with it (256 domains at 100,000 mixtures held a request for 100 s); the default 1,000,000
+mixtures fit studies of up to 20 domains."""
+
+
 @register
 class RegMixStrategy(BaseStrategy):
     """Regression on cheap proxy runs, then simulate-and-average the predicted best mixtures."""
@@ -67,6 +73,9 @@ class RegMixStrategy(BaseStrategy):
         if p.design_fidelity is not None and p.design_fidelity not in names:
             raise ValueError(f"strategy.params.design_fidelity: unknown fidelity {p.design_fidelity!r}; study has {names}")
         self.design_fidelity = p.design_fidelity or min(space.fidelities, key=lambda f: f.cost).name
+        if p.n_simulated * space.mixture.k > MAX_SIMULATED_CELLS:
+            raise ValueError(f"strategy.params.n_simulated: at most {MAX_SIMULATED_CELLS // space.mixture.k} for "
+                             f"{space.mixture.k} domains (n_simulated x domains <= {MAX_SIMULATED_CELLS:,})")
         if space.pool is not None and not space.pool.available[:, space.fidelity_index(self.design_fidelity)].any():
             raise ValueError(f"strategy.params.design_fidelity: no pool row is runnable at {self.design_fidelity!r}")
 

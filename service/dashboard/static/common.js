@@ -183,6 +183,12 @@ const MX = (() => {
     return l;
   }
 
+  /** Free text (a worker's name) as Plotly shows it: Plotly reads <a>, <b>, <br> in labels as
+   * markup, so a name like <a href=...> would become a link; escaped, it stays text. */
+  function plotText(text) {
+    return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+  }
+
   /** Draw (or update in place) a Plotly chart; a placeholder message when there is no data. */
   function plot(node, traces, extraLayout, message) {
     if (!traces || traces.length === 0) {
@@ -290,6 +296,6 @@ const MX = (() => {
     return { refresh: () => { clearTimeout(timer); run(); } };
   }
 
-  return { base, api, HttpError, decodeWeights, domainColor, fidelityColor, fmt, fmtPct, fmtCount, fmtAge, fmtTime, el, badge, stat,
+  return { base, api, HttpError, plotText, decodeWeights, domainColor, fidelityColor, fmt, fmtPct, fmtCount, fmtAge, fmtTime, el, badge, stat,
     mixbar, legend, Table, layout, plot, lazy, onClick, scheduleCharts, live };
 })();

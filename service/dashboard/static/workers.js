@@ -38,7 +38,7 @@
     const busy = items.filter((w) => w.status === "busy").length;
     $("worker-summary").textContent = `${items.length} registered · ${busy} busy · ${items.filter((w) => w.status === "idle").length} idle`;
     const fast = items.filter((w) => w.tokens_per_s !== null);
-    plot($("chart-throughput"), fast.length ? [{ type: "bar", orientation: "h", y: fast.map((w) => `${w.name} #${w.id}`),
+    plot($("chart-throughput"), fast.length ? [{ type: "bar", orientation: "h", y: fast.map((w) => MX.plotText(`${w.name} #${w.id}`)),
       x: fast.map((w) => w.tokens_per_s), marker: { color: "#4C78A8" }, hovertemplate: "%{y}: %{x:,.0f} tokens/s<extra></extra>" }] : [],
     { xaxis: { title: { text: "training tokens / s" }, rangemode: "tozero" }, showlegend: false, bargap: 0.45,
       margin: { l: 140, r: 16, t: 10, b: 44 } },
