@@ -118,9 +118,9 @@ def resolve_join_secret(settings: Settings) -> str:
 
 
 def check_secrets(settings: Settings) -> None:
-    """Refuse to serve with a short admin token or join secret: they fall to guessing even with
+    """Refuse to serve with a short admin token, join secret or metrics token: they fall to guessing even with
     the lockout on failed secrets."""
-    for name in ("admin_token", "join_secret"):
+    for name in ("admin_token", "join_secret", "metrics_token"):
         value = getattr(settings, name)
         if value is not None and len(value.get_secret_value()) < MIN_SECRET_LENGTH:
             raise ValueError(f"MIXOPT_{name.upper()}: at least {MIN_SECRET_LENGTH} characters, e.g. "

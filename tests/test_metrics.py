@@ -91,15 +91,15 @@ def test_metrics_access(db_url, tmp_path):
     from service.engine import create_token
     from service.settings import Settings
 
-    settings = Settings(database_url=db_url, auth_enabled=True, admin_token="admin-secret", metrics_token="scraper",
+    settings = Settings(database_url=db_url, auth_enabled=True, admin_token="admin-secret-0123456789", metrics_token="scraper-token-0123456789",
                         join_secret=JOIN_SECRET, data_dir=tmp_path / "data", sweep_interval_s=0.2)
     with TestClient(create_app(settings, migrate=True)) as c:
         assert c.get("/metrics").status_code == 401
         assert c.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
-        assert c.get("/api/v1/studies", headers={"Authorization": "Bearer scraper"}).status_code == 401  # metrics only
-        admin = {"Authorization": "Bearer admin-secret"}
+        assert c.get("/api/v1/studies", headers={"Authorization": "Bearer scraper-token-0123456789"}).status_code == 401  # metrics only
+        admin = {"Authorization": "Bearer admin-secret-0123456789"}
         assert c.post("/api/v1/studies", json={**study_body(), "start": True}, headers=admin).status_code == 201
-        m = scrape(c, Authorization="Bearer scraper")
+        m = scrape(c, Authorization="Bearer scraper-token-0123456789")
         assert value(m, "mixopt_study_queue_depth", strategy="random") == 3
         _, read = create_token(c.app.state.db, "r", "read")
         assert c.get("/metrics", headers={"Authorization": f"Bearer {read}"}).status_code == 200
