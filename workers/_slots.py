@@ -21,7 +21,9 @@ def lock_state_dir(state_dir: Path) -> IO[bytes]:
         StateDirBusy: another live process holds it.
     """
     state_dir.mkdir(parents=True, exist_ok=True)
-    f = open(state_dir / "lock", "ab")
+    # Not `lock`: the worker image's entrypoint holds that one for the worker (an inherited
+    # descriptor), and a second open of the same file by this process would conflict with it.
+    f = open(state_dir / "worker.lock", "ab")
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -36,13 +36,17 @@ def _render(request: Request, settings, template: str, status_code: int = 200, *
     )
 
 
-def _page(request: Request, db, settings, template: str, check=None, **context) -> Response:
-    """Render ``template`` for a reader; send others to the login form, unknown ids to a 404 page."""
+def _page(request: Request, db, settings, template: str, check=None, load=None, **context) -> Response:
+    """Render ``template`` for a reader; send others to the login form, unknown ids to a 404 page.
+    ``load(session)`` returns more template context (data rendered into the first view)."""
     try:
         check_read(db, settings, None, request)
-        if check is not None:
+        if check is not None or load is not None:
             with db.session() as s:
-                check(s)
+                if check is not None:
+                    check(s)
+                if load is not None:
+                    context.update(load(s))
     except (Unauthorized, Forbidden):
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"{_base(request)}/login?next={quote(target)}", status_code=303)
@@ -54,7 +58,10 @@ def _page(request: Request, db, settings, template: str, check=None, **context) 
 @router.get("", response_class=HTMLResponse)
 @router.get("/", response_class=HTMLResponse)
 def studies_page(request: Request, db: DbDep, settings: SettingsDep) -> Response:
-    return _page(request, db, settings, "studies.html", title="Studies", nav="studies")
+    # The first view is in the HTML (a page read before its script has run, a screenshot, a
+    # browser without JavaScript shows the studies); the script then keeps it up to date.
+    return _page(request, db, settings, "studies.html", title="Studies", nav="studies",
+                 load=lambda s: {"rows": (rows := engine.dashboard_studies(s)), "updated": rows.server_time})
 
 
 @router.get("/studies/{study_id}", response_class=HTMLResponse)

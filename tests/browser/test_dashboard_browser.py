@@ -6,6 +6,7 @@ JavaScript error. Screenshots go to ``artifacts/screenshots/``."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from tests.browser.data import aioli_trial, regmix_study
 from tests.conftest import JOIN_SECRET, ROOT, free_port
-from tests.helpers import known_losses
+from tests.helpers import known_losses, study_body
 
 CHROMIUM = Path(os.environ.get("MIXOPT_CHROMIUM", "/usr/bin/chromium"))
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -101,7 +102,8 @@ class Page:
 
     def open(self, path: str, charts: list[str]) -> dict[str, dict]:
         self.page.goto(self.base + path)
-        self.page.wait_for_function("() => document.getElementById('last-updated').textContent !== 'never'",
+        # the dot turns on once the page's script has loaded its data
+        self.page.wait_for_function("() => document.getElementById('live-dot').classList.contains('on')",
                                     timeout=30_000)
         return self.drawn(charts)
 
@@ -225,4 +227,59 @@ def test_studies_and_workers_pages(live, browser):
     assert p.locator("#workers-table tbody tr").count() >= 2
     assert "busy" in p.text_content("#workers-table") and "300 / 800" in p.text_content("#workers-table")
     page.shot("workers")
+    page.close()
+
+
+TICKS = """(sel) => { const n = document.querySelector(sel); return n ? [...n.querySelectorAll('text')].map((t) => t.textContent) : []; }"""
+CUT = """() => [...document.querySelectorAll('.stat .s, .stat .v')].filter((n) => n.scrollWidth > n.clientWidth + 1)
+  .map((n) => n.textContent)"""
+
+
+def test_studies_list_is_in_the_first_html(live, browser):
+    """Before (or without) its script, the studies page shows the studies and when they were read."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900}, java_script_enabled=False)
+    page.goto(live["base"] + "/dashboard/")
+    assert "pile-4 regmix" in page.text_content("#studies-table") and "pile-4 aioli" in page.text_content("#studies-table")
+    assert page.locator("#studies-table tbody tr").count() >= 2
+    assert page.locator("#studies-table thead th").count() == 10
+    assert page.text_content("#last-updated").endswith("UTC")
+    assert page.locator("#studies-empty").is_hidden()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "studies-no-script.png"), full_page=True)
+    page.close()
+
+
+def test_aioli_study_axes_and_header_cards(live, browser):
+    """One recommendation made the moment the study finished: its history is drawn (points, over a
+    minute of time, not milliseconds), the rank axis of a single trial reads 1 once, no card is cut."""
+    page = Page(browser, live["base"])
+    stats = page.open(f"/dashboard/studies/{live['aioli']['study_id']}", ["chart-rec-history", "chart-mixtures"])
+    _assert_drawn(stats)
+    p = page.page
+    times = p.evaluate(TICKS, "#chart-rec-history .xaxislayer-above")
+    assert times and not any(re.search(r"\d:\d\d\.\d", t) for t in times), times  # no fractions of a second
+    ranks = [t for t in p.evaluate(TICKS, "#chart-mixtures .xaxislayer-above") if t.strip()]
+    assert ranks == ["1"], ranks
+    assert p.evaluate(CUT) == []
+    page.shot("study-aioli-axes")
+    page.close()
+
+
+def test_trial_with_only_the_end_of_run_evaluation_draws_its_curve(live, browser):
+    http = live["http"]
+    sid = http.post("/api/v1/studies", json={**study_body(name="final-eval only", dispatch="ask",
+                                                           budget={"max_trials": 1}, parallelism=1),
+                                             "start": True}).json()["id"]
+    t = http.post(f"/api/v1/studies/{sid}/ask", json={"n": 1}).json()["trials"][0]
+    losses = known_losses(t["mixture"], t["fidelity"])
+    r = http.post(f"/api/v1/trials/{t['id']}/result", json={
+        "losses": losses, "lease_id": t["lease_id"],
+        "curve": [{"step": 24, "tokens": 98_304, "train_loss": None, "losses": losses}]})
+    assert r.status_code == 200, r.text
+    page = Page(browser, live["base"])
+    stats = page.open(f"/dashboard/trials/{t['id']}", ["chart-trial-curve"])
+    _assert_drawn(stats)
+    assert stats["chart-trial-curve"]["marks"] >= len(losses), stats  # a visible point per domain
+    assert page.page.evaluate(CUT) == []  # e.g. the "created" card's date
+    page.shot("trial-final-eval-only")
     page.close()

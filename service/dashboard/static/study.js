@@ -240,6 +240,7 @@
     S.recsDrawn = key;
     const recs = S.recs;
     const traces = [];
+    let short = false, xrange;
     if (recs.length) {
       // The last recommendation holds until now (or the study's end): draw its span.
       const end = S.ov.finished_at || S.ov.server_time;
@@ -247,7 +248,13 @@
       const ext = new Date(end) > new Date(last.created_at) ? [Object.assign({}, last, { created_at: end })] : [];
       const all = recs.concat(ext);
       const x = all.map((r) => r.created_at);
-      S.domains.forEach((d, i) => traces.push({ type: "scatter", mode: "lines", name: d, x, y: all.map((r) => r.mixture[i]),
+      // Under a minute of history (one recommendation, a study that finished at once) the areas
+      // have no width: draw the points and show a minute around them, not milliseconds.
+      const t0 = new Date(x[0]).getTime(), t1 = new Date(x[x.length - 1]).getTime();
+      short = t1 - t0 < 60_000;
+      if (short) xrange = [new Date(t0 - 30_000).toISOString(), new Date(t1 + 30_000).toISOString()];
+      S.domains.forEach((d, i) => traces.push({ type: "scatter", mode: short ? "lines+markers" : "lines", name: d, x,
+        y: all.map((r) => r.mixture[i]), marker: { size: 7, color: domainColor(i) },
         stackgroup: "w", line: { shape: "hv", width: 0.5, color: domainColor(i) }, fillcolor: domainColor(i), legendgroup: d,
         hovertemplate: `${d}: %{y:.1%}<extra></extra>`, xaxis: "x", yaxis: "y" }));
       const withPred = all.filter((r) => r.predicted !== null);
@@ -263,7 +270,7 @@
       }
     }
     plot($("chart-rec-history"), traces, {
-      xaxis: { type: "date", title: { text: "time" }, anchor: "y2" },
+      xaxis: { type: "date", title: { text: "time" }, anchor: "y2", range: xrange },
       yaxis: { domain: [0.45, 1], title: { text: "weight" }, tickformat: ".0%", range: [0, 1] },
       yaxis2: { domain: [0, 0.33], title: { text: "predicted" } }, showlegend: false,
     }, "no recommendation yet");
@@ -303,7 +310,7 @@
         text: small ? idx.map((i) => S.domains.map(() => `trial #${T.number[i]} · objective ${fmt(show(T.obj[i]))}`)) : undefined,
         colorbar: { title: { text: "weight" }, tickformat: ".0%" },
         hovertemplate: `rank %{y}${small ? " · %{text}" : ""}<br>%{x}: %{z:.1%}<extra></extra>` }],
-      { yaxis: { title: { text: "rank by objective (1 = best)" }, autorange: "reversed" }, xaxis: { title: { text: "domain" } }, showlegend: false });
+      { yaxis: { title: { text: "rank by objective (1 = best)" }, autorange: "reversed", ...(idx.length <= 12 ? { tick0: 1, dtick: 1 } : {}) }, xaxis: { title: { text: "domain" } }, showlegend: false });
       return;
     }
     // Stacked bars, one per trial; beyond MAX_BARS each bar is the mean mixture of a rank bin.
@@ -322,11 +329,13 @@
     }
     const traces = S.domains.map((d, j) => ({ type: "bar", name: d, x, y: Array.from(sums[j]), customdata: ids, text: label,
       marker: { color: domainColor(j), line: { width: 0 } }, hovertemplate: `%{text}<br>${d}: %{y:.1%}<extra></extra>`, textposition: "none" }));
-    traces.push({ type: "scatter", mode: "lines", name: "objective", x, y: obj, yaxis: "y2", line: { color: "#111827", width: 1.5 },
+    traces.push({ type: "scatter", mode: x.length > 1 ? "lines" : "lines+markers", name: "objective", x, y: obj, yaxis: "y2",
+      line: { color: "#111827", width: 1.5 }, marker: { color: "#111827", size: 7 },
       text: label, hovertemplate: "%{text}<br>objective %{y:.4f}<extra></extra>" });
     plot(node, traces, { barmode: "stack", bargap: bins > 60 ? 0 : 0.1, showlegend: false,
       xaxis: { title: { text: bins < idx.length ? `rank by objective (1 = best; ${idx.length} trials in ${bins} bins)` : "rank by objective (1 = best)" },
-        range: [0.5, (bins < idx.length ? idx.length : bins) + 0.5], tickformat: "d" },
+        range: [0.5, (bins < idx.length ? idx.length : bins) + 0.5], tickformat: "d",
+        ...(idx.length <= 12 ? { tick0: 1, dtick: 1 } : {}) },
       yaxis: { title: { text: "weight" }, tickformat: ".0%", range: [0, 1] },
       yaxis2: { title: { text: S.label }, overlaying: "y", side: "right", showgrid: false }, margin: { l: 56, r: 64, t: 10, b: 44 } });
   }

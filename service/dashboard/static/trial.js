@@ -79,11 +79,16 @@
     if (S.drawnCurve !== S.curveVersion) {
       S.drawnCurve = S.curveVersion;
       const c = S.curve, traces = [];
+      // A series of a few points (e.g. only the end-of-run evaluation) gets markers: a line
+      // through one point draws nothing.
+      const mode = (ys) => (ys.filter((v) => v !== null).length <= 20 ? "lines+markers" : "lines");
       if (c && c.step.length) {
-        domains.forEach((n, i) => { if (c.losses[n]) traces.push({ type: "scatter", mode: "lines", name: n, x: c.step, y: c.losses[n],
-          connectgaps: true, line: { color: domainColor(i), width: 1.6 }, hovertemplate: `${n}: %{y:.4f}<br>step %{x}<extra></extra>` }); });
-        if (c.train_loss.some((v) => v !== null)) traces.push({ type: "scatter", mode: "lines", name: "train loss", x: c.step, y: c.train_loss,
-          connectgaps: true, line: { color: "#111827", width: 1.2, dash: "dot" }, hovertemplate: "train: %{y:.4f}<br>step %{x}<extra></extra>" });
+        domains.forEach((n, i) => { if (c.losses[n]) traces.push({ type: "scatter", mode: mode(c.losses[n]), name: n, x: c.step, y: c.losses[n],
+          connectgaps: true, line: { color: domainColor(i), width: 1.6 }, marker: { size: 6 },
+          hovertemplate: `${n}: %{y:.4f}<br>step %{x}<extra></extra>` }); });
+        if (c.train_loss.some((v) => v !== null)) traces.push({ type: "scatter", mode: mode(c.train_loss), name: "train loss", x: c.step, y: c.train_loss,
+          connectgaps: true, line: { color: "#111827", width: 1.2, dash: "dot" }, marker: { size: 4 },
+          hovertemplate: "train: %{y:.4f}<br>step %{x}<extra></extra>" });
       }
       plot($("chart-trial-curve"), traces, { xaxis: { title: { text: "optimizer step" } }, yaxis: { title: { text: "loss" } } },
         "no loss curve reported");
