@@ -5,7 +5,7 @@ fenced ``python`` or ``bash`` block marks it:
 
 - ``<!-- test -->``: run the block; it must exit 0 (within 300 s).
 - ``<!-- test: timeout=600 -->``: the same, with another time limit in seconds.
-- ``<!-- test: background -->``: start it (a worker, say) and leave it running while the page's
+- ``<!-- test: background -->``: start it (one command: a worker, say) and leave it running while the page's
   next blocks run; it gets SIGTERM after the page's last block and must then exit 0.
 
 The marked blocks of one page run in order, as one reader would, in one scratch directory,
@@ -88,7 +88,12 @@ def test_marked_blocks_run(page: Path, tmp_path: Path):
     try:
         for k, block in enumerate(marked_blocks(page)):
             script = work.parent / f"block-{k}.{'py' if block.lang == 'python' else 'sh'}"
-            script.write_text(LOCAL_SERVER.sub(server.url.removeprefix("http://"), block.code))
+            code = LOCAL_SERVER.sub(server.url.removeprefix("http://"), block.code)
+            if block.background and block.lang == "bash":
+                # bash dies of an untrapped SIGTERM without waiting for its command: hand the signal
+                # to the command and exit with the command's own status.
+                code = f"{code.strip()} &\npid=$!\ntrap 'kill -TERM $pid; wait $pid; exit $?' TERM\nwait $pid\n"
+            script.write_text(code)
             cmd = [sys.executable, str(script)] if block.lang == "python" else ["bash", "-euo", "pipefail", str(script)]
             log = work.parent / f"block-{k}.log"
             where = f"{block.page}:{block.line}"
