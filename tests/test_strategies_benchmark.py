@@ -1,5 +1,5 @@
-"""The search-efficiency benchmark, reduced (2 seeds, a budget of 2.5 target runs) as a correctness
-test on the real RegMix pool, and the generic pool CSV format."""
+"""The search-efficiency benchmark: the reduced pool suite CI runs (2 seeds, 3 pools, every
+suite strategy), the suite's listing, and the generic pool CSV format."""
 
 from __future__ import annotations
 
@@ -9,56 +9,71 @@ import numpy as np
 import pytest
 
 from service.benchmarking import (
+    SUITE_STRATEGIES,
     StrategySpec,
-    format_table,
     load_pool,
-    plot,
     regmix_pool,
-    run_benchmark,
+    regmix_targets,
     simulate,
     write_pool,
 )
 from service.benchmarking.pool import REGMIX_DIR
-from service.benchmarking.search import save
+from service.benchmarking.suite import REDUCED, acceptance, format_suite, run_suite, save_suite, suite_pools
 
 needs_data = pytest.mark.skipif(not (REGMIX_DIR / "train_mixture_1m.csv").exists(),
                                 reason=f"the RegMix runs are not in {REGMIX_DIR}")
 
-BUDGET = 2.5
-SEARCHERS = [
-    StrategySpec("admire-mes", "admire", {"acquisition": "mes"}),
-    StrategySpec("regmix-64", "regmix", {"n_initial": 64}),  # the full 512-run design alone costs 8.5
-]
-BASELINES = [StrategySpec("uniform", "uniform"), StrategySpec("natural", "natural")]
-
-
-def _reduced(tmp_path, searchers, baselines):
-    pool = regmix_pool()
-    random = [simulate(pool, StrategySpec("random", "random"), seed, max_cost=BUDGET) for seed in (0, 1)]
-    random_regret = np.median([t.best_within(BUDGET) - pool.best_target for t in random])
-    result = run_benchmark(pool, searchers + baselines, seeds=(0, 1), max_cost=BUDGET, budgets=(1.0, BUDGET))
-    for spec in searchers:
-        regret = result["strategies"][spec.label]["summary"]["regret"][f"{BUDGET:g}"]["median"]
-        assert regret < random_regret, (spec.label, regret, random_regret)
-    for spec in baselines:  # valid proposals (simulate checks them against the pool) and a result
-        assert np.isfinite(result["strategies"][spec.label]["summary"]["regret"][f"{BUDGET:g}"]["median"])
-    return pool, result
+REDUCED_COST = 12.0
+"""The reduced suite's budget: past the largest recommendation budget (10)."""
 
 
 @needs_data
-def test_reduced_benchmark_searchers_beat_random(tmp_path):
-    pool, result = _reduced(tmp_path, SEARCHERS, BASELINES)
-    table = format_table(result)
-    assert "admire-mes" in table and "cost to best" in table
-    save(result, tmp_path / "search.json")
-    assert json.loads((tmp_path / "search.json").read_text())["settings"]["max_cost"] == BUDGET
-    assert plot(result, tmp_path / "search.png", pool.best_target).stat().st_size > 10_000
+def test_suite_lists_every_regmix_target_the_synthetic_pools_and_skips_the_missing_demo_pool():
+    said = []
+    names = [p.name for p in suite_pools(log=said.append)]
+    assert [n for n in names if n.startswith("regmix/")] == [f"regmix/{t}" for t in [*regmix_targets(), "mean"]]
+    assert len(regmix_targets()) == 13 and sum(n.startswith("synthetic/") for n in names) == 6
+    assert "demo" in names or any("demo-corpus pool" in m for m in said)
+    assert set(REDUCED) <= set(names)
+    with pytest.raises(ValueError, match="unknown or unavailable"):
+        suite_pools(["nope"], log=said.append)
 
 
 @needs_data
-@pytest.mark.slow
-def test_reduced_benchmark_knowledge_gradient_beats_random(tmp_path):
-    _reduced(tmp_path, [StrategySpec("admire-kg", "admire", {"acquisition": "kg"})], [])
+def test_reduced_suite(tmp_path):
+    """2 seeds x 3 pools x every suite strategy: valid proposals (the simulation checks each
+    against the pool), every figure present, the searchers ahead of random on the real pool,
+    resumable from the traces, and the table, checks and plot written."""
+    pools = suite_pools(REDUCED)
+    results = run_suite(pools, SUITE_STRATEGIES, (0, 1), out=tmp_path, max_cost=REDUCED_COST)
+    for name, result in results.items():
+        assert list(result["strategies"]) == [s.label for s in SUITE_STRATEGIES]
+        for label, r in result["strategies"].items():
+            rec = r["summary"]["recommendation_regret"]
+            assert all(np.isfinite(rec[b]["median"]) for b in ("1", "3", "10")), (name, label, rec)
+    real = results["regmix/pile_cc"]["strategies"]
+    for label in ("admire", "regmix"):  # ahead of random by the largest budget
+        assert real[label]["summary"]["best_regret"]["10"]["median"] < real["random"]["summary"]["best_regret"]["10"]["median"]
+
+    again = run_suite(pools, SUITE_STRATEGIES, (0, 1), out=tmp_path, max_cost=REDUCED_COST)  # from the kept traces
+    assert json.dumps(again, default=str) == json.dumps(results, default=str)
+
+    paths = save_suite(results, tmp_path)
+    table = paths["md"].read_text()
+    assert table.count("PASS ") + table.count("FAIL ") == 3 and "cost to regret 0.05" in table
+    assert paths["png"].stat().st_size > 20_000
+    assert set(json.loads(paths["json"].read_text())["acceptance"]) == set(REDUCED)
+
+
+def test_acceptance_needs_admire_within_1_2x_random_and_at_most_regmix():
+    def result(costs):
+        return {"strategies": {k: {"summary": {"cost_to_regret": {"0.05": {"median": v}}}} for k, v in costs.items()}}
+
+    assert acceptance(result({"admire": 2.0, "random": 1.8, "regmix": 2.0}))["pass"]
+    assert not acceptance(result({"admire": 2.2, "random": 1.8, "regmix": 9.0}))["pass"]  # > 1.2 x 1.8
+    assert not acceptance(result({"admire": 2.0, "random": 9.0, "regmix": 1.5}))["pass"]
+    assert not acceptance(result({"admire": None, "random": None, "regmix": None}))["pass"]  # never is not a pass
+    assert acceptance(result({"admire": 5.0, "random": None, "regmix": None}))["pass"]
 
 
 @needs_data
