@@ -11,6 +11,7 @@ The generic format is one long CSV, one row per (mixture, fidelity) result::
 - ``objective``: the measured value to minimise (e.g. a validation loss).
 - ``w_<domain>``: the mixture's weight for each domain; rows are renormalised to sum to 1 when
   they sum to 1 within :data:`WEIGHT_SUM_TOLERANCE` (released mixtures are often rounded).
+- optional ``loss_<domain>`` columns (per-domain losses) are accepted and ignored here.
 
 The target fidelity is the one with cost 1 (or the costliest when none costs exactly 1), unless
 named explicitly.
@@ -132,7 +133,8 @@ def load_pool(path: str | Path, target: str | None = None) -> PoolData:
         weight_columns = [c for c in columns if c.startswith("w_")]
         if not weight_columns:
             raise ValueError(f"{path}: no weight columns (w_<domain>)")
-        unknown = [c for c in columns if c not in _BASE_COLUMNS and not c.startswith("w_")]
+        # per-domain losses (``loss_<domain>``, read by ``mixopt runs import``) are not needed here
+        unknown = [c for c in columns if c not in _BASE_COLUMNS and not c.startswith(("w_", "loss_"))]
         if unknown:
             raise ValueError(f"{path}: unknown column(s) {unknown}")
         rows = list(reader)

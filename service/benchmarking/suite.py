@@ -171,15 +171,43 @@ def format_suite(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def format_compact(results: dict[str, dict], level: float = 0.05, budget: float = 10.0) -> str:
+    """The README's short form: one row per pool, per strategy the median cost to normalised
+    regret ``level`` and (after ``/``) the recommendation's median regret at cost ``budget``."""
+    labels = list(dict.fromkeys(label for r in results.values() for label in r["strategies"]))
+    head = ["pool", "Spearman", *labels, "check"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return ""
+        s = r["summary"]
+        cost = _num(s["cost_to_regret"][f"{level:g}"]["median"])
+        rec = s["recommendation_regret"].get(f"{budget:g}", {}).get("median")
+        rec_text = "-" if rec is None or not np.isfinite(rec) else f"{rec:.2f}"
+        return f"{'never' if not np.isfinite(cost) else f'{cost:.2f}'} / {rec_text}"
+
+    for name, result in results.items():
+        rho = ", ".join(f"{v:.2f}" for v in result["pool"]["spearman"].values())
+        check = ("PASS" if acceptance(result)["pass"] else "FAIL") if "admire" in result["strategies"] else ""
+        lines.append("| " + " | ".join([name, rho, *(cell(result["strategies"].get(label)) for label in labels), check]) + " |")
+    lines.append("")
+    lines.append(f"each cell: median cost (target-fidelity runs) to normalised regret <= {level:g} / median regret of the "
+                 f"recommendation after cost {budget:g}; check: admire's cost at most 1.2x random's and at most regmix's")
+    return "\n".join(lines)
+
+
 def save_suite(results: dict[str, dict], out: Path, wall_s: float | None = None) -> dict[str, Path]:
-    """``suite.json`` (everything), ``suite.md`` (the table and checks) and ``suite.png``."""
+    """``suite.json`` (everything), ``suite.md`` (the table and checks), ``suite-short.md`` (the
+    README's one-row-per-pool form) and ``suite.png``."""
     from .search import _finite, plot_suite
 
     out.mkdir(parents=True, exist_ok=True)
     doc = {"pools": results, "acceptance": {n: acceptance(r) for n, r in results.items() if "admire" in r["strategies"]},
            "wall_s": wall_s}
-    paths = {"json": out / "suite.json", "md": out / "suite.md", "png": out / "suite.png"}
+    paths = {"json": out / "suite.json", "md": out / "suite.md", "short": out / "suite-short.md", "png": out / "suite.png"}
     paths["json"].write_text(json.dumps(_finite(doc), indent=1))
     paths["md"].write_text(format_suite(results) + "\n")
+    paths["short"].write_text(format_compact(results) + "\n")
     plot_suite(results, paths["png"])
     return paths

@@ -81,7 +81,7 @@ def search(
                                 jobs=jobs, progress=bar.update)
         paths = save_suite(results, out, time.perf_counter() - t0)
         typer.echo(paths["md"].read_text())
-        typer.echo(f"wrote {paths['json']}, {paths['md']}, {paths['png']} ({time.perf_counter() - t0:.0f}s)")
+        typer.echo(f"wrote {', '.join(map(str, paths.values()))} ({time.perf_counter() - t0:.0f}s)")
         return
     try:
         data = load_pool(pool, target=target) if pool else regmix_pool()
