@@ -57,9 +57,10 @@ def _objective(mixture: dict, fidelity: str) -> float:
 
 
 @pytest.mark.parametrize("strategy, params, budget, parallelism", [
-    ("random", {"fidelity": "small"}, 2.6, 2),
-    ("regmix", {"n_initial": 6, "regressor": "linear", "n_simulated": 200, "top_k": 4, "n_verify": 3}, 3.6, 2),
-    pytest.param("admire", {}, 1.6, 1, marks=pytest.mark.slow),  # minutes: continuous acquisition optimisation
+    ("random", {"fidelity": "small"}, {"cost": 2.6}, 2),
+    ("random", {}, {"cost": 10.0, "max_trials": 5}, 3),
+    ("regmix", {"n_initial": 6, "regressor": "linear", "n_simulated": 200, "top_k": 4, "n_verify": 3}, {"cost": 3.6}, 2),
+    pytest.param("admire", {}, {"cost": 1.6}, 1, marks=pytest.mark.slow),  # minutes: continuous acquisition optimisation
 ])
 def test_simulated_study_proposes_what_the_engine_proposes(sqlite_url, strategy, params, budget, parallelism):
     """The simulation and a real study on SQLite, same strategy, seed, space and results fed in
@@ -72,7 +73,7 @@ def test_simulated_study_proposes_what_the_engine_proposes(sqlite_url, strategy,
     from tests.helpers import DOMAINS, known_losses, study_body
 
     body = StudyCreate.model_validate(study_body(strategy={"name": strategy, "params": params}, parallelism=parallelism,
-                                                 budget={"cost": budget}, dispatch="ask", seed=3))
+                                                 budget=budget, dispatch="ask", seed=3))
     upgrade(sqlite_url)
     db = Database(sqlite_url)
     with db.session() as s:
@@ -85,7 +86,8 @@ def test_simulated_study_proposes_what_the_engine_proposes(sqlite_url, strategy,
     def answer(p: Proposal) -> float:
         return _objective(dict(zip(DOMAINS, map(float, p.weights))), p.fidelity)
 
-    sim = run_study(space, create_strategy(strategy, space, stored, 3), answer, max_cost=budget, parallelism=parallelism)
+    sim = run_study(space, create_strategy(strategy, space, stored, 3), answer, max_cost=budget.get("cost"),
+                    max_trials=budget.get("max_trials"), parallelism=parallelism)
 
     advance(db, sid)
     for i in sim.completions:  # complete the engine's trials in the simulation's order
@@ -105,7 +107,8 @@ def test_simulated_study_proposes_what_the_engine_proposes(sqlite_url, strategy,
     assert [g[0] for g in got] == [w[0] for w in want]
     np.testing.assert_allclose([g[1] for g in got], [w[1] for w in want], atol=1e-12)
     assert state == StudyState.completed
-    assert sum(space.fidelity(f).cost for f, _ in got) <= budget + 1e-9
+    assert sum(space.fidelity(f).cost for f, _ in got) <= budget["cost"] + 1e-9
+    assert len(got) <= budget.get("max_trials", len(got))
     db.dispose()
 
 

@@ -145,7 +145,7 @@ def format_suite(results: dict[str, dict]) -> str:
     first = next(iter(results.values()))
     budgets, levels = first["settings"]["budgets"], first["settings"]["regret_levels"]
     head = ["pool", "Spearman", "strategy", *(f"cost to regret {r:g}" if r else "cost to best" for r in levels),
-            *(f"rec. regret @{b:g}" for b in budgets)]
+            *(f"rec. regret @{b:g}" for b in budgets), "1st target run at"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, result in results.items():
         rho = ", ".join(f"{f} {v:.2f}" for f, v in result["pool"]["spearman"].items())
@@ -154,11 +154,13 @@ def format_suite(results: dict[str, dict]) -> str:
             lines.append("| " + " | ".join([
                 name if i == 0 else "", rho if i == 0 else "", label,
                 *(_fmt(s["cost_to_regret"][f"{x:g}"]) for x in levels),
-                *(_fmt(s["recommendation_regret"][f"{b:g}"], 3) for b in budgets)]) + " |")
+                *(_fmt(s["recommendation_regret"][f"{b:g}"], 3) for b in budgets),
+                _fmt(s["first_target_share"], 2, "none")]) + " |")
     lines.append("")
     lines.append(f"median [IQR] over {len(first['settings']['seeds'])} seeds; costs in target-fidelity runs; regret normalised "
                  f"per pool, (f - best) / (median - best) over its target results; never: not within "
-                 f"{first['settings']['max_cost']:g}; rec. regret: of the strategy's recommendation after that much cost")
+                 f"{first['settings']['max_cost']:g}; rec. regret: of the strategy's recommendation after that much cost; "
+                 "1st target run at: share of the search's total spend committed before its first target-fidelity run")
     lines.append("")
     for name, result in results.items():
         if "admire" not in result["strategies"]:
