@@ -182,3 +182,15 @@ def test_plot_is_written_when_no_strategy_has_a_target_result(tmp_path):
     assert all(r["summary"]["found_best"] == 0 for r in result["strategies"].values())
     assert plot(result, tmp_path / "search.png").stat().st_size > 5_000
     assert plot_suite({"a": result, "b": result}, tmp_path / "suite.png").stat().st_size > 5_000
+
+
+def test_kept_traces_are_reused_only_with_the_same_settings(tmp_path):
+    pool = _pool()
+    spec = [StrategySpec("random", "random")]
+    first = run_benchmark(pool, spec, seeds=(0,), max_cost=3, cache_dir=tmp_path)
+    kept = tmp_path / "random" / "0.json"
+    assert kept.exists()
+    again = run_benchmark(pool, spec, seeds=(0,), max_cost=3, cache_dir=tmp_path)
+    assert again["strategies"]["random"]["traces"] == first["strategies"]["random"]["traces"]
+    longer = run_benchmark(pool, spec, seeds=(0,), max_cost=5, cache_dir=tmp_path)  # another budget: simulated anew
+    assert len(longer["strategies"]["random"]["traces"][0]["cost"]) == 5

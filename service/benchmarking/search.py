@@ -298,14 +298,19 @@ def summarize(pool: PoolData, traces: Sequence[Trace], budgets: Sequence[float] 
 
 def _one(pool: PoolData, spec: StrategySpec, seed: int, max_cost: float, parallelism: int,
          budgets: Sequence[float], cache: Path | None) -> Trace:
-    """One simulation, read from ``cache`` (a JSON file) when an earlier run left it there."""
+    """One simulation, read from ``cache`` (a JSON file) when an earlier run with the same
+    strategy parameters and settings left it there."""
+    settings = _finite({"strategy": spec.name, "params": spec.params, "max_cost": max_cost, "parallelism": parallelism,
+                        "budgets": list(budgets)})
     if cache is not None and cache.exists():
-        return Trace.from_json(spec.label, json.loads(cache.read_text()))
+        kept = json.loads(cache.read_text())
+        if kept.get("settings") == settings:
+            return Trace.from_json(spec.label, kept["trace"])
     trace = simulate(pool, spec, seed, max_cost=max_cost, parallelism=parallelism, recommend_at=budgets)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps(_finite(trace.to_json())))
+        tmp.write_text(json.dumps({"settings": settings, "trace": _finite(trace.to_json())}))
         tmp.replace(cache)  # whole or absent: a killed run resumes cleanly
     return trace
 

@@ -100,7 +100,8 @@ def run_suite(
 ) -> dict[str, dict]:
     """Every strategy over every seed on every pool. Each finished simulation is kept under
     ``out/traces/<pool>/<label>/<seed>.json``, so an interrupted suite resumes where it stopped
-    (delete the folder, or change ``out``, after changing a strategy). Returns per pool the
+    (a trace is reused only with the same parameters and settings; delete the folder after
+    changing a strategy's code). Returns per pool the
     result of :func:`.search.benchmark_result`."""
     data = {p.name: p.load() for p in pools}
     tasks = [(data[p.name], spec, seed, out / "traces" / p.name / spec.label / f"{seed}.json")
