@@ -194,3 +194,12 @@ def test_kept_traces_are_reused_only_with_the_same_settings(tmp_path):
     assert again["strategies"]["random"]["traces"] == first["strategies"]["random"]["traces"]
     longer = run_benchmark(pool, spec, seeds=(0,), max_cost=5, cache_dir=tmp_path)  # another budget: simulated anew
     assert len(longer["strategies"]["random"]["traces"][0]["cost"]) == 5
+
+
+def test_quantiles_count_never_as_the_largest_value():
+    from service.benchmarking.search import _quantiles
+
+    assert _quantiles([5.0, float("inf")])["median"] == float("inf")  # one seed of two never got there
+    assert _quantiles([1.0, 2.0, 3.0, float("inf")]) == {"median": 2.5, "q25": 1.75, "q75": float("inf")}
+    assert _quantiles([1.0, 3.0]) == {"median": 2.0, "q25": 1.5, "q75": 2.5}
+    assert np.isnan(_quantiles([float("nan")])["median"])

@@ -260,14 +260,21 @@ def simulate(
 
 
 def _quantiles(values: Sequence[float]) -> dict[str, float]:
-    """Median and quartiles; inf (never reached) counts as the largest value, NaN (nothing to
-    score) is left out."""
-    v = np.asarray(values, dtype=float)
+    """Median and quartiles (linear interpolation); inf (never reached) counts as the largest
+    value, so a quantile that interpolates towards it is inf; NaN (nothing to score) is left out."""
+    v = np.sort(np.asarray(values, dtype=float))
     v = v[~np.isnan(v)]
     if not len(v):
         return {"median": float("nan"), "q25": float("nan"), "q75": float("nan")}
-    q25, q50, q75 = (float(np.percentile(v, q, method="lower" if not np.all(np.isfinite(v)) else "linear")) for q in (25, 50, 75))
-    return {"median": q50, "q25": q25, "q75": q75}
+
+    def quantile(q: float) -> float:
+        pos = q * (len(v) - 1)
+        lo, hi = int(np.floor(pos)), int(np.ceil(pos))
+        if not np.isfinite(v[hi]) and hi != lo:
+            return float("inf")
+        return float(v[lo] + (pos - lo) * (v[hi] - v[lo])) if hi != lo else float(v[lo])
+
+    return {"median": quantile(0.5), "q25": quantile(0.25), "q75": quantile(0.75)}
 
 
 def summarize(pool: PoolData, traces: Sequence[Trace], budgets: Sequence[float] = RECOMMEND_BUDGETS) -> dict:
