@@ -329,7 +329,10 @@ def run_traces(tasks: Sequence[tuple[PoolData, StrategySpec, int, Path | None]],
     if jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(jobs) as ex:
+        import torch
+
+        # each worker process uses as many torch threads as this one was given
+        with ProcessPoolExecutor(jobs, initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as ex:
             futures = [ex.submit(_one, pool, spec, seed, max_cost, parallelism, budgets, cache) for pool, spec, seed, cache in tasks]
             traces = []
             for fut in futures:
