@@ -1,13 +1,14 @@
-"""Search efficiency on real released runs.
+"""Search efficiency on pools of real and synthetic proxy runs.
 
 Retrospective, pool-based simulation: every strategy and baseline may only propose mixtures of
-the pool, at a fidelity where the pool has a result, pays that fidelity's cost and sees the real
-objective. Prints the table (median [IQR] over seeds), writes JSON, Markdown and a PNG of
-best-so-far vs cost. Default pool: the RegMix runs (512 + 256 mixtures at 1M, the 256 at 60M,
-objective the Pile-CC validation loss) from ``benchmarks/data/regmix``.
+the pool, at a fidelity where the pool has a result, pays that fidelity's cost and sees the
+recorded objective; proposals are admitted as the server admits them. Prints the table (median
+[IQR] over seeds of the cost to normalised regret 0 / 0.05 / 0.2 and the recommendation's regret
+at costs 1, 3, 10), writes JSON, Markdown and a PNG. ``--suite`` runs every pool of the suite
+(docs/benchmarks.md), resumably; without it, one pool (default: the RegMix runs, Pile-CC loss).
 
-    nice -n 10 .venv/bin/python benchmarks/search_efficiency.py --seeds 10
-    .venv/bin/python benchmarks/search_efficiency.py --pool my_pool.csv --strategies admire-mes,regmix,random
+    nice -n 10 .venv/bin/python benchmarks/search_efficiency.py --suite --seeds 10 --jobs 2
+    .venv/bin/python benchmarks/search_efficiency.py --pool my_pool.csv --strategies admire,regmix,random
 
 Same as ``mixopt bench search`` (this script forwards its arguments).
 """

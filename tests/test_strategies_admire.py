@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from service.strategies import Domain, Fidelity, History, Pool, TrialRecord, create_strategy, make_space, sample_regmix
-from service.strategies._admire import DiscreteMultiFidelityKG, build_model, fidelity_levels, warp
+from service.strategies._admire import DiscreteMultiFidelityKG, build_model, warp
 
 OPT = np.array([0.1, 0.4, 0.2, 0.2, 0.1])
 
@@ -46,14 +46,9 @@ def _add(trials, proposals, state="pending"):
 FAST = {"num_candidates": 64, "refine_restarts": 1, "refine_maxiter": 10, "fit_maxiter": 60}
 
 
-def test_fidelity_levels_are_log_cost_from_cheapest_to_target():
-    np.testing.assert_allclose(fidelity_levels(np.array([1 / 60, 1.0]), 1.0), [0, 1])
-    np.testing.assert_allclose(fidelity_levels(np.array([0.01, 0.1, 1.0, 2.0]), 1.0), [0, 0.5, 1, 1])
-
-
 def test_the_gp_carries_the_proxy_ranking_to_the_target():
-    """With proxy results only, the target posterior ranks as the proxy does (the kernel's
-    shared weight component); the level shift between fidelities goes to the mean."""
+    """With proxy results only, the target posterior ranks as the proxy does (the index kernel's
+    correlations are positive); the level shift between fidelities goes to the mean."""
     space = _space()
     w = sample_regmix(space.mixture, np.random.default_rng(0), 80)
     X = torch.tensor(np.hstack([warp(w), np.zeros((80, 1))]))
@@ -61,7 +56,7 @@ def test_the_gp_carries_the_proxy_ranking_to_the_target():
     from botorch.fit import fit_gpytorch_mll
     from gpytorch.mlls import ExactMarginalLogLikelihood
 
-    model = build_model(X, Y, 5)
+    model = build_model(X, Y, 5, 2, 1)
     fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
     test = sample_regmix(space.mixture, np.random.default_rng(1), 200)
     with torch.no_grad():
@@ -179,3 +174,64 @@ def test_initial_phase_runs_until_the_gp_has_two_results_and_replaces_failed_dra
     after = strategy.propose(History(tuple(trials)), 2)
     assert len(after) == 2 and all(p.meta.get("phase") != "initial" for p in after)
     assert all(space.mixture.contains(p.weights) for p in after)
+
+
+def _pool_history(pool, rows, fidelities) -> list[TrialRecord]:
+    """Completed trials at each (row, fidelity) with the pool's results."""
+    out = []
+    for f in fidelities:
+        j = [x.name for x in pool.fidelities].index(f)
+        for i in rows:
+            out.append(TrialRecord(len(out), pool.weights[i], f, "completed", objective=float(pool.objectives[i, j]),
+                                   pool_index=int(i)))
+    return out
+
+
+@pytest.mark.parametrize("rho, low, high", [(0.95, 0.75, 1.0), (0.2, 0.0, 0.55)])
+def test_the_cross_fidelity_correlation_is_learned_from_the_data(rho, low, high):
+    """Mixtures run at the cheap and the target fidelity: the learned correlation (in the
+    recommendation's and the proposals' meta) follows the pool's real agreement."""
+    from service.benchmarking.synthetic import synthetic_pool
+
+    pool = synthetic_pool(6, rho, 0, n_rows=120)
+    space = pool.space()
+    history = History(tuple(_pool_history(pool, range(40), ["cheap", "target"])))
+    strategy = create_strategy("admire", space, FAST, seed=0)
+    rec = strategy.recommend(history)
+    learned = rec.meta["fidelity_correlation"]
+    assert set(learned) == {"cheap"}  # the middle fidelity has no results: nothing learned
+    assert low <= learned["cheap"] <= high, learned
+    proposed = strategy.propose(history, 1)[0].meta["fidelity_correlation"]
+    assert set(proposed) == {"cheap"} and abs(proposed["cheap"] - learned["cheap"]) < 0.1
+
+
+def test_a_target_run_comes_once_the_proxies_spent_their_warmup():
+    """Cheap runs only: while they cost less than ``proxy_warmup`` the acquisition may pick them;
+    from then on the next run is at the target, whatever the acquisition prefers."""
+    from service.benchmarking.synthetic import synthetic_pool
+
+    pool = synthetic_pool(5, 0.2, 0, n_rows=90)
+    space = pool.space()
+    strategy = create_strategy("admire", space, {**FAST, "proxy_warmup": 0.25}, seed=0)
+    below = History(tuple(_pool_history(pool, range(40, 40 + 15), ["cheap"])))  # 15/64 < 0.25
+    pick = strategy.propose(below, 1)[0]
+    assert pick.meta["proxies_allowed"] and pick.meta["proxy_trust"] == 0
+    at = History(tuple(_pool_history(pool, range(40, 40 + 16), ["cheap"])))  # 16/64 = 0.25
+    picks = strategy.propose(at, 2)
+    assert [p.fidelity for p in picks] == ["target", "target"]
+    assert not picks[0].meta["proxies_allowed"] and picks[0].meta["proxy_allowance"] == 0.25
+
+
+def test_the_proxy_allowance_grows_with_target_spend_and_trust():
+    from service.strategies._admire import ProxyBudget
+
+    costs = {"cheap": 1 / 64, "target": 1.0}
+    b = ProxyBudget(costs, "target", 0.5, 0.0, {"cheap": 0.9}, 0, warmup=0.5, ratio=4.0, trust_runs=2.0)
+    assert b.trust == 0 and b.allowance == 0.5 and not b.proxies_allowed
+    b = b.add("target")
+    assert b.target_spend == 1.0 and not b.proxies_allowed  # no target result yet: no trust
+    b = replace(b, n_target=2)  # trust 0.9 * 2 / 4 = 0.45
+    assert b.trust == pytest.approx(0.45) and b.allowance == pytest.approx(0.5 + 4 * 0.45**2)
+    assert b.proxies_allowed and b.add("cheap").proxy_spend == pytest.approx(0.5 + 1 / 64)
+    low = replace(b, correlation={"cheap": 0.1}, n_target=20)
+    assert low.allowance < 0.55  # a misleading proxy gets little more than the warmup

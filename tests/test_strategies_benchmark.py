@@ -1,5 +1,5 @@
-"""The search-efficiency benchmark, reduced (2 seeds, a budget of 2.5 target runs) as a correctness
-test on the real RegMix pool, and the generic pool CSV format."""
+"""The search-efficiency benchmark: the reduced pool suite CI runs (2 seeds, 3 pools, every
+suite strategy), the suite's listing, and the generic pool CSV format."""
 
 from __future__ import annotations
 
@@ -9,56 +9,103 @@ import numpy as np
 import pytest
 
 from service.benchmarking import (
+    SUITE_STRATEGIES,
     StrategySpec,
-    format_table,
     load_pool,
-    plot,
     regmix_pool,
-    run_benchmark,
+    regmix_targets,
     simulate,
     write_pool,
 )
 from service.benchmarking.pool import REGMIX_DIR
-from service.benchmarking.search import save
+from service.benchmarking.suite import REDUCED, acceptance, format_suite, run_suite, save_suite, suite_pools
 
 needs_data = pytest.mark.skipif(not (REGMIX_DIR / "train_mixture_1m.csv").exists(),
                                 reason=f"the RegMix runs are not in {REGMIX_DIR}")
 
-BUDGET = 2.5
-SEARCHERS = [
-    StrategySpec("admire-mes", "admire", {"acquisition": "mes"}),
-    StrategySpec("regmix-64", "regmix", {"n_initial": 64}),  # the full 512-run design alone costs 8.5
-]
-BASELINES = [StrategySpec("uniform", "uniform"), StrategySpec("natural", "natural")]
+REDUCED_COST = 4.0
+"""The reduced suite's budget (the full suite's is 40): enough for ADMIRE's first target runs
+and, on the RegMix pool, for RegMix's; recommendations at larger budgets are the final ones."""
+
+CI_STRATEGIES = [s for s in SUITE_STRATEGIES if s.label != "admire-kg"]
+"""The suite's strategies but KG, several times slower (it runs in the slow test below)."""
 
 
-def _reduced(tmp_path, searchers, baselines):
-    pool = regmix_pool()
-    random = [simulate(pool, StrategySpec("random", "random"), seed, max_cost=BUDGET) for seed in (0, 1)]
-    random_regret = np.median([t.best_within(BUDGET) - pool.best_target for t in random])
-    result = run_benchmark(pool, searchers + baselines, seeds=(0, 1), max_cost=BUDGET, budgets=(1.0, BUDGET))
-    for spec in searchers:
-        regret = result["strategies"][spec.label]["summary"]["regret"][f"{BUDGET:g}"]["median"]
-        assert regret < random_regret, (spec.label, regret, random_regret)
-    for spec in baselines:  # valid proposals (simulate checks them against the pool) and a result
-        assert np.isfinite(result["strategies"][spec.label]["summary"]["regret"][f"{BUDGET:g}"]["median"])
-    return pool, result
+@pytest.fixture
+def one_thread():
+    """One torch thread, as the suite runs each simulation (two spinning threads double the CPU
+    time on a busy machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _reduced_pool(tmp_path, name, specs):
+    """2 seeds of ``specs`` on one pool of the reduced suite: valid proposals (the simulation
+    checks each against the pool) and every figure present."""
+    results = run_suite(suite_pools([name]), specs, (0, 1), out=tmp_path, max_cost=REDUCED_COST)
+    result = results[name]
+    assert list(result["strategies"]) == [s.label for s in specs]
+    for label, r in result["strategies"].items():
+        s = r["summary"]
+        assert set(s["cost_to_regret"]) == {"0", "0.05", "0.2"}
+        assert all(np.isfinite(s["recommendation_regret"][b]["median"]) for b in ("1", "3", "10")), (name, label)
+    return results
 
 
 @needs_data
-def test_reduced_benchmark_searchers_beat_random(tmp_path):
-    pool, result = _reduced(tmp_path, SEARCHERS, BASELINES)
-    table = format_table(result)
-    assert "admire-mes" in table and "cost to best" in table
-    save(result, tmp_path / "search.json")
-    assert json.loads((tmp_path / "search.json").read_text())["settings"]["max_cost"] == BUDGET
-    assert plot(result, tmp_path / "search.png", pool.best_target).stat().st_size > 10_000
+@pytest.mark.parametrize("name", REDUCED)
+def test_reduced_suite(tmp_path, one_thread, name):
+    """The reduced suite CI runs (2 seeds, 3 pools, every suite strategy but KG); on the real
+    pool the searchers' recommendations after cost 3 beat random's best of 3 runs."""
+    result = _reduced_pool(tmp_path, name, CI_STRATEGIES)[name]["strategies"]
+    if name == "regmix/pile_cc":
+        for label in ("admire", "regmix"):
+            rec = result[label]["summary"]["recommendation_regret"]["3"]["median"]
+            assert rec < result["random"]["summary"]["recommendation_regret"]["3"]["median"], (label, rec)
 
 
 @needs_data
 @pytest.mark.slow
-def test_reduced_benchmark_knowledge_gradient_beats_random(tmp_path):
-    _reduced(tmp_path, [StrategySpec("admire-kg", "admire", {"acquisition": "kg"})], [])
+def test_reduced_suite_knowledge_gradient(tmp_path, one_thread):
+    _reduced_pool(tmp_path, "regmix/pile_cc", [s for s in SUITE_STRATEGIES if s.label == "admire-kg"])
+
+
+@needs_data
+def test_suite_output_resumes_from_kept_traces(tmp_path):
+    """The suite's files from kept traces: a second run simulates nothing and gives the same
+    figures; the table has a check per pool, the plot a panel per pool."""
+    specs = [s for s in SUITE_STRATEGIES if s.label in ("random", "uniform")]
+    pools = suite_pools(REDUCED)
+    results = run_suite(pools, specs, (0, 1), out=tmp_path, max_cost=REDUCED_COST)
+    traces = sorted((tmp_path / "traces").rglob("*.json"))
+    assert len(traces) == 3 * 2 * 2
+    stamps = [t.stat().st_mtime_ns for t in traces]
+    again = run_suite(pools, specs, (0, 1), out=tmp_path, max_cost=REDUCED_COST)
+    assert [t.stat().st_mtime_ns for t in traces] == stamps
+    assert json.dumps(again, default=str) == json.dumps(results, default=str)
+    admire = {n: {**r, "strategies": {"admire": r["strategies"]["random"], **r["strategies"]}} for n, r in results.items()}
+    paths = save_suite(admire, tmp_path)  # random's figures stand in for admire's: the check is a formality here
+    table = paths["md"].read_text()
+    checks = [line for line in table.splitlines() if line.startswith(("PASS ", "FAIL "))]
+    assert [c.split()[1] for c in checks] == [f"{n}:" for n in REDUCED] and "cost to regret 0.05" in table
+    assert "| regmix/pile_cc | 0.99 |" in paths["short"].read_text()
+    assert paths["png"].stat().st_size > 20_000
+    assert set(json.loads(paths["json"].read_text())["acceptance"]) == set(REDUCED)
+
+
+def test_acceptance_needs_admire_within_1_2x_random_and_at_most_regmix():
+    def result(costs):
+        return {"strategies": {k: {"summary": {"cost_to_regret": {"0.05": {"median": v}}}} for k, v in costs.items()}}
+
+    assert acceptance(result({"admire": 2.0, "random": 1.8, "regmix": 2.0}))["pass"]
+    assert not acceptance(result({"admire": 2.2, "random": 1.8, "regmix": 9.0}))["pass"]  # > 1.2 x 1.8
+    assert not acceptance(result({"admire": 2.0, "random": 9.0, "regmix": 1.5}))["pass"]
+    assert not acceptance(result({"admire": None, "random": None, "regmix": None}))["pass"]  # never is not a pass
+    assert acceptance(result({"admire": 5.0, "random": None, "regmix": None}))["pass"]
 
 
 @needs_data

@@ -11,6 +11,7 @@ The generic format is one long CSV, one row per (mixture, fidelity) result::
 - ``objective``: the measured value to minimise (e.g. a validation loss).
 - ``w_<domain>``: the mixture's weight for each domain; rows are renormalised to sum to 1 when
   they sum to 1 within :data:`WEIGHT_SUM_TOLERANCE` (released mixtures are often rounded).
+- optional ``loss_<domain>`` columns (per-domain losses) are accepted and ignored here.
 
 The target fidelity is the one with cost 1 (or the costliest when none costs exactly 1), unless
 named explicitly.
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from ..strategies import Domain, Fidelity, Pool, SearchSpace, make_space
 
@@ -68,6 +70,29 @@ class PoolData:
         """The best (lowest) objective at the target fidelity over the pool."""
         return float(np.nanmin(self.objectives[:, self.target_index]))
 
+    @property
+    def median_target(self) -> float:
+        """The median objective at the target fidelity over the pool."""
+        return float(np.nanmedian(self.objectives[:, self.target_index]))
+
+    def regret(self, value: float | np.ndarray) -> float | np.ndarray:
+        """Normalised regret ``(value - best) / (median - best)`` over the pool's target results:
+        0 is the pool's best, 1 its median mixture, whatever the objective's scale."""
+        best = self.best_target
+        return (np.asarray(value, float) - best) / max(self.median_target - best, 1e-300)
+
+    def fidelity_spearman(self) -> dict[str, float]:
+        """Spearman of each cheaper fidelity's results against the target's over the mixtures
+        that have both: ``{fidelity name: rho}`` (NaN where fewer than 3 mixtures have both)."""
+        t = self.target_index
+        out = {}
+        for j, f in enumerate(self.fidelities):
+            both = self.available[:, j] & self.available[:, t]
+            if j != t:
+                rho = spearmanr(self.objectives[both, j], self.objectives[both, t])[0] if both.sum() >= 3 else np.nan
+                out[f.name] = float(rho)
+        return out
+
     def space(self) -> SearchSpace:
         """The search space in pool mode: the pool's domains (token counts unknown, so the
         prior is uniform), its fidelities, and its mixtures as the candidate pool."""
@@ -83,6 +108,8 @@ class PoolData:
                 for i, f in enumerate(self.fidelities)
             ],
             "best_target": self.best_target,
+            "median_target": self.median_target,
+            "spearman": self.fidelity_spearman(),
         }
 
 
@@ -106,7 +133,8 @@ def load_pool(path: str | Path, target: str | None = None) -> PoolData:
         weight_columns = [c for c in columns if c.startswith("w_")]
         if not weight_columns:
             raise ValueError(f"{path}: no weight columns (w_<domain>)")
-        unknown = [c for c in columns if c not in _BASE_COLUMNS and not c.startswith("w_")]
+        # per-domain losses (``loss_<domain>``, read by ``mixopt runs import``) are not needed here
+        unknown = [c for c in columns if c not in _BASE_COLUMNS and not c.startswith(("w_", "loss_"))]
         if unknown:
             raise ValueError(f"{path}: unknown column(s) {unknown}")
         rows = list(reader)
@@ -194,8 +222,9 @@ def regmix_pool(data_dir: str | Path = REGMIX_DIR, objective: str = "pile_cc") -
     Args:
         data_dir: folder with ``{train,test}_mixture_1m.csv``, ``{train,test}_pile_loss_1m.csv``
             and ``test_pile_loss_60m.csv``.
-        objective: the Pile domain whose validation loss is the objective
-            (column ``metric/the_pile_<objective>_val_loss``).
+        objective: the Pile domain whose validation loss is the objective (column
+            ``metric/the_pile_<objective>_val_loss``), or ``mean``: the mean over every domain
+            of :func:`regmix_targets`.
     """
     import pandas as pd
 
@@ -206,8 +235,10 @@ def regmix_pool(data_dir: str | Path = REGMIX_DIR, objective: str = "pile_cc") -
     for split, scale in parts:
         mixtures = pd.read_csv(data_dir / f"{split}_mixture_1m.csv")
         losses = pd.read_csv(data_dir / f"{split}_pile_loss_{scale}.csv")
+        if objective == "mean":  # the mean over every domain the target's loss file carries
+            losses[column] = losses[[f"metric/the_pile_{t}_val_loss" for t in regmix_targets(data_dir)]].mean(axis=1)
         if column not in losses.columns:
-            options = sorted(c[len("metric/the_pile_") : -len("_val_loss")] for c in losses.columns if c.startswith("metric/"))
+            options = [*regmix_targets(data_dir), "mean"]
             raise ValueError(f"objective: no column {column!r} in the RegMix losses; choose one of {options}")
         joined = mixtures.merge(losses[["index", column]], on="index", validate="one_to_one")
         joined.insert(0, "mixture_id", [f"{split}-{i}" for i in joined["index"]])
@@ -227,3 +258,11 @@ def regmix_pool(data_dir: str | Path = REGMIX_DIR, objective: str = "pile_cc") -
         part = data[data["fidelity"] == f.name]
         objectives[[row[m] for m in part["mixture_id"]], j] = part[column].to_numpy(float)
     return PoolData(domains, fidelities, tuple(ids), weights, objectives)
+
+
+def regmix_targets(data_dir: str | Path = REGMIX_DIR) -> list[str]:
+    """The Pile domains whose validation loss the released 60M runs carry (the objectives
+    :func:`regmix_pool` accepts, besides ``mean``), in the file's order."""
+    with (Path(data_dir) / "test_pile_loss_60m.csv").open(newline="") as fh:
+        header = next(csv.reader(fh))
+    return [c[len("metric/the_pile_") : -len("_val_loss")] for c in header if c.startswith("metric/the_pile_")]

@@ -42,25 +42,47 @@ def search(
     pool: Optional[Path] = typer.Option(None, help="Pool CSV (mixture_id,fidelity,cost,objective,w_<domain>...); "
                                         "default: the RegMix runs in benchmarks/data/regmix (objective Pile-CC loss)."),
     target: Optional[str] = typer.Option(None, help="Target fidelity of the pool (default: cost 1, else the costliest)."),
-    strategies: Optional[str] = typer.Option(None, help="Comma-separated labels (default: all), or label:name:{json params}."),
+    suite: bool = typer.Option(False, "--suite", help="Run the pool suite (every RegMix target, the synthetic pools, "
+                               "the demo-corpus pool when it exists) instead of one pool."),
+    pools: Optional[str] = typer.Option(None, help="With --suite: comma-separated pool names (default: all; "
+                                        "'reduced': the three pools CI runs)."),
+    strategies: Optional[str] = typer.Option(None, help="Comma-separated labels, or label:name:{json params} "
+                                             "(default: all; with --suite: admire, admire-kg, regmix, random, uniform)."),
     seeds: int = typer.Option(10, min=1, help="Seeds per strategy."),
-    max_cost: float = typer.Option(40.0, help="Stop a search once this much cost is committed."),
+    max_cost: float = typer.Option(40.0, help="Cost budget of each simulated study (target-fidelity runs)."),
     parallelism: int = typer.Option(1, min=1, help="Simulated parallel workers."),
     jobs: int = typer.Option(1, min=1, help="Simulations run in this many processes."),
     threads: int = typer.Option(1, min=1, help="torch threads per process."),
-    out: Path = typer.Option(Path("artifacts/bench/search"), help="Output folder (search.json, search.png, search.md)."),
+    out: Path = typer.Option(Path("artifacts/bench/search"), help="Output folder (search.* or suite.*; with --suite "
+                             "also traces/, from which an interrupted run resumes)."),
 ) -> None:
-    """Search efficiency of the strategies on a pool of real released runs.
-
-    Cost to reach the pool's best target result and regret after fixed budgets, as a table,
-    JSON and PNG."""
+    """Search efficiency: cost to reach normalised regret 0, 0.05 and 0.2 and the regret of the
+    strategy's recommendation after fixed budgets, on one pool or on the pool suite."""
     import torch
     from tqdm import tqdm
 
-    from ..benchmarking import format_table, load_pool, plot, regmix_pool, run_benchmark
+    from ..benchmarking import SUITE_STRATEGIES, format_table, load_pool, plot, regmix_pool, run_benchmark
     from ..benchmarking.search import save
 
     torch.set_num_threads(threads)
+    if suite:
+        from ..benchmarking.suite import REDUCED, run_suite, save_suite, suite_pools
+
+        names = list(REDUCED) if pools == "reduced" else (pools.split(",") if pools else None)
+        try:
+            chosen = suite_pools(names, log=typer.echo)
+        except ValueError as exc:
+            raise typer.BadParameter(f"--pools: {exc}") from None
+        specs = _specs(strategies, SUITE_STRATEGIES)
+        typer.echo(f"suite: {len(chosen)} pools x {len(specs)} strategies x {seeds} seeds")
+        t0 = time.perf_counter()
+        with tqdm(total=len(chosen) * len(specs) * seeds, desc="simulations") as bar:
+            results = run_suite(chosen, specs, range(seeds), out=out, max_cost=max_cost, parallelism=parallelism,
+                                jobs=jobs, progress=bar.update)
+        paths = save_suite(results, out, time.perf_counter() - t0)
+        typer.echo(paths["md"].read_text())
+        typer.echo(f"wrote {', '.join(map(str, paths.values()))} ({time.perf_counter() - t0:.0f}s)")
+        return
     try:
         data = load_pool(pool, target=target) if pool else regmix_pool()
     except (OSError, ValueError) as exc:
@@ -77,7 +99,7 @@ def search(
     out.mkdir(parents=True, exist_ok=True)
     save(result, out / "search.json")
     (out / "search.md").write_text(table + "\n")
-    plot(result, out / "search.png", data.best_target)
+    plot(result, out / "search.png", str(pool or "regmix/pile_cc"))
     typer.echo(f"wrote {out / 'search.json'}, {out / 'search.md'}, {out / 'search.png'} ({result['wall_s']:.0f}s)")
 
 

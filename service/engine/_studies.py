@@ -19,6 +19,7 @@ from ..schemas._trainer import check_trainer_params
 from ..metrics import observe_proposal
 from ..schemas.studies import StudyCreate
 from ..strategies import Proposal, get_strategy_class
+from ..strategies._admission import Room, admit, room
 from ._costs import fill_costs
 from ._spec import load_history, load_trials, space_for, strategy_for
 
@@ -190,8 +191,7 @@ def change_state(db: Database, study_id: int, action: str, reason: str | None = 
 
 @dataclass
 class _Budget:
-    free: int
-    budget_left: float
+    room: Room
     in_flight: int
     last_number: int
 
@@ -215,11 +215,11 @@ def advance(db: Database, study_id: int, *, attempts: int = 5) -> bool:
             strategy = strategy_for(study, space)
             history = load_history(s, space, trials)
         proposals: list[Proposal] = []
-        if before.free > 0:
+        if before.room.free > 0:
             try:
                 if not strategy.is_finished(history):
                     t0 = time.perf_counter()
-                    proposals = strategy.propose(history, before.free)
+                    proposals = strategy.propose(history, before.room.free)
                     observe_proposal(study.strategy, time.perf_counter() - t0)
             except Exception as e:  # a strategy bug must not take the server down, but must be seen
                 log.exception("strategy %s failed on study %s", study.strategy, study_id)
@@ -234,7 +234,7 @@ def advance(db: Database, study_id: int, *, attempts: int = 5) -> bool:
             now = _budget(study, _budget_rows(s, study_id))
             if now.last_number != before.last_number:
                 continue
-            admitted = _within_budget(space, proposals, now.budget_left)[: max(now.free, 0)]
+            admitted = admit(proposals, {f.name: f.cost for f in space.fidelities}, now.room)
             if admitted:
                 _enqueue(s, study, admitted, space)
                 return True
@@ -252,25 +252,12 @@ def _budget_rows(s: Session, study_id: int) -> list:
 
 
 def _budget(study: Study, trials: list) -> _Budget:
-    """Free slots and budget from ``trials`` (trials, or rows with their state, cost, number, strategy_meta)."""
+    """The room (:func:`..strategies._admission.room`) left by ``trials`` (trials, or rows with
+    their state, cost, number, strategy_meta); imported and cancelled trials use none."""
     live = [t for t in trials if t.state != TrialState.cancelled and not (t.strategy_meta or {}).get("imported")]
     in_flight = sum(t.state in IN_FLIGHT for t in live)
-    free = study.parallelism - in_flight
-    if study.budget_trials is not None:
-        free = min(free, study.budget_trials - len(live))
-    left = np.inf if study.budget_cost is None else study.budget_cost - sum(t.cost for t in live)
-    return _Budget(free, left, in_flight, max((t.number for t in trials), default=-1))
-
-
-def _within_budget(space, proposals: list[Proposal], budget_left: float) -> list[Proposal]:
-    out = []
-    for p in proposals:
-        cost = space.fidelity(p.fidelity).cost
-        if cost > budget_left + 1e-9:
-            break
-        budget_left -= cost
-        out.append(p)
-    return out
+    left = room(study.parallelism, in_flight, len(live), sum(t.cost for t in live), study.budget_trials, study.budget_cost)
+    return _Budget(left, in_flight, max((t.number for t in trials), default=-1))
 
 
 def _enqueue(s: Session, study: Study, proposals: list[Proposal], space) -> None:

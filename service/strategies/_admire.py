@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 import torch
-from gpytorch.means import Mean
 from pydantic import Field
 from scipy.stats import spearmanr
 
@@ -60,15 +60,14 @@ class AdmireParams(StrategyParams):
     refit_growth: float = Field(
         0.1, ge=0, le=10, description="re-optimise the GP hyperparameters once the completed trials grew by this "
         "fraction since the last fit (always while there are at most 20); in between they are reused")
-
-
-def fidelity_levels(costs: np.ndarray, target_cost: float) -> np.ndarray:
-    """``F`` fidelity features in [0, 1]: 0 for the cheapest, 1 for the target, log-cost between
-    (fidelities dearer than the target are clipped to 1)."""
-    lo = float(np.min(costs))
-    if target_cost <= lo * (1 + 1e-12):
-        return np.ones(len(costs))
-    return np.clip((np.log(costs) - math.log(lo)) / (math.log(target_cost) - math.log(lo)), 0.0, 1.0)
+    proxy_warmup: float = Field(
+        0.5, ge=0, le=1000, description="cost (in target runs) the cheaper fidelities may take before the first target run")
+    proxy_ratio: float = Field(
+        4.0, ge=0, le=1000, description="most cost the cheaper fidelities may take per unit spent on the target, reached "
+        "when their learned correlation with the target is 1 and rests on many target runs")
+    trust_runs: float = Field(
+        2.0, ge=0, le=1000, description="target results at which the learned correlation counts half (it is shrunk "
+        "by n / (n + trust_runs) while target results are few)")
 
 
 WARP_EPS = 1e-4
@@ -82,50 +81,97 @@ def warp(w):
     return np.sqrt(np.clip(w, 0, None) + WARP_EPS) - WARP_EPS**0.5
 
 
-class FidelityMean(Mean):
-    """Prior mean ``c + a * s``: proxies of different scale differ first by a level shift."""
-
-    def __init__(self, fidelity_dim: int):
-        super().__init__()
-        self.fidelity_dim = fidelity_dim
-        self.register_parameter("constant", torch.nn.Parameter(torch.zeros(1, dtype=torch.double)))
-        self.register_parameter("slope", torch.nn.Parameter(torch.zeros(1, dtype=torch.double)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.constant + self.slope * x[..., self.fidelity_dim]
-
-
-FIDELITY_CORRELATION_PRIOR = (2.0, 0.5)
-"""Gamma(concentration, rate) prior on the downsampling kernel's offset ``c``, which sets the
-correlation ``sqrt(c / (1 + c))`` between the cheapest fidelity and the target: mean 4, i.e. a
-correlation near 0.9 a priori (90% interval ~0.65-0.95). Multi-fidelity search rests on proxies
-ranking mixtures as the target does (RegMix: rank invariance from 1M to 1B parameters); BoTorch's
-default, Gamma(3, 6), puts the correlation near 0.6, and the data move it slowly while the
-target results are few."""
-
-
-def build_model(X: torch.Tensor, Y: torch.Tensor, k: int):
-    """``SingleTaskMultiFidelityGP`` on ``n x (k + 1)`` inputs (warped weights, fidelity level)
-    and ``n x 1`` outcomes: a scaled Matern-5/2 ARD kernel on the weights times BoTorch's
-    downsampling kernel on the fidelity (so the target posterior ranks like the proxies' until
-    target results say otherwise, see :data:`FIDELITY_CORRELATION_PRIOR`), a
-    :class:`FidelityMean`, standardised outcomes."""
-    from botorch.models import SingleTaskMultiFidelityGP
-    from botorch.models.kernels.downsampling import DownsamplingKernel
+def build_model(X: torch.Tensor, Y: torch.Tensor, k: int, n_fidelities: int, target_index: int):
+    """BoTorch ``MultiTaskGP`` (ICM) on ``n x (k + 1)`` inputs (warped weights, fidelity index)
+    and ``n x 1`` outcomes: a scaled Matern-5/2 ARD kernel on the weights times a
+    ``PositiveIndexKernel`` over the ``n_fidelities`` fidelities, whose learned covariance says how
+    far each fidelity's results tell about another's (see :func:`fidelity_correlation`); a constant
+    mean per fidelity (proxies of different scale differ first by a level shift), outcomes
+    standardised; one output, the target's, for inputs without the index column. The index
+    kernel's prior on the correlations is BoTorch's Beta(2.5, 1.5) (mean 0.63): agreement is
+    neither assumed nor ruled out, the data decide."""
+    from botorch.models import MultiTaskGP
+    from gpytorch.constraints import GreaterThan
     from gpytorch.kernels import MaternKernel, ScaleKernel
-    from gpytorch.priors import GammaPrior
+    from gpytorch.likelihoods import GaussianLikelihood
+    from gpytorch.priors import GammaPrior, LogNormalPrior
 
-    weights_kernel = ScaleKernel(MaternKernel(nu=2.5, ard_num_dims=k, active_dims=list(range(k)),
-                                              lengthscale_prior=GammaPrior(3.0, 6.0)))
-    model = SingleTaskMultiFidelityGP(X, Y, data_fidelities=[k], linear_truncated=False, covar_module=weights_kernel)
-    model.mean_module = FidelityMean(k)
-    concentration, rate = FIDELITY_CORRELATION_PRIOR
-    for kernel in model.covar_module.modules():
-        if isinstance(kernel, DownsamplingKernel):
-            kernel.register_prior("offset_prior", GammaPrior(concentration, rate), lambda m: m.offset,
-                                  lambda m, v: m._set_offset(v))
-            kernel.offset = concentration / rate
-    return model
+    weights_kernel = ScaleKernel(MaternKernel(nu=2.5, ard_num_dims=k, lengthscale_prior=GammaPrior(3.0, 6.0)))
+    # one noise level for all fidelities: BoTorch's per-task likelihood cannot serve the fantasy
+    # models that pending trials need
+    noise_prior = LogNormalPrior(-4.0, 1.0)
+    likelihood = GaussianLikelihood(noise_prior=noise_prior, noise_constraint=GreaterThan(1e-6, initial_value=noise_prior.mode))
+    return MultiTaskGP(X, Y, task_feature=k, covar_module=weights_kernel, likelihood=likelihood,
+                       all_tasks=list(range(n_fidelities)), output_tasks=[target_index])
+
+
+def fidelity_correlation(model, target_index: int) -> np.ndarray:
+    """``F`` learned correlations of each fidelity's latent objective with the target's (1 for the
+    target itself), from the ICM task covariance ``B``: ``B_ft / sqrt(B_ff B_tt)``."""
+    with torch.no_grad():
+        B = model.covar_module.kernels[1].covar_matrix
+        d = B.diagonal().sqrt()
+        return (B[:, target_index] / (d * d[target_index])).numpy()
+
+
+@dataclass(frozen=True)
+class ProxyBudget:
+    """How much the cheaper fidelities may cost so far: ``warmup + ratio * trust^2 * target_spend``,
+    where ``trust = max(rho, 0) * n / (n + trust_runs)`` shrinks the best proxy's learned correlation
+    ``rho`` with the target while there are few (``n``) target results. Until the proxies have
+    shown they rank as the target does, target runs keep coming: when the proxies mislead, the
+    search degrades to BO on the target alone instead of spending its budget on them.
+
+    Args:
+        costs: ``{fidelity: cost}``; target: the target's name.
+        proxy_spend, target_spend: committed cost (every trial but the failed ones) so far.
+        correlation: ``{fidelity: learned correlation with the target}`` for the others.
+        n_target: completed target results.
+        warmup, ratio, trust_runs: the strategy's ``proxy_*`` and ``trust_runs`` parameters.
+    """
+
+    costs: dict[str, float]
+    target: str
+    proxy_spend: float
+    target_spend: float
+    correlation: dict[str, float]
+    n_target: int
+    warmup: float
+    ratio: float
+    trust_runs: float
+
+    @classmethod
+    def of(cls, strategy: AdmireStrategy, history: History, model) -> ProxyBudget:
+        space, p = strategy.space, strategy.params
+        costs = {f.name: f.cost for f in space.fidelities}
+        target = space.target.name
+        spent = [t for t in history.trials if t.state != "failed"]
+        return cls(costs, target, sum(costs[t.fidelity] for t in spent if t.fidelity != target),
+                   sum(costs[t.fidelity] for t in spent if t.fidelity == target), strategy.learned_correlation(model, history),
+                   sum(t.fidelity == target for t in history.completed), p.proxy_warmup, p.proxy_ratio, p.trust_runs)
+
+    @property
+    def trust(self) -> float:
+        best = max(self.correlation.values(), default=0.0)
+        return max(best, 0.0) * self.n_target / (self.n_target + self.trust_runs) if self.n_target else 0.0
+
+    @property
+    def allowance(self) -> float:
+        return self.warmup + self.ratio * self.trust**2 * self.target_spend
+
+    @property
+    def proxies_allowed(self) -> bool:
+        return self.proxy_spend < self.allowance
+
+    def add(self, fidelity: str) -> ProxyBudget:
+        """The budget after committing one more run at ``fidelity``."""
+        if fidelity == self.target:
+            return replace(self, target_spend=self.target_spend + self.costs[fidelity])
+        return replace(self, proxy_spend=self.proxy_spend + self.costs[fidelity])
+
+    def meta(self) -> dict:
+        return {"fidelity_correlation": self.correlation, "proxy_trust": round(self.trust, 4),
+                "proxy_allowance": round(self.allowance, 4), "proxies_allowed": self.proxies_allowed}
 
 
 MAX_CANDIDATE_CELLS = 2_000_000
@@ -147,24 +193,21 @@ class AdmireStrategy(BaseStrategy):
         if p.initial_fidelity is not None and p.initial_fidelity not in names:
             raise ValueError(f"strategy.params.initial_fidelity: unknown fidelity {p.initial_fidelity!r}; study has {names}")
         self.initial_fidelity = p.initial_fidelity or min(space.fidelities, key=lambda f: f.cost).name
-        if p.num_candidates * space.mixture.k > MAX_CANDIDATE_CELLS:
-            raise ValueError(f"strategy.params.num_candidates: at most {MAX_CANDIDATE_CELLS // space.mixture.k} for "
-                             f"{space.mixture.k} domains (num_candidates x domains <= {MAX_CANDIDATE_CELLS:,})")
-        self.levels = fidelity_levels(space.costs, space.target.cost)
         self.k = space.mixture.k
+        self.target_index = space.fidelity_index(space.target.name)
 
     # ---- data -----------------------------------------------------------------------------
 
     def _x(self, weights: np.ndarray, fidelity: str | np.ndarray) -> torch.Tensor:
-        """``n x (k + 1)`` model inputs (warped weights, fidelity level) for ``n x k`` weights at a
-        fidelity (its name, or ``n`` levels)."""
+        """``n x (k + 1)`` model inputs (warped weights, fidelity index) for ``n x k`` weights at a
+        fidelity (its name, or ``n`` indices)."""
         w = np.atleast_2d(weights)
-        s = self.levels[self.space.fidelity_index(fidelity)] if isinstance(fidelity, str) else fidelity
+        s = self.space.fidelity_index(fidelity) if isinstance(fidelity, str) else fidelity
         s = np.broadcast_to(np.asarray(s, float), (len(w),))
         return torch.as_tensor(np.hstack([warp(w), s[:, None]]), dtype=torch.double)
 
     def _train_data(self, trials: list[TrialRecord]) -> tuple[torch.Tensor, torch.Tensor]:
-        X = self._x(np.stack([t.weights for t in trials]), self.levels[[self.space.fidelity_index(t.fidelity) for t in trials]])
+        X = self._x(np.stack([t.weights for t in trials]), np.array([self.space.fidelity_index(t.fidelity) for t in trials]))
         Y = -torch.tensor([[t.objective] for t in trials], dtype=torch.double)
         return X, Y
 
@@ -176,7 +219,7 @@ class AdmireStrategy(BaseStrategy):
 
         done = history.completed
         X, Y = self._train_data(done)
-        model = build_model(X, Y, self.k)
+        model = build_model(X, Y, self.k, len(self.space.fidelities), self.target_index)
         warm = next((t.meta for t in reversed(history.trials) if isinstance(t.meta.get("gp"), dict)), None)
         fitted_on = len(done)
         if warm is not None:
@@ -199,6 +242,13 @@ class AdmireStrategy(BaseStrategy):
         model.fitted_on = fitted_on
         return model
 
+    def learned_correlation(self, model, history: History) -> dict[str, float]:
+        """``{fidelity: learned correlation with the target}`` for each cheaper fidelity with
+        completed results (an unobserved one's is only its prior)."""
+        rho = fidelity_correlation(model, self.target_index)
+        seen = {t.fidelity for t in history.completed}
+        return {f.name: round(float(r), 4) for f, r in zip(self.space.fidelities, rho) if not f.target and f.name in seen}
+
     @staticmethod
     def _hyperparameters(model) -> dict[str, list[float]]:
         return {name: [round(float(v), 6) for v in p.detach().flatten()] for name, p in model.named_parameters()}
@@ -206,33 +256,21 @@ class AdmireStrategy(BaseStrategy):
     # ---- acquisition ----------------------------------------------------------------------
 
     def _cost_utility(self):
+        """Utility divided by the cost of the candidate's fidelity (looked up by its index)."""
         from botorch.acquisition.cost_aware import InverseCostWeightedUtility
-        from botorch.models.cost import AffineFidelityCostModel
         from botorch.models.deterministic import GenericDeterministicModel
 
         costs = torch.as_tensor(self.space.costs, dtype=torch.double)
-        levels = torch.as_tensor(self.levels, dtype=torch.double)
-        if len(costs) == 2 and levels.max() > levels.min():
-            lo, hi = costs[levels.argmin()], costs[levels.argmax()]
-            cost_model = AffineFidelityCostModel(fidelity_weights={self.k: float(hi - lo)}, fixed_cost=float(lo))
-        else:  # several fidelities: interpolate log-cost between the levels exactly
-            order = torch.argsort(levels)
-            xs, ys = levels[order], costs[order].log()
 
-            def cost(X: torch.Tensor) -> torch.Tensor:
-                s = X[..., self.k].clamp(float(xs[0]), float(xs[-1]))
-                i = torch.searchsorted(xs, s.contiguous()).clamp(1, len(xs) - 1)
-                x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
-                t = torch.where(x1 > x0, (s - x0) / (x1 - x0).clamp_min(1e-12), torch.zeros_like(s))
-                return (y0 + t * (y1 - y0)).exp().unsqueeze(-1)
+        def cost(X: torch.Tensor) -> torch.Tensor:
+            return costs[X[..., self.k].round().long().clamp(0, len(costs) - 1)].unsqueeze(-1)
 
-            cost_model = GenericDeterministicModel(cost, num_outputs=1)
-        return InverseCostWeightedUtility(cost_model=cost_model)
+        return InverseCostWeightedUtility(cost_model=GenericDeterministicModel(cost, num_outputs=1))
 
     def _project(self, X: torch.Tensor) -> torch.Tensor:
         from botorch.acquisition.utils import project_to_target_fidelity
 
-        return project_to_target_fidelity(X, target_fidelities={self.k: 1.0}, d=self.k + 1)
+        return project_to_target_fidelity(X, target_fidelities={self.k: float(self.target_index)}, d=self.k + 1)
 
     def _acquisition(self, model, targets: np.ndarray, X_pending: torch.Tensor | None):
         """The acquisition function; ``targets`` (``m x k``) discretise the target fidelity."""
@@ -308,30 +346,36 @@ class AdmireStrategy(BaseStrategy):
         model = self._fit(history)
         gp = self._hyperparameters(model)
         pending = [self._x(t.weights, t.fidelity) for t in history.pending]
+        budget = ProxyBudget.of(self, history, model)
         if self.space.pool is not None:
-            return self._propose_pool(history, model, pending, n, gp)
-        return self._propose_continuous(history, model, pending, n, gp)
+            return self._propose_pool(history, model, pending, n, gp, budget)
+        return self._propose_continuous(history, model, pending, n, gp, budget)
 
-    def _propose_pool(self, history, model, pending, n, gp) -> list[Proposal]:
+    def _propose_pool(self, history, model, pending, n, gp, budget: ProxyBudget) -> list[Proposal]:
         pool = self.space.pool
         taken = {(t.pool_index, t.fidelity) for t in history.trials if t.state != "failed"}
         pairs = [(i, f.name) for j, f in enumerate(self.space.fidelities)
                  for i in np.flatnonzero(pool.available[:, j]) if (int(i), f.name) not in taken]
         if not pairs:
             return []
-        X = self._x(pool.weights[[i for i, _ in pairs]], self.levels[[self.space.fidelity_index(f) for _, f in pairs]])
-        targets = pool.weights[pool.available[:, self.space.fidelity_index(self.space.target.name)]]
+        fid = np.array([self.space.fidelity_index(f) for _, f in pairs])
+        X = self._x(pool.weights[[i for i, _ in pairs]], fid)
+        targets = pool.weights[pool.available[:, self.target_index]]
         out: list[Proposal] = []
         free = np.ones(len(pairs), dtype=bool)
         for _ in range(min(n, len(pairs))):
+            allowed = free & (budget.proxies_allowed | (fid == self.target_index))
+            if not allowed.any():  # no target runs left: the proxies are all there is
+                allowed = free
             acq = self._acquisition(model, targets, torch.cat(pending) if pending else None)
             score = self._score(acq, X)
-            score[~torch.as_tensor(free)] = -math.inf
+            score[~torch.as_tensor(allowed)] = -math.inf
             j = int(torch.argmax(score))
             free[j] = False
             i, f = pairs[j]
             pending.append(X[j : j + 1])
-            out.append(self._proposal(model, pool.weights[i], f, float(score[j]), gp, pool_index=int(i)))
+            out.append(self._proposal(model, pool.weights[i], f, float(score[j]), gp, budget, pool_index=int(i)))
+            budget = budget.add(f)
         return out
 
     def _continuous_candidates(self, history: History, model, rng: np.random.Generator) -> np.ndarray:
@@ -346,15 +390,18 @@ class AdmireStrategy(BaseStrategy):
         local = np.stack([rng.dirichlet(100.0 * b + 0.05) for b in best for _ in range(16)])
         return space.project(np.vstack([draws, seen, local]))
 
-    def _propose_continuous(self, history, model, pending, n, gp) -> list[Proposal]:
+    def _propose_continuous(self, history, model, pending, n, gp, budget: ProxyBudget) -> list[Proposal]:
         rng = self.rng(history, _CAND_STREAM)
         mixtures = self._continuous_candidates(history, model, rng)
         names = [f.name for f in self.space.fidelities]
         X = torch.cat([self._x(mixtures, f) for f in names])
+        is_target = torch.as_tensor(np.repeat(np.arange(len(names)) == self.target_index, len(mixtures)))
         out: list[Proposal] = []
         for _ in range(n):
             acq = self._acquisition(model, mixtures, torch.cat(pending) if pending else None)
             score = self._score(acq, X)
+            if not budget.proxies_allowed:
+                score[~is_target] = -math.inf
             order = torch.argsort(score, descending=True)
             j = int(order[0])
             fidelity = names[j // len(mixtures)]
@@ -363,7 +410,8 @@ class AdmireStrategy(BaseStrategy):
                 same = [int(i) for i in order if names[int(i) // len(mixtures)] == fidelity][: self.params.refine_restarts]
                 w, v = self._refine(acq, mixtures[[i % len(mixtures) for i in same]], fidelity, w, v)
             pending.append(self._x(w, fidelity))
-            out.append(self._proposal(model, w, fidelity, v, gp))
+            out.append(self._proposal(model, w, fidelity, v, gp, budget))
+            budget = budget.add(fidelity)
         return out
 
     def _refine(self, acq, starts: np.ndarray, fidelity: str, w0: np.ndarray, v0: float) -> tuple[np.ndarray, float]:
@@ -372,7 +420,7 @@ class AdmireStrategy(BaseStrategy):
         from botorch.optim import optimize_acqf
 
         space = self.space.mixture
-        s = float(self.levels[self.space.fidelity_index(fidelity)])
+        s = float(self.space.fidelity_index(fidelity))
         fixed = FixedFeatureAcquisitionFunction(acq, d=self.k + 1, columns=[self.k], values=[s])
         bounds = torch.as_tensor(np.stack([space.lower, space.upper]), dtype=torch.double)
         start = torch.as_tensor(np.clip(starts, space.lower, space.upper), dtype=torch.double).unsqueeze(-2)
@@ -390,13 +438,13 @@ class AdmireStrategy(BaseStrategy):
             return w0, v0
         return (w, v) if v > v0 else (w0, v0)
 
-    def _proposal(self, model, weights, fidelity, score, gp, pool_index=None) -> Proposal:
+    def _proposal(self, model, weights, fidelity, score, gp, budget: ProxyBudget, pool_index=None) -> Proposal:
         with torch.no_grad():
             post = model.posterior(self._x(weights, fidelity))
         return Proposal(np.asarray(weights, float), fidelity, pool_index=pool_index, predicted=-float(post.mean),
                         uncertainty=float(post.variance.clamp_min(0).sqrt()),
                         meta={"phase": "bo", "acquisition": self.params.acquisition, "score": score, "gp": gp,
-                              "gp_n": model.fitted_on})
+                              "gp_n": model.fitted_on, **budget.meta()})
 
     # ---- recommendation -------------------------------------------------------------------
 
@@ -426,6 +474,7 @@ class AdmireStrategy(BaseStrategy):
             "predictions": {int(t.trial_id): float(v) for t, v in zip(done, loo)},
             "spearman": rho,
             "predicted_fidelity": self.space.target.name,
+            "fidelity_correlation": self.learned_correlation(model, history),
         }
         if pool is not None:
             meta["pool_index"] = j
@@ -438,8 +487,8 @@ class AdmireStrategy(BaseStrategy):
         X = model.train_inputs[0]
         y = model.train_targets
         with torch.no_grad():
-            K = model.covar_module(X).to_dense() + model.likelihood.noise * torch.eye(len(X), dtype=X.dtype)
-            mean = model.mean_module(X)
+            prior = model.likelihood(model.forward(X))  # the training outcomes' prior, noise included
+            K, mean = prior.covariance_matrix, prior.mean
             Kinv = torch.linalg.inv(K)
             loo = y - (Kinv @ (y - mean)) / Kinv.diagonal()
             tf = model.outcome_transform

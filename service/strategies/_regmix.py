@@ -19,6 +19,7 @@ the data; fits and simulations are memoised in :data:`._regression.CACHE`).
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
@@ -31,6 +32,8 @@ from ._regression import CACHE, cache_key, cross_val_predictions, fit_regressor,
 from ._sampling import sample_regmix
 
 _DESIGN_STREAM, _SIM_STREAM, _REFINE_STREAM = 1, 2, 3
+
+log = logging.getLogger(__name__)
 
 
 class RegMixParams(StrategyParams):
@@ -115,13 +118,36 @@ class RegMixStrategy(BaseStrategy):
     # ---- proposals ------------------------------------------------------------------------
 
     def _design(self) -> np.ndarray:
-        """The initial design: ``n`` mixtures, or in pool mode ``n`` pool row indices."""
+        """The initial design: ``n`` mixtures, or in pool mode ``n`` pool row indices (at most
+        the pool rows runnable at the design fidelity: see :meth:`design_size`)."""
         rng = np.random.default_rng([self.seed, _DESIGN_STREAM])
-        pool = self.space.pool
-        if pool is not None:
-            rows = np.flatnonzero(pool.available[:, self.space.fidelity_index(self.design_fidelity)])
-            return rng.permutation(rows)[: self.params.n_initial]
+        if self.space.pool is not None:
+            return rng.permutation(self._design_rows())[: self.params.n_initial]
         return sample_regmix(self.space.mixture, rng, self.params.n_initial)
+
+    def _design_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.space.pool.available[:, self.space.fidelity_index(self.design_fidelity)])
+
+    def design_size(self) -> dict:
+        """``{"requested": n_initial, "used": n}``; ``used`` is smaller when a pool has fewer rows
+        runnable at the design fidelity than ``n_initial`` (then the design is every such row)."""
+        used = self.params.n_initial if self.space.pool is None else min(self.params.n_initial, len(self._design_rows()))
+        return {"requested": self.params.n_initial, "used": int(used)}
+
+    def _rows_left(self, history: History) -> int | None:
+        """Pool mode: pool rows runnable at the design fidelity that no trial ran there yet
+        (``None`` in continuous mode, where refine batches never run out)."""
+        if self.space.pool is None:
+            return None
+        taken = {t.pool_index for t in history.trials if t.fidelity == self.design_fidelity}
+        return sum(int(i) not in taken for i in self._design_rows())
+
+    def _refine_owed(self, history: History, refine: list[TrialRecord]) -> bool:
+        """Whether refine batches remain: fewer than ``sequential_batches`` full batches ran (or
+        the last is partial) and the pool, if any, still has untried rows at the design fidelity."""
+        p = self.params
+        owed = len(refine) < p.sequential_batches * p.batch_size or len(refine) % p.batch_size != 0
+        return owed and self._rows_left(history) != 0
 
     def propose(self, history: History, n: int) -> list[Proposal]:
         if n <= 0:
@@ -134,15 +160,19 @@ class RegMixStrategy(BaseStrategy):
 
         design = self._design()
         proposed = len(by_phase["design"])
+        size = self.design_size()
+        if proposed == 0 and size["used"] < size["requested"]:
+            log.info("regmix: n_initial=%d but only %d pool rows run at %r: the design is all of them",
+                     size["requested"], size["used"], self.design_fidelity)
         for i in range(proposed, min(len(design), proposed + n)):
-            out.append(self._make(design[i], self.design_fidelity, {"phase": "design", "index": i}))
+            out.append(self._make(design[i], self.design_fidelity, {"phase": "design", "index": i, "design_size": size}))
         if out or any(t.state == "pending" for t in by_phase["design"]):
             return out
 
         refine = by_phase["refine"]
         batches_done = len(refine) // p.batch_size
         partial = len(refine) % p.batch_size
-        if batches_done < p.sequential_batches or partial:
+        if self._refine_owed(history, refine):
             batch = batches_done
             earlier = [t for t in refine if t.meta.get("batch", 0) < batch]
             if any(t.state == "pending" for t in earlier):
@@ -229,8 +259,8 @@ class RegMixStrategy(BaseStrategy):
         if any(t.state == "pending" for t in history.trials):
             return False
         design_done = sum(t.meta.get("phase") == "design" for t in history.trials) >= len(self._design())
-        refine_done = sum(t.meta.get("phase") == "refine" for t in history.trials) >= self.params.sequential_batches * self.params.batch_size
-        if not (design_done and refine_done):
+        refine = [t for t in history.trials if t.meta.get("phase") == "refine"]
+        if not design_done or self._refine_owed(history, refine):
             return False
         X, y, _ = self._design_data(history)
         if len(y) < 2:
@@ -262,6 +292,7 @@ class RegMixStrategy(BaseStrategy):
         meta = {
             "phase": "design" if design_pending else "fitted",
             "design_fidelity": self.design_fidelity,
+            "design_size": self.design_size(),
             "predicted_fidelity": self.design_fidelity,
             "regressor": p.regressor,
             "n_simulated": p.n_simulated,
