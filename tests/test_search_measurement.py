@@ -95,9 +95,9 @@ def test_simulated_study_proposes_what_the_engine_proposes(sqlite_url, strategy,
             trials = load_trials(s, sid)
             assert i < len(trials), f"the engine has {len(trials)} trials, the simulation completes trial {i}"
             trial = trials[i]
-            grant_lease(s, trial, 60.0)
+            lease_id = grant_lease(s, trial, 60.0).id
             mixture, fidelity = dict(trial.mixture), trial.fidelity.name
-        report_result(db, trial.id, ResultCreate(losses=known_losses(mixture, fidelity)))
+        report_result(db, trial.id, ResultCreate(losses=known_losses(mixture, fidelity), lease_id=lease_id))
         advance(db, sid)
     with db.session() as s:
         trials = load_trials(s, sid)
