@@ -56,9 +56,10 @@ def _stamp(t) -> str:
 
 @app.command("workers")
 def workers() -> None:
-    """List worker tokens (never their values): id, name, state, issued, last seen, expiry, leases held.
-    State: active, revoked, expired (MIXOPT_WORKER_TOKEN_TTL_S) or old-secret (issued under a
-    previous join secret)."""
+    """List worker tokens (never their values) with their state, expiry and leases held.
+
+    Columns: id, name, state, issued, last seen, expiry, leases held. State: active, revoked,
+    expired (MIXOPT_WORKER_TOKEN_TTL_S) or old-secret (issued under a previous join secret)."""
     from ..engine import list_worker_tokens
     from ..settings import known_join_secret
 
@@ -70,8 +71,10 @@ def workers() -> None:
 
 @app.command("revoke-worker")
 def revoke_worker(worker_id: int = typer.Argument(..., help="the worker's id (see `mixopt token workers`)")) -> None:
-    """Revoke a worker's token: refused at once, also for renewal; its leases end and their trials
-    are requeued. The worker may register anew only from a fresh state (no saved identity)."""
+    """Revoke a worker's token: it stops working at once and its leases end.
+
+    The token cannot be renewed either; the leased trials are requeued. The worker may register
+    anew only from a fresh state (no saved identity)."""
     from ..engine import revoke_worker as revoke
     from ..settings import known_join_secret
 
