@@ -86,6 +86,14 @@ class Settings(BaseSettings):
     h11_max_incomplete_event_size: int = Field(
         64 * 1024, ge=1024, description="uvicorn: largest request line plus headers (bytes)"
     )
+    worker_token_ttl_s: float | None = Field(
+        None, gt=0, description="seconds a worker token stays valid after it was issued (none: until revoked or "
+        "the join secret changes); a worker daemon with the join secret renews it by itself"
+    )
+    max_leases_per_worker: int = Field(
+        256, ge=1, description="most trials one worker may hold leased at once (a batched worker holds one per "
+        "trial of its batch); a lease call beyond it gets 409"
+    )
     secure_cookies: bool = Field(
         False, description="always mark the dashboard cookie Secure (set it behind a TLS-terminating proxy)"
     )
@@ -115,6 +123,15 @@ def resolve_join_secret(settings: Settings) -> str:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32))
     return path.read_text().strip()
+
+
+def known_join_secret(settings: Settings) -> str | None:
+    """The join secret if one is set or was generated already (unlike :func:`resolve_join_secret`,
+    never creates one): for tools that only inspect tokens."""
+    if settings.join_secret is not None:
+        return settings.join_secret.get_secret_value()
+    path = settings.data_dir / "join-secret"
+    return path.read_text().strip() if path.exists() else None
 
 
 def check_secrets(settings: Settings) -> None:

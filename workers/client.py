@@ -193,7 +193,9 @@ class MixoptClient:
 
     # -- workers and leases (worker token) ----------------------------------------------------------
     def register_worker(self, name: str, join_secret: str, capabilities: Mapping[str, Any] | None = None) -> dict:
-        """``POST /api/v1/workers``: ``{"id", "token"}``; use the token for the lease calls."""
+        """``POST /api/v1/workers``: ``{"id", "token"}``; use the token for the lease calls. Sent
+        while ``self.token`` is the worker's old token (expired, or from before the join secret
+        changed), it renews that worker's token: same id, same leases."""
         body = {"name": name, "join_secret": join_secret, "capabilities": dict(capabilities or {})}
         return self.request("POST", "/api/v1/workers", json=body)
 
@@ -210,6 +212,14 @@ class MixoptClient:
 
     def get_worker(self, worker_id: int) -> dict:
         return self.request("GET", f"/api/v1/workers/{worker_id}")
+
+    def worker_tokens(self) -> list[dict]:
+        """``GET /api/v1/workers/tokens`` (admin): every worker's token state, never its value."""
+        return self.request("GET", "/api/v1/workers/tokens")["items"]
+
+    def revoke_worker(self, worker_id: int) -> dict:
+        """``POST /api/v1/workers/{id}/revoke`` (admin): its token stops working; its leases end."""
+        return self.request("POST", f"/api/v1/workers/{worker_id}/revoke")
 
     def lease(self, wait_s: float | None = None, max_trials: int = 1, model: str | None = None) -> dict | None:
         """``POST /api/v1/leases``: the next trial for this worker, or ``None`` after ``wait_s``.

@@ -150,6 +150,7 @@ class WorkerDaemon:
         self.stopping = threading.Event()
         self.trials_done = 0
         self.worker_id: int | None = None
+        self._identity_lock = threading.Lock()  # the heartbeat thread and the main one may both renew
 
     # -- lifecycle ------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -170,7 +171,16 @@ class WorkerDaemon:
             if self.max_trials is not None and self.trials_done >= self.max_trials:
                 break
             want = self.batch if self.max_trials is None else min(self.batch, self.max_trials - self.trials_done)
-            grant = self.call(lambda c: c.lease(self.poll_wait_s, max_trials=want))
+            try:
+                grant = self.call(lambda c: c.lease(self.poll_wait_s, max_trials=want))
+            except ApiError as e:
+                if e.status != 409:
+                    raise
+                # at the server's cap on leases per worker (e.g. leases of an earlier run of this
+                # identity that have not expired yet): wait for them to end
+                log.warning("no lease: %s", e.detail)
+                self.stopping.wait(self.poll_wait_s)
+                grant = None
             if grant is None:
                 if self.exit_when_idle_s is not None and time.monotonic() - idle_since > self.exit_when_idle_s:
                     break
@@ -196,35 +206,71 @@ class WorkerDaemon:
             if saved.get("url") == self.client.url:
                 self.client.token, self.worker_id = saved["token"], saved["id"]
                 try:
-                    self.call(lambda c: c.me())
+                    self.call(lambda c: c.me(), renew=False)
                     log.info("worker %s resumes as id %s", self.name, self.worker_id)
                     return
                 except ApiError as e:
                     if e.status != 401:
                         raise
+                # expired, or issued under an earlier join secret: renewed below, keeping the id
+        self._register()
+
+    def _register(self) -> None:
+        """Register with the join secret. While ``client.token`` is this worker's refused token, the
+        server renews it instead: same id, so the leases held and the outbox stay valid."""
         if not self.join_secret:
             raise SystemExit("no join secret: set MIXOPT_JOIN_SECRET or pass --join-secret")
-        reg = self.call(lambda c: c.register_worker(self.name, self.join_secret, self.capabilities))
+        try:
+            reg = self.call(lambda c: c.register_worker(self.name, self.join_secret, self.capabilities), renew=False)
+        except ApiError as e:
+            if e.status == 401:
+                raise SystemExit(f"the server refused the join secret ({e.detail})") from None
+            if e.status == 403:
+                raise SystemExit(f"worker {self.worker_id} was revoked ({e.detail}); to register anew, "
+                                 "start it with another --name or --state-dir") from None
+            raise
+        if reg is None:
+            raise SystemExit("stopped before registering")
+        renewed = reg["id"] == self.worker_id
         self.client.token, self.worker_id = reg["token"], reg["id"]
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        ident = self.state_dir / "worker.json"
         fd = os.open(ident.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump({"url": self.client.url, "id": reg["id"], "token": reg["token"], "name": self.name}, f)
         os.replace(ident.with_suffix(".tmp"), ident)
-        log.info("worker %s registered as id %s", self.name, self.worker_id)
+        log.info("worker %s %s as id %s", self.name, "renewed its token" if renewed else "registered", self.worker_id)
+
+    def _renew(self, refused: str | None) -> None:
+        """The server refused ``refused``, our token (expired, or the join secret changed): renew it,
+        once, though several threads may hear so."""
+        with self._identity_lock:
+            if self.client.token != refused:
+                return  # another thread renewed it already
+            if not self.join_secret:
+                raise SystemExit("the server refused this worker's token and there is no join secret to renew it: "
+                                 "set MIXOPT_JOIN_SECRET or pass --join-secret")
+            log.warning("the server refused this worker's token: renewing it with the join secret")
+            self._register()
 
     # -- calls with retry -------------------------------------------------------------------------
-    def call(self, fn: Callable[[MixoptClient], T], *, quiet: bool = False) -> T | None:
-        """``fn(client)``, retried with backoff while the server is unreachable or answers 5xx.
+    def call(self, fn: Callable[[MixoptClient], T], *, quiet: bool = False, renew: bool = True) -> T | None:
+        """``fn(client)``, retried with backoff while the server is unreachable or answers 5xx, and
+        once after renewing the token if the server refuses it (401; unless not ``renew``).
         Returns ``None`` if the daemon is told to stop first; other API errors propagate."""
         backoff = Backoff()
         while True:
+            token = self.client.token
             try:
                 return fn(self.client)
             except ServerUnavailable as e:
                 if not quiet:
                     log.warning("server unreachable (%s); retrying in ~%.1f s", e, backoff.delay)
             except ApiError as e:
+                if e.status == 401 and renew and self.worker_id is not None:
+                    self._renew(token)
+                    renew = False  # a fresh token refused again is no expiry: the next 401 propagates
+                    continue
                 if not e.retryable:
                     raise
                 log.warning("server error %s; retrying in ~%.1f s", e, backoff.delay)
@@ -319,6 +365,7 @@ class WorkerDaemon:
 
     def _heartbeat(self, run: _Run) -> None:
         progress, curve, tail = run.drain()
+        token = self.client.token
         try:
             answer = self.client.heartbeat(run.task.lease_id, progress, curve, tail)
         except ServerUnavailable:
@@ -332,6 +379,13 @@ class WorkerDaemon:
                 return
             with run.lock:
                 run.curve[:0] = curve
+            if e.status == 401:  # the token expired or the join secret changed: renew, beat next time
+                try:
+                    self._renew(token)
+                except (SystemExit, ApiError, ServerUnavailable) as why:  # revoked, or no join secret
+                    run.abort_reason = f"the worker's token was refused: {why}"
+                    run.aborted.set()
+                    self.stopping.set()
             return
         if answer.get("action") == "stop":
             run.abort_reason = answer.get("reason") or "server said stop"

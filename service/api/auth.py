@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..db import Worker
 from ..engine import authenticate_worker, authorize
+from ..settings import resolve_join_secret
 from .deps import DbDep, SettingsDep
 
 bearer = HTTPBearer(auto_error=False, description="an API token (`mixopt token create`) or a worker token")
@@ -38,8 +39,8 @@ write_access = require("write")
 admin_access = require("admin")
 
 
-def current_worker(db: DbDep, credentials: Credentials, request: Request) -> Worker:
-    worker = authenticate_worker(db, _token(credentials))
+def current_worker(db: DbDep, settings: SettingsDep, credentials: Credentials, request: Request) -> Worker:
+    worker = authenticate_worker(db, _token(credentials), resolve_join_secret(settings), settings.worker_token_ttl_s)
     request.state.worker_id = worker.id
     return worker
 

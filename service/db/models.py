@@ -151,6 +151,10 @@ class Worker(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime | None]
     revoked: Mapped[bool] = mapped_column(default=False)
+    revoked_at: Mapped[datetime | None]
+    token_issued_at: Mapped[datetime] = mapped_column(default=utcnow)  # the token's age, for its expiry
+    join_fingerprint: Mapped[str | None] = mapped_column(String(16))
+    """An HMAC prefix of the join secret the token was issued under: another secret refuses it."""
 
 
 class Lease(Base):

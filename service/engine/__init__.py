@@ -37,10 +37,13 @@ from ._trials import (
     sweep_expired,
     trial_counts,
 )
-from ._tokens import SCOPES, authorize, create_token, list_tokens, revoke_token
+from ._tokens import (
+    SCOPES, WorkerToken, authorize, create_token, list_tokens, list_worker_tokens, revoke_token, revoke_worker,
+)
 from ._segments import list_segments, report_segment
 from ._workers import (
     authenticate_worker,
+    join_fingerprint,
     complete_lease,
     extend_held_leases,
     fail_lease,
@@ -68,10 +71,14 @@ __all__ = [
     "create_token",
     "list_tokens",
     "revoke_token",
+    "WorkerToken",
+    "list_worker_tokens",
+    "revoke_worker",
     "extend_held_leases",
     "list_segments",
     "report_segment",
     "authenticate_worker",
+    "join_fingerprint",
     "complete_lease",
     "fail_lease",
     "hash_token",

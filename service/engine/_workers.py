@@ -11,7 +11,7 @@ import time
 import weakref
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from ..db import HELD, Database, Fidelity, Lease, Study, StudyState, Trial, TrialState, Worker, utcnow
@@ -36,25 +36,73 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def register_worker(db: Database, body: WorkerCreate, join_secret: str) -> tuple[Worker, str]:
-    """A new worker with its own bearer token (returned once, stored hashed)."""
+def join_fingerprint(join_secret: str) -> str:
+    """A short HMAC of the join secret, stored with each worker token: a token issued under another
+    secret is refused. It does not reveal the secret (unlike a plain hash, it cannot be looked up)."""
+    return hmac.new(join_secret.encode(), b"mixopt worker token", hashlib.sha256).hexdigest()[:16]
+
+
+def register_worker(db: Database, body: WorkerCreate, join_secret: str,
+                    old_token: str | None = None) -> tuple[Worker, str]:
+    """A new worker with its own bearer token (returned once, stored hashed). With ``old_token``, the
+    token of a worker that is not revoked (expired, or issued under an earlier join secret), that
+    worker gets the new token instead: same id, so it keeps its leases. 403 for a revoked worker."""
     if not hmac.compare_digest(body.join_secret.encode(), join_secret.encode()):
         raise Unauthorized("join_secret: wrong join secret")
     token = "mxw_" + secrets.token_urlsafe(32)
+    now = utcnow()
+    fields = dict(name=body.name, token_hash=hash_token(token), capabilities=body.capabilities.model_dump(mode="json"),
+                  last_seen_at=now, token_issued_at=now, join_fingerprint=join_fingerprint(join_secret))
     with db.session() as s:
-        worker = Worker(name=body.name, token_hash=hash_token(token),
-                        capabilities=body.capabilities.model_dump(mode="json"), last_seen_at=utcnow())
-        s.add(worker)
+        worker = None
+        if old_token:
+            worker = s.scalars(select(Worker).where(Worker.token_hash == hash_token(old_token))
+                               .with_for_update()).one_or_none()
+        if worker is not None and worker.revoked:
+            raise Forbidden(f"worker {worker.id} was revoked: it may not renew its token")
+        if worker is None:
+            worker = Worker(**fields)
+            s.add(worker)
+        else:
+            for key, value in fields.items():
+                setattr(worker, key, value)
     return worker, token
 
 
-def authenticate_worker(db: Database, token: str | None) -> Worker:
+def token_state(worker: Worker, fingerprint: str | None, ttl_s: float | None, now: datetime) -> str:
+    """``active``, ``revoked``, ``expired`` (older than ``ttl_s``) or ``old-secret`` (issued under
+    another join secret than the one of ``fingerprint``; not checked when it is ``None``)."""
+    if worker.revoked:
+        return "revoked"
+    if ttl_s is not None and (now - worker.token_issued_at).total_seconds() > ttl_s:
+        return "expired"
+    if fingerprint is not None and worker.join_fingerprint not in (None, fingerprint):
+        return "old-secret"
+    return "active"
+
+
+_REFUSALS = {
+    "revoked": "invalid or revoked worker token",
+    "expired": "worker token expired: register again with the join secret",
+    "old-secret": "worker token issued under a previous join secret: register again with the current one",
+}
+
+
+def authenticate_worker(db: Database, token: str | None, join_secret: str, ttl_s: float | None = None) -> Worker:
+    """The worker of ``token``; 401 for an unknown, revoked or expired token, or one issued under
+    another join secret than ``join_secret``."""
     if not token:
         raise Unauthorized("a worker token is required (Authorization: Bearer ...)")
+    fingerprint = join_fingerprint(join_secret)
     with db.session() as s:
         worker = s.scalars(select(Worker).where(Worker.token_hash == hash_token(token))).one_or_none()
-        if worker is None or worker.revoked:
-            raise Unauthorized("invalid or revoked worker token")
+        if worker is None:
+            raise Unauthorized(_REFUSALS["revoked"])
+        state = token_state(worker, fingerprint, ttl_s, utcnow())
+        if state != "active":
+            raise Unauthorized(_REFUSALS[state])
+        if worker.join_fingerprint is None:  # issued before fingerprints were kept: adopted by this secret
+            worker.join_fingerprint = fingerprint
         return worker
 
 
@@ -89,13 +137,19 @@ def _expired(trial: Trial, now: datetime) -> bool:
     return trial.lease_expires_at is not None and trial.lease_expires_at < now
 
 
-def lease_next(db: Database, worker: Worker, max_trials: int = 1, model: str | None = None) -> list[LeaseItem]:
+def lease_next(db: Database, worker: Worker, max_trials: int = 1, model: str | None = None,
+               max_held: int | None = None) -> list[LeaseItem]:
     """Lease the oldest queued trial that ``worker`` can run (of preset ``model`` if given), and up
     to ``max_trials - 1`` more queued static trials with the same model, tokens and trainer settings
-    (of any study), so that a batched worker can train them together. Empty when there is no work."""
+    (of any study), so that a batched worker can train them together. Empty when there is no work.
+    With ``max_held``, the worker holds at most that many live leases in all (409 when it holds
+    them already; fewer trials than asked when it holds some)."""
     _lazy_sweep(db)
     with db.session() as s:
-        _touch(s, worker, utcnow())
+        now = utcnow()
+        _touch(s, worker, now)
+        if max_held is not None:
+            _room(s, worker, max_held, now)  # a full worker hears so even when there is no work
         candidates = s.scalars(
             select(Fidelity)
             .join(Study, Study.id == Fidelity.study_id)
@@ -111,6 +165,8 @@ def lease_next(db: Database, worker: Worker, max_trials: int = 1, model: str | N
         trial = s.scalars(q.order_by(Trial.id).limit(1).with_for_update(of=Trial, skip_locked=True)).first()
         if trial is None:
             return []
+        if max_held is not None:
+            max_trials = min(max_trials, _room(s, worker, max_held, now, lock=True))
         trials = [trial]
         if max_trials > 1 and not trial.dynamic:
             first = fitting[trial.fidelity_id]
@@ -120,6 +176,20 @@ def lease_next(db: Database, worker: Worker, max_trials: int = 1, model: str | N
                     .order_by(Trial.id).limit(max_trials - 1).with_for_update(of=Trial, skip_locked=True))
             trials += s.scalars(more).all()
         return [_grant(s, t, worker) for t in trials]
+
+
+def _room(s: Session, worker: Worker, max_held: int, now: datetime, lock: bool = False) -> int:
+    """How many more leases ``worker`` may take; 409 when none. With ``lock``, the worker's row is
+    locked first, so that two lease calls of one worker cannot both pass the count before granting
+    (SQLite serialises transactions anyway)."""
+    if lock:
+        s.execute(select(Worker.id).where(Worker.id == worker.id).with_for_update())
+    held = s.scalar(select(func.count()).select_from(Trial).join(Lease, Lease.id == Trial.lease_id)
+                    .where(Lease.worker_id == worker.id, Trial.state.in_(HELD), Trial.lease_expires_at >= now))
+    if held >= max_held:
+        raise Conflict(f"worker {worker.id} holds {held} leases, the most one worker may hold "
+                       f"(MIXOPT_MAX_LEASES_PER_WORKER={max_held}): finish or release some first")
+    return max_held - held
 
 
 def _same_run(a: Fidelity, b: Fidelity) -> bool:
@@ -247,8 +317,6 @@ def extend_held_leases(db: Database) -> int:
 
 def list_workers(s: Session) -> list[tuple[Worker, Lease | None, int]]:
     """Workers, newest first, each with its current lease and its completed-trial count."""
-    from sqlalchemy import func
-
     workers = list(s.scalars(select(Worker).order_by(Worker.id.desc())))
     current = {
         lease.worker_id: lease

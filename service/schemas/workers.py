@@ -64,3 +64,21 @@ class WorkerPublic(BaseModel):
 
 class WorkerList(BaseModel):
     items: list[WorkerPublic] = Field(..., description="workers, newest first")
+
+
+class WorkerTokenPublic(BaseModel):
+    """A worker's token as an admin sees it (never its value)."""
+
+    id: int = Field(..., description="the worker's id")
+    name: str = Field(..., description="the worker's name")
+    created_at: datetime = Field(..., description="registration time")
+    token_issued_at: datetime = Field(..., description="when the current token was issued (registration or renewal)")
+    last_seen_at: datetime | None = Field(None, description="last lease request or heartbeat")
+    expires_at: datetime | None = Field(None, description="when the token expires (MIXOPT_WORKER_TOKEN_TTL_S); null: never")
+    revoked_at: datetime | None = Field(None, description="when it was revoked, if it was")
+    state: str = Field(..., description="`active`, `revoked`, `expired` or `old-secret` (issued under a previous join secret)")
+    held_leases: int = Field(..., description="live leases the worker holds")
+
+
+class WorkerTokenList(BaseModel):
+    items: list[WorkerTokenPublic] = Field(..., description="every worker's token, oldest first")

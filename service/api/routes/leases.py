@@ -23,16 +23,20 @@ router = APIRouter(prefix="/api/v1/leases", tags=["leases"],
 POLL_INTERVAL_S = 0.25
 
 
-@router.post("", response_model=LeaseGrant, responses={204: {"description": "no work right now"}})
+@router.post("", response_model=LeaseGrant, responses={
+    204: {"description": "no work right now"},
+    409: {"description": "the worker holds MIXOPT_MAX_LEASES_PER_WORKER leases already"}})
 async def lease(worker: WorkerDep, db: DbDep, settings: SettingsDep, body: LeaseRequest | None = None):
     """Lease the next trial this worker can run; waits up to `wait_s` (long-poll), then 204.
     With `max_trials` > 1, up to that many trials sharing the first one's training settings: the
-    first at the top level, all of them in `leases`."""
+    first at the top level, all of them in `leases`. A worker holds at most
+    `MIXOPT_MAX_LEASES_PER_WORKER` live leases (fewer trials than asked near it, 409 at it)."""
     body = body or LeaseRequest()
     wait = settings.long_poll_s if body.wait_s is None else min(body.wait_s, settings.long_poll_s * 4)
     deadline = time.monotonic() + wait
     while True:
-        grants = await run_in_threadpool(engine.lease_next, db, worker, body.max_trials, body.model)
+        grants = await run_in_threadpool(engine.lease_next, db, worker, body.max_trials, body.model,
+                                         settings.max_leases_per_worker)
         if grants:
             return LeaseGrant(**grants[0].model_dump(), leases=grants)
         if time.monotonic() >= deadline:
