@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -19,6 +21,7 @@ from ..errors import InputError, MixoptError
 from ..logs import configure_logging, register_secret
 from ..settings import Settings, get_settings
 from ._limits import BodySizeLimit
+from ._wakeup import Wakeup
 from .routes import health, leases, studies, trials, workers
 
 log = logging.getLogger(__name__)
@@ -40,10 +43,15 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         if migrate if migrate is not None else settings.auto_migrate:
             upgrade(settings.database_url)
         db = Database(settings.database_url, settings.db_pool_size)
+        wakeup = Wakeup(asyncio.get_running_loop())
         runner = EngineRunner(db, sweep_interval_s=settings.sweep_interval_s,
-                              recommend_interval_s=settings.recommend_interval_s)
-        app.state.db, app.state.runner, app.state.settings = db, runner, settings
+                              recommend_interval_s=settings.recommend_interval_s,
+                              strategy_slow_s=settings.strategy_slow_s,
+                              strategy_timeout_s=settings.strategy_timeout_s, on_change=wakeup.fire)
+        app.state.db, app.state.runner, app.state.settings, app.state.wakeup = db, runner, settings, wakeup
         runner.start()
+        stop_listening = threading.Event()
+        db.listen_work(wakeup.fire, stop_listening)
         # The imports (torch, botorch, ...) leave ~300k long-lived objects, and a full garbage
         # collection walked them all: a ~250 ms pause in whichever request triggered it. Frozen,
         # collections skip them; unfrozen at shutdown, so that apps made and dropped in one
@@ -53,6 +61,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
             yield
         finally:
             gc.unfreeze()
+            stop_listening.set()
             runner.stop()
             db.dispose()
 

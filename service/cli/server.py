@@ -39,7 +39,7 @@ def server(
         os.environ["MIXOPT_AUTO_MIGRATE"] = "false"  # the worker processes inherit it
     uvicorn.run(
         "service.api:create_app", factory=True, host=host or settings.host, port=port or settings.port,
-        workers=workers, log_config=None,
+        workers=workers, log_config=None, timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
 
 

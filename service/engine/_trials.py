@@ -16,12 +16,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ..db import HELD, Database, Lease, LossCurvePoint, Result, Study, StudyState, Trial, TrialState, utcnow
+from ..db import HELD, Database, announce_work, Lease, LossCurvePoint, Result, Study, StudyState, Trial, TrialState, utcnow
 from ..errors import Conflict, InputError, NotFound
 from ..schemas.trials import AskedTrial, AskRequest, AskResponse, FailCreate, FidelityRef, ResultCreate, TrialCreate
 from ._objective import check_result, objective_value
 from ._spec import space_for
-from ._studies import advance, get_study, next_trial_number
+from ._studies import get_study, next_trial_number
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +67,26 @@ def _end_lease(s: Session, trial: Trial, outcome: str, now: datetime) -> None:
     trial.lease_expires_at = None
 
 
-def ask(db: Database, study_id: int, req: AskRequest, default_lease_s: float) -> AskResponse:
-    """Lease up to ``req.n`` queued trials of a running study to an outside trainer."""
-    sweep_expired(db)
-    advance(db, study_id)
+def ask(db: Database, study_id: int, req: AskRequest, default_lease_s: float, *,
+        take_fewer: bool = True) -> AskResponse | None:
+    """Lease up to ``req.n`` queued trials of a running study to an outside trainer.
+
+    Never runs the strategy (the engine's runner queues its proposals). With ``take_fewer`` false,
+    returns ``None`` (and leases nothing) while fewer than ``req.n`` trials are queued: the caller
+    waits for the runner and asks again. A repeated ``req.request_id`` returns the trials that ask
+    leased, while they are still held.
+    """
     with db.session() as s:
         study = get_study(s, study_id, lock=True)
         if study.state == StudyState.draft:
             raise Conflict("the study is a draft: POST /studies/{id}/start first")
+        if req.request_id is not None:
+            q = (select(Trial, Lease).join(Lease, Lease.id == Trial.lease_id)
+                 .where(Trial.study_id == study_id, Lease.ask_key == req.request_id, Lease.outcome.is_(None))
+                 .order_by(Trial.number))
+            again = [asked_trial(trial, lease) for trial, lease in s.execute(q)]
+            if again:
+                return AskResponse(trials=again, study_state=study.state.value)
         out: list[AskedTrial] = []
         if study.state == StudyState.running:
             q = (
@@ -84,8 +96,12 @@ def ask(db: Database, study_id: int, req: AskRequest, default_lease_s: float) ->
                 .limit(req.n)
                 .with_for_update(of=Trial, skip_locked=True)
             )
-            for trial in s.scalars(q):
+            trials = list(s.scalars(q))
+            if len(trials) < req.n and not take_fewer:
+                return None
+            for trial in trials:
                 lease = grant_lease(s, trial, req.lease_seconds or default_lease_s, client=req.client)
+                lease.ask_key = req.request_id
                 out.append(asked_trial(trial, lease))
         return AskResponse(trials=out, study_state=study.state.value)
 
@@ -169,6 +185,7 @@ def record_failure(s: Session, trial: Trial, body: FailCreate, lease_id: str | N
     _end_lease(s, trial, "failed", now)
     if body.retryable and trial.attempts < study.max_attempts:
         trial.state = TrialState.queued
+        announce_work(s)
     else:
         trial.state = TrialState.failed
         trial.failure_reason = body.reason
@@ -229,6 +246,8 @@ def create_trial(db: Database, study_id: int, body: TrialCreate) -> Trial:
             trial.state = TrialState.leased  # so that record_result accepts it, within this transaction
             record_result(s, trial, body.result, None)
             trial.started_at = trial.finished_at
+        else:
+            announce_work(s)
         study.revision += 1
     return trial
 
@@ -255,6 +274,7 @@ def sweep_expired(db: Database, now: datetime | None = None) -> set[int]:
                 trial.finished_at = now
             else:
                 trial.state = TrialState.queued
+                announce_work(s)
             study.revision += 1
             touched.add(trial.study_id)
             log.info("lease expired", extra={"trial_id": trial.id, "study_id": trial.study_id, "state": trial.state.value})

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from ..db import HELD, Database, Fidelity, Lease, Study, StudyState, Trial, TrialState, Worker, utcnow
+from ..db import HELD, Database, announce_work, Fidelity, Lease, Study, StudyState, Trial, TrialState, Worker, utcnow
 from ..errors import Conflict, Forbidden, NotFound, Unauthorized
 from ..schemas.leases import Heartbeat, HeartbeatAnswer, LeaseFail, LeaseGrant, LeasedTrial, LeaseOutcome
 from ..schemas.trials import FailCreate, FidelityRef, ResultCreate
@@ -204,6 +204,7 @@ def release_lease(db: Database, lease_id: str, worker: Worker) -> LeaseOutcome:
         trial.state = TrialState.queued
         trial.attempts -= 1
         s.get(Study, trial.study_id).revision += 1
+        announce_work(s)
         return LeaseOutcome(trial_id=trial.id, study_id=trial.study_id, state=trial.state.value)
 
 

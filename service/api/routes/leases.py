@@ -3,7 +3,6 @@ may act only on its own leases (403 otherwise)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from fastapi import APIRouter, Response, status
@@ -14,27 +13,33 @@ from ...schemas.segments import SegmentAnswer, SegmentReport
 from ...schemas.leases import Heartbeat, HeartbeatAnswer, LeaseFail, LeaseGrant, LeaseOutcome, LeaseRequest
 from ...schemas.trials import ResultCreate
 from ..auth import WorkerDep
-from ..deps import DbDep, LeaseId, RunnerDep, SettingsDep
+from ..deps import DbDep, LeaseId, RunnerDep, SettingsDep, WakeupDep
 
 router = APIRouter(prefix="/api/v1/leases", tags=["leases"],
                    responses={401: {"description": "no or invalid worker token"},
                               403: {"description": "the lease belongs to another worker"}})
 
-POLL_INTERVAL_S = 0.25
+RECHECK_S = 1.0
+"""A waiting lease looks at the database again at least this often on SQLite: work queued by
+another server process does not wake it (on Postgres, NOTIFY does)."""
 
 
 @router.post("", response_model=LeaseGrant, responses={204: {"description": "no work right now"}})
-async def lease(worker: WorkerDep, db: DbDep, settings: SettingsDep, body: LeaseRequest | None = None):
-    """Lease the next trial this worker can run; waits up to `wait_s` (long-poll), then 204."""
+async def lease(worker: WorkerDep, db: DbDep, settings: SettingsDep, wakeup: WakeupDep,
+                body: LeaseRequest | None = None):
+    """Lease the next trial this worker can run; waits up to `wait_s` (long-poll), then 204.
+    The wait is woken when trials are queued, not spent polling."""
     wait = settings.long_poll_s if body is None or body.wait_s is None else min(body.wait_s, settings.long_poll_s * 4)
     deadline = time.monotonic() + wait
+    recheck = wait if db.is_postgres else RECHECK_S
     while True:
+        token = wakeup.token()
         grant = await run_in_threadpool(engine.lease_next, db, worker)
         if grant is not None:
             return grant
         if time.monotonic() >= deadline:
             return Response(status_code=status.HTTP_204_NO_CONTENT)
-        await asyncio.sleep(min(POLL_INTERVAL_S, max(deadline - time.monotonic(), 0)))
+        await wakeup.wait(token, min(recheck, deadline - time.monotonic()))
 
 
 @router.post("/{lease_id}/heartbeat", response_model=HeartbeatAnswer,
