@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     strategy_timeout_s: float = Field(
         900.0, gt=0, description="a strategy computing longer than this is abandoned and its study failed with the reason"
     )
+    keep_alive_s: int = Field(
+        75, gt=0, description="how long an idle HTTP connection stays open: longer than a worker's heartbeat "
+        "interval, so that workers reuse their connection instead of racing its close"
+    )
     shutdown_grace_s: float = Field(
         5.0, ge=0, description="on SIGTERM, seconds requests in flight (long-polls) get before they are cut off"
     )

@@ -49,8 +49,10 @@ class EngineRunner:
                  on_change: Callable[[], None] | None = None):
         self.db = db
         # Completions arriving together are answered by one ``advance`` (it reads the whole study),
-        # taken at most this often per study: under load, one read serves many completions.
+        # taken at most this often per study, and at most a quarter of the time (the next waits three
+        # times the last one's duration, up to 2 s): under load, one read serves many completions.
         self.advance_interval_s = advance_interval_s
+        self._advance_took: dict[int, float] = {}
         self.strategy_slow_s = strategy_slow_s
         self.strategy_timeout_s = strategy_timeout_s
         self.max_computing = max_computing
@@ -159,9 +161,11 @@ class EngineRunner:
     def _run_job(self, study_id: int, job: _Job, advance_now: bool, recommend_now: bool) -> None:
         try:
             if advance_now:
+                t0 = time.monotonic()
                 for _ in range(100):
                     if not advance(self.db, study_id, abandon=job.abandon):
                         break
+                self._advance_took[study_id] = time.monotonic() - t0
             if recommend_now and not job.abandon.is_set():
                 refresh_recommendation(self.db, study_id)
         except Exception:
@@ -203,7 +207,8 @@ class EngineRunner:
         self.on_change()
 
     def _advance_due(self, study_id: int) -> float:
-        return self._last_advance.get(study_id, -1e9) + self.advance_interval_s
+        pause = max(self.advance_interval_s, min(3.0 * self._advance_took.get(study_id, 0.0), 2.0))
+        return self._last_advance.get(study_id, -1e9) + pause
 
     def _recommendation_due(self, study_id: int) -> float:
         return self._last_recommendation.get(study_id, -1e9) + self.recommend_interval_s

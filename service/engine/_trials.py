@@ -14,13 +14,13 @@ import uuid
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from ..db import HELD, Database, announce_work, Lease, LossCurvePoint, Result, Study, StudyState, Trial, TrialState, utcnow
 from ..errors import Conflict, InputError, NotFound
 from ..schemas.trials import AskedTrial, AskRequest, AskResponse, FailCreate, FidelityRef, ResultCreate, TrialCreate
 from ._objective import check_result, objective_value
-from ._spec import space_for
+from ._spec import space_for, study_constants
 from ._studies import get_study, next_trial_number
 
 log = logging.getLogger(__name__)
@@ -28,8 +28,11 @@ log = logging.getLogger(__name__)
 SUM_TOLERANCE = 1e-6
 
 
-def get_trial(s: Session, trial_id: int, *, lock: bool = False) -> Trial:
+def get_trial(s: Session, trial_id: int, *, lock: bool = False, light: bool = False) -> Trial:
+    """``light``: its fidelity and result are loaded only when used (the worker endpoints)."""
     q = select(Trial).where(Trial.id == trial_id)
+    if light:
+        q = q.options(lazyload(Trial.fidelity), lazyload(Trial.result))
     if lock:
         q = q.with_for_update(of=Trial)
     trial = s.scalars(q).one_or_none()
@@ -133,10 +136,10 @@ def record_result(s: Session, trial: Trial, body: ResultCreate, lease_id: str | 
         raise Conflict(f"trial {trial.id} is {trial.state.value}, not leased: nothing to report on")
     if lease_id is not None and lease_id != trial.lease_id:
         raise Conflict(f"lease {lease_id} is not trial {trial.id}'s current lease (it expired or was replaced)")
-    study = s.get(Study, trial.study_id)
-    check_result(study.objective, [d.name for d in study.domains], body.losses, body.metrics)
+    const = study_constants(s, trial.study_id)
+    check_result(const.objective, list(const.domain_names), body.losses, body.metrics)
     now = utcnow()
-    objective = objective_value(study.objective, body.losses, body.metrics)
+    objective = objective_value(const.objective, body.losses, body.metrics)
     s.add(Result(trial_id=trial.id, lease_id=trial.lease_id, losses=body.losses, metrics=body.metrics,
                  objective=objective, tokens=body.tokens, wall_s=body.wall_s, payload_hash=digest, created_at=now))
     _add_curve(s, trial.id, body)
