@@ -18,6 +18,8 @@ class Wakeup:
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self._loop = loop
         self._event = asyncio.Event()
+        self.generation = 0
+        """How many times it fired: a look at the database taken at one generation stays true until the next."""
         self._pending = False
         self._lock = threading.Lock()
 
@@ -38,6 +40,7 @@ class Wakeup:
     def _fire(self) -> None:
         with self._lock:
             self._pending = False
+        self.generation += 1
         self._event.set()
         self._event = asyncio.Event()
 

@@ -3,9 +3,11 @@ may act only on its own leases (403 otherwise)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from ... import engine
@@ -24,22 +26,47 @@ RECHECK_S = 1.0
 another server process does not wake it (on Postgres, NOTIFY does)."""
 
 
+LEASE_CONCURRENCY = 4
+"""Lease attempts running at once per server process: a wake-up of a thousand waiting workers
+must not take every thread and database connection from heartbeats and completions."""
+
+
+class LeaseGate:
+    """Per app: the lease attempts' semaphore, and per worker capabilities the wake-up generation
+    at which an attempt found no work; until the next wake-up (trials queued), other waiting
+    workers with those capabilities need not look."""
+
+    def __init__(self) -> None:
+        self.attempts = asyncio.Semaphore(LEASE_CONCURRENCY)
+        self.found_nothing: dict[str, int] = {}
+
+
 @router.post("", response_model=LeaseGrant, responses={204: {"description": "no work right now"}})
-async def lease(worker: WorkerDep, db: DbDep, settings: SettingsDep, wakeup: WakeupDep,
+async def lease(request: Request, worker: WorkerDep, db: DbDep, settings: SettingsDep, wakeup: WakeupDep,
                 body: LeaseRequest | None = None):
     """Lease the next trial this worker can run; waits up to `wait_s` (long-poll), then 204.
     The wait is woken when trials are queued, not spent polling."""
     wait = settings.long_poll_s if body is None or body.wait_s is None else min(body.wait_s, settings.long_poll_s * 4)
     deadline = time.monotonic() + wait
     recheck = wait if db.is_postgres else RECHECK_S
+    kind = json.dumps(worker.capabilities or {}, sort_keys=True)
+    gate = getattr(request.app.state, "lease_gate", None) or LeaseGate()
+    request.app.state.lease_gate = gate
+    first = True
     while True:
-        token = wakeup.token()
-        grant = await run_in_threadpool(engine.lease_next, db, worker)
-        if grant is not None:
-            return grant
+        token, generation = wakeup.token(), wakeup.generation
+        if first or gate.found_nothing.get(kind) != generation:
+            async with gate.attempts:
+                if first or gate.found_nothing.get(kind) != generation:
+                    grant = await run_in_threadpool(engine.lease_next, db, worker)
+                    if grant is not None:
+                        return grant
+                    gate.found_nothing[kind] = generation
+        first = False
         if time.monotonic() >= deadline:
             return Response(status_code=status.HTTP_204_NO_CONTENT)
-        await wakeup.wait(token, min(recheck, deadline - time.monotonic()))
+        if not await wakeup.wait(token, min(recheck, deadline - time.monotonic())):
+            gate.found_nothing.pop(kind, None)  # a timed recheck (SQLite: another process may have queued work)
 
 
 @router.post("/{lease_id}/heartbeat", response_model=HeartbeatAnswer,
