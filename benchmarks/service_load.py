@@ -408,8 +408,8 @@ def _summary(system: str, n: int, reports: list[dict], duration: float, check: d
     ok = [r for r in reports if "error" not in r]
     cycles = sum(r["cycles"] for r in ok)
     latency = {}
-    for name in ok[0]["lat"] if ok else []:
-        xs = np.concatenate([np.asarray(r["lat"][name]) for r in ok]) * 1000 if ok else np.zeros(0)
+    for name in sorted({k for r in ok for k in r["lat"]}):  # a paced worker may not have reached every call
+        xs = np.concatenate([np.asarray(r["lat"].get(name, [])) for r in ok]) * 1000
         if len(xs):
             latency[name] = {"p50_ms": round(float(np.percentile(xs, 50)), 2), "p99_ms": round(float(np.percentile(xs, 99)), 2),
                              "max_ms": round(float(xs.max()), 1), "calls": int(len(xs))}
