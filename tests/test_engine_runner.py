@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from service.api import create_app
 from service.db import upgrade
 from tests import _slow_strategy
+from workers.client import MixoptClient
 from tests.conftest import wait_for
 from tests.helpers import known_losses, study_body
 
@@ -59,6 +60,31 @@ def test_start_and_ask_answer_within_their_bound_while_the_strategy_computes(slo
                       json={"losses": known_losses(t["mixture"]), "lease_id": t["lease_id"]}).status_code == 200
     nxt = c.post(f"/api/v1/studies/{sid}/ask", json={"n": 1, "wait_s": 0, "request_id": "k-1"}).json()["trials"]
     assert {t["id"] for t in nxt}.isdisjoint({t["id"] for t in first})
+
+
+class LoseFirstAskAnswer(httpx.BaseTransport):
+    """The network loses the server's first answer to an ``ask`` (after the server acted on it)."""
+
+    def __init__(self, inner: httpx.BaseTransport):
+        self.inner, self.lost = inner, 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        inner = self.inner.handle_request(request)
+        response = httpx.Response(inner.status_code, headers=inner.headers, content=inner.read())
+        if request.url.path.endswith("/ask") and not self.lost:
+            self.lost += 1
+            raise httpx.ReadTimeout("the answer was lost", request=request)
+        return response
+
+
+def test_the_client_repeats_a_lost_ask_and_strands_nothing(slow_client):
+    sid = slow_client.post("/api/v1/studies", json=slow_study(0.0, parallelism=4)).json()["id"]
+    transport = LoseFirstAskAnswer(slow_client._transport)
+    with MixoptClient(str(slow_client.base_url), transport=transport) as api:
+        trials = api.ask(sid, n=2, wait_s=5)
+    assert transport.lost == 1 and len(trials) == 2
+    counts = slow_client.get(f"/api/v1/studies/{sid}").json()["trial_counts"]
+    assert counts["leased"] == 2, "the lost answer's trials were not the ones returned"
 
 
 def test_ask_request_id_is_validated(slow_client):

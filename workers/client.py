@@ -132,15 +132,15 @@ class MixoptClient:
         (``retries`` times) with the same id, so the trials it leased are returned, not stranded."""
         body = {"n": n, "client": client, "lease_seconds": lease_seconds, "wait_s": wait_s,
                 "request_id": uuid.uuid4().hex}
-        path, timeout = f"/api/v1/studies/{study_id}/ask", self.timeout + (wait_s or 0)
-        for attempt in range(retries):
+        timeout, attempt = self.timeout + (wait_s or 0), 0
+        while True:
             try:
-                return self.request("POST", path, json=body, timeout=timeout)["trials"]
+                return self.request("POST", f"/api/v1/studies/{study_id}/ask", json=body, timeout=timeout)["trials"]
             except (ServerUnavailable, ApiError) as e:
-                if isinstance(e, ApiError) and not e.retryable:
+                if attempt >= retries or (isinstance(e, ApiError) and not e.retryable):
                     raise
                 time.sleep(min(2.0 ** attempt, 10.0))
-        return self.request("POST", path, json=body, timeout=timeout)["trials"]
+                attempt += 1
 
     def create_trial(self, study_id: int, mixture: Mapping[str, float], fidelity: str,
                      result: Mapping[str, Any] | None = None) -> dict:
