@@ -1,12 +1,20 @@
-"""Service load: N simulated workers, each a separate process,
-doing lease -> heartbeat -> complete as fast as they can against a real ``mixopt server`` on
-Postgres; side by side in the same run, Optuna's RDB storage on the same Postgres doing
-ask -> tell with the same number of processes.
+"""Service load: N simulated workers doing lease -> heartbeat -> complete against a real
+``mixopt server`` on Postgres, and a paced *fleet*; optionally, side by side, Optuna's RDB storage
+on the same Postgres doing ask -> tell with the same number of processes.
 
-    .venv/bin/python benchmarks/service_load.py --workers 10 50 100 --out artifacts/service_load.json
+    .venv/bin/python benchmarks/service_load.py --workers 50 --out artifacts/service_load.json
+    .venv/bin/python benchmarks/service_load.py --fleet 1000 --duration 120 --out artifacts/fleet.json
+    .venv/bin/python benchmarks/service_load.py --generator processes --systems mixopt optuna --workers 10 50
 
-For each N and each system: a fresh database, N processes forked from this one (each with its
-own HTTP client or its own Optuna storage and connection pool), a barrier, ``--warmup`` seconds
+Generators: ``async`` (default) runs every simulated worker as a coroutine of this one process,
+so that the clients cost little beside the server; ``processes`` forks one process per worker
+(needed for the Optuna side, whose storage is synchronous). ``--fleet N`` paces N workers like
+real ones: each leases, heartbeats every ``--heartbeat-s`` seconds while it "trains" for
+``--trial-s`` seconds (+-25 % jitter), completes, and leases again; their starts are spread over
+the warm-up. Every run reports the server's CPU seconds per request (from /proc, summed over its
+process group) and the machine's load average.
+
+For each N and each system: a fresh database, the simulated workers, a barrier, ``--warmup`` seconds
 unmeasured, then ``--duration`` seconds measured: cycles per second (a cycle is one trial: lease,
 heartbeat and complete for mixopt; ask and tell for Optuna), p50/p99 latency per endpoint, and the
 exactly-once check (every trial completed once: the trials the clients completed are distinct,
@@ -136,6 +144,108 @@ def mixopt_client(url: str, idx: int, start_at: float, measure_from: float, end_
     out.put({"idx": idx, "cycles": cycles, "lat": lat, "completed": completed, "empty": empty, "errors": errors})
 
 
+
+async def _async_worker(c, idx: int, measure_from: float, end_at: float, fleet: dict | None, rec: dict) -> None:
+    """One simulated worker as a coroutine: lease -> heartbeat(s) -> complete until ``end_at``;
+    paced like a real one when ``fleet`` gives ``start``, ``trial_s`` and ``heartbeat_s``."""
+    import asyncio
+    import random
+
+    rng = random.Random(idx)
+    r = await c.post("/api/v1/workers", json={"name": f"load-{idx}", "join_secret": JOIN_SECRET,
+                                              "capabilities": {"executor": "synthetic", "dynamic": False}})
+    headers = {"Authorization": f"Bearer {r.json()['token']}"}
+
+    async def call(name: str, path: str, body: dict):
+        t0, begun = time.perf_counter(), time.time()
+        try:
+            resp = await c.post(path, json=body, headers=headers)
+        except Exception as e:  # noqa: BLE001 (counted, and the run goes on)
+            rec["errors"].append(f"{name}: {type(e).__name__}: {e}")
+            return None
+        if measure_from <= begun <= end_at:
+            rec["lat"].setdefault(name, []).append(time.perf_counter() - t0)
+            rec["requests"] += 1
+        if resp.status_code not in (200, 204):
+            rec["errors"].append(f"{name}: {resp.status_code} {resp.text[:200]}")
+            return None
+        return resp
+
+    if fleet:
+        await asyncio.sleep(max(fleet["start"][idx] - time.time(), 0))
+    while time.time() < end_at:
+        begun = time.time()
+        resp = await call("lease", "/api/v1/leases", {"wait_s": 5.0 if fleet else 1.0})
+        if resp is None or resp.status_code == 204:
+            rec["empty"] += resp is not None
+            continue
+        grant = resp.json()
+        lid, trial = grant["lease_id"], grant["trial"]
+        if fleet:  # train: a heartbeat every heartbeat_s, for trial_s +- 25 %
+            done_at = time.time() + fleet["trial_s"] * rng.uniform(0.75, 1.25)
+            while time.time() + fleet["heartbeat_s"] < min(done_at, end_at + fleet["heartbeat_s"]):
+                await asyncio.sleep(fleet["heartbeat_s"] * rng.uniform(0.9, 1.1))
+                await call("heartbeat", f"/api/v1/leases/{lid}/heartbeat", {"progress": {"step": 1, "total_steps": 10}})
+            await asyncio.sleep(max(min(done_at, end_at) - time.time(), 0))
+        else:
+            await call("heartbeat", f"/api/v1/leases/{lid}/heartbeat", {"progress": {"step": 10, "total_steps": 10}})
+        losses = synthetic_losses(trial["mixture"], trial["fidelity"]["name"])
+        resp = await call("complete", f"/api/v1/leases/{lid}/complete", {"losses": losses, "wall_s": 0.0})
+        if resp is None or resp.json().get("duplicate"):
+            continue
+        rec["completed"].append((trial["id"], lid))
+        if measure_from <= begun and time.time() <= end_at:
+            rec["cycles"] += 1
+
+
+def server_cpu_s(pgid: int) -> float:
+    """User + system CPU seconds of every process in the server's process group (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, ..., utime (11), stime (12)
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def run_async(url: str, n: int, args, pgid: int, fleet: bool) -> tuple[list[dict], float, dict]:
+    """All simulated workers as coroutines of one event loop. Returns their reports, the server's
+    CPU seconds in the measured window, and the requests counted."""
+    import asyncio
+
+    async def main() -> tuple[list[dict], float]:
+        limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
+        async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as c:
+            now = time.time()
+            measure_from = now + args.ramp + args.warmup
+            end_at = measure_from + args.duration
+            pace = None
+            if fleet:  # starts spread over the ramp and warm-up, like a fleet coming up
+                pace = {"trial_s": args.trial_s, "heartbeat_s": args.heartbeat_s,
+                        "start": [now + args.ramp + args.warmup * i / n for i in range(n)]}
+            recs = [{"lat": {}, "completed": [], "cycles": 0, "empty": 0, "errors": [], "requests": 0}
+                    for _ in range(n)]
+            tasks = [asyncio.create_task(_async_worker(c, i, measure_from, end_at, pace, recs[i])) for i in range(n)]
+            await asyncio.sleep(max(measure_from - time.time(), 0))
+            cpu0 = server_cpu_s(pgid)
+            await asyncio.sleep(max(end_at - time.time(), 0))
+            cpu1 = server_cpu_s(pgid)
+            await asyncio.gather(*tasks)
+            return recs, cpu1 - cpu0
+
+    recs, cpu = asyncio.run(main())
+    reports = [{"idx": i, "cycles": r["cycles"], "lat": r["lat"], "completed": r["completed"], "empty": r["empty"],
+                "errors": len(r["errors"]), "error_samples": r["errors"][:3], "requests": r["requests"]}
+               for i, r in enumerate(recs)]
+    return reports, cpu
+
+
 def study_body(n: int) -> dict:
     return {"name": f"load-{n}", "domains": [{"name": d, "tokens": 1e9 * (i + 1)} for i, d in enumerate(DOMAINS)],
             "fidelities": [{"name": "small", "cost": 1.0, "target": True}],
@@ -160,7 +270,16 @@ def exactly_once_mixopt(url: str, study_id: int, completed: list[tuple[int, str]
             "completed_leases": len(done_leases), "left_leased": held, "exactly_once": bool(ok)}
 
 
-def run_mixopt(admin_url: str, n: int, args, workdir: Path) -> dict:
+def _profile(server, args, workdir: Path, n: int, delay: float) -> subprocess.Popen:
+    """py-spy the server for the measured window (raw folded stacks)."""
+    time.sleep(delay)
+    return subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record",
+                             "--nonblocking", "-d", str(int(args.duration)), "-r", "50", "-f", "raw",
+                             "-o", str(workdir / f"profile-mixopt-{n}.txt"), "--subprocesses",
+                             "-p", str(server.proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def run_mixopt(admin_url: str, n: int, args, workdir: Path, fleet: bool = False) -> dict:
     url, drop = scratch_database(admin_url, "mixopt_load")
     server = ServerProcess(url, workdir / f"mixopt-{n}" / "server.log", join_secret=JOIN_SECRET,
                            args=["--workers", str(args.server_workers)], MIXOPT_DB_POOL_SIZE=str(args.pool_size),
@@ -170,6 +289,17 @@ def run_mixopt(admin_url: str, n: int, args, workdir: Path) -> dict:
     try:
         server.start(timeout=240)
         sid = httpx.post(f"{server.url}/api/v1/studies", json=study_body(n), timeout=60).json()["id"]
+        if args.generator == "async" or fleet:
+            reports, cpu = run_async(server.url, n, args, server.proc.pid, fleet)
+            extra = {"server_cpu_s": round(cpu, 2)}
+            requests = sum(r["requests"] for r in reports)
+            if requests:
+                extra["server_cpu_ms_per_request"] = round(1000 * cpu / requests, 2)
+                extra["requests_per_s"] = round(requests / args.duration, 1)
+            extra["error_samples"] = [e for r in reports for e in r["error_samples"]][:5]
+            check = exactly_once_mixopt(url, sid, [tuple(x) for r in reports for x in r["completed"]])
+            return {**_summary("mixopt", n, reports, args.duration, check), **extra,
+                    "scenario": "fleet" if fleet else "saturation", "generator": "async"}
         ctx = mp.get_context("fork")
         q = ctx.Queue()
         start_at = time.time() + args.ramp + n * 0.02
@@ -179,18 +309,15 @@ def run_mixopt(admin_url: str, n: int, args, workdir: Path) -> dict:
         for p in procs:
             p.start()
         if args.profile:
-            time.sleep(max(measure_from - time.time(), 0))
-            profiler = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "-d", str(int(args.duration)), "-r", "50",
-                                         "-f", "raw", "-o", str(workdir / f"profile-mixopt-{n}.txt"),
-                                         "--subprocesses", "-p", str(server.proc.pid)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            profiler = _profile(server, args, workdir, n, delay=max(measure_from - time.time(), 0))
         reports = [q.get(timeout=args.ramp + args.warmup + args.duration + 600) for _ in procs]
         for p in procs:
             p.join(30)
         if profiler is not None:
             profiler.wait(60)
-        return _summary("mixopt", n, reports, args.duration,
-                        exactly_once_mixopt(url, sid, [tuple(x) for r in reports for x in r.get("completed", [])]))
+        return {**_summary("mixopt", n, reports, args.duration,
+                           exactly_once_mixopt(url, sid, [tuple(x) for r in reports for x in r.get("completed", [])])),
+                "scenario": "saturation", "generator": "processes"}
     finally:
         server.stop(timeout=30)
         drop()
@@ -281,8 +408,8 @@ def _summary(system: str, n: int, reports: list[dict], duration: float, check: d
     ok = [r for r in reports if "error" not in r]
     cycles = sum(r["cycles"] for r in ok)
     latency = {}
-    for name in ok[0]["lat"] if ok else []:
-        xs = np.concatenate([np.asarray(r["lat"][name]) for r in ok]) * 1000 if ok else np.zeros(0)
+    for name in sorted({k for r in ok for k in r["lat"]}):  # a paced worker may not have reached every call
+        xs = np.concatenate([np.asarray(r["lat"].get(name, [])) for r in ok]) * 1000
         if len(xs):
             latency[name] = {"p50_ms": round(float(np.percentile(xs, 50)), 2), "p99_ms": round(float(np.percentile(xs, 99)), 2),
                              "max_ms": round(float(xs.max()), 1), "calls": int(len(xs))}
@@ -298,15 +425,21 @@ def main() -> None:
                     help="admin URL of the Postgres server both systems use")
     ap.add_argument("--start-postgres", type=int, metavar="PORT", default=None,
                     help="run a private Postgres cluster on PORT instead (max_connections sized for the run)")
-    ap.add_argument("--workers", type=int, nargs="+", default=[10, 50, 100], help="numbers of client processes")
+    ap.add_argument("--workers", type=int, nargs="*", default=[50], help="numbers of simulated workers (saturation)")
+    ap.add_argument("--fleet", type=int, nargs="*", default=[], help="numbers of paced simulated workers (fleet scenario)")
+    ap.add_argument("--generator", choices=["async", "processes"], default="async",
+                    help="simulated workers as coroutines of one process, or one process each (Optuna needs processes)")
+    ap.add_argument("--trial-s", type=float, default=60.0, help="fleet: seconds a trial trains (+-25 %%)")
+    ap.add_argument("--heartbeat-s", type=float, default=10.0, help="fleet: seconds between heartbeats")
     ap.add_argument("--duration", type=float, default=20.0, help="measured seconds per run")
     ap.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before")
     ap.add_argument("--ramp", type=float, default=3.0, help="seconds for the processes to start and register")
-    ap.add_argument("--server-workers", type=int, default=2, help="uvicorn processes of `mixopt server`")
+    ap.add_argument("--server-workers", type=int, default=1, help="uvicorn processes of `mixopt server`")
     ap.add_argument("--pool-size", type=int, default=10, help="MIXOPT_DB_POOL_SIZE of each server process")
     ap.add_argument("--access-log", action="store_true", help="keep the server's access log on (INFO)")
-    ap.add_argument("--systems", nargs="+", default=["mixopt", "optuna"], choices=["mixopt", "optuna"])
-    ap.add_argument("--profile", action="store_true", help="py-spy the server during the measured window")
+    ap.add_argument("--systems", nargs="+", default=["mixopt"], choices=["mixopt", "optuna"],
+                    help="optuna: the side-by-side reference (needs the bench extra and --generator processes)")
+    ap.add_argument("--profile", action="store_true", help="py-spy the server during the measured window (processes)")
     ap.add_argument("--out", type=Path, default=ROOT / "artifacts" / "service_load.json")
     args = ap.parse_args()
 
@@ -314,27 +447,31 @@ def main() -> None:
     private = None
     admin_url = args.postgres
     if args.start_postgres:
-        private = PrivatePostgres(args.start_postgres, max(3 * max(args.workers) + 50, 200))
+        private = PrivatePostgres(args.start_postgres, max(3 * max(args.workers, default=0) + 50, 200))
         admin_url = private.start()
     try:
-        need = max(args.workers) + 10
+        need = max(args.workers, default=0) + 10
         have = max_connections(admin_url)
         if "optuna" in args.systems and have < need:
             sys.exit(f"Postgres allows {have} connections; Optuna with {max(args.workers)} processes needs about "
                      f"{need}: raise max_connections or pass --start-postgres PORT")
         rows = []
-        runs = [(n, s) for n in args.workers for s in args.systems]
-        for n, system in tqdm(runs, desc="load", unit="run"):
-            run = run_mixopt if system == "mixopt" else run_optuna
-            rows.append(run(admin_url, n, args, workdir))
+        runs = [(n, s, False) for n in args.workers for s in args.systems] + [(n, "mixopt", True) for n in args.fleet]
+        for n, system, fleet in tqdm(runs, desc="load", unit="run"):
+            if system == "mixopt":
+                rows.append(run_mixopt(admin_url, n, args, workdir, fleet=fleet))
+            else:
+                rows.append(run_optuna(admin_url, n, args, workdir))
             r = rows[-1]
-            tqdm.write(f"{system:7s} N={n:4d}: {r['cycles_per_s']:8.1f} cycles/s  "
+            tqdm.write(f"{system:7s} {'fleet' if fleet else 'N'}={n:4d}: {r['cycles_per_s']:8.1f} cycles/s  "
                        + "  ".join(f"{k} p50 {v['p50_ms']:.1f} p99 {v['p99_ms']:.1f} ms" for k, v in r["latency"].items())
-                       + f"  exactly-once {r['exactly_once']}")
+                       + f"  server CPU {r.get('server_cpu_ms_per_request', '-')} ms/request  errors {r['errors']}"
+                       + f"  exactly-once {r['exactly_once']}  load avg {os.getloadavg()[0]:.1f}")
     finally:
         if private is not None:
             private.stop()
     print()
+    print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}")
     print(f"{'N':>4} {'system':7} {'cycles/s':>9} {'endpoint':>10} {'p50 ms':>8} {'p99 ms':>8} {'exactly once':>13}")
     for r in rows:
         for i, (k, v) in enumerate(r["latency"].items()):

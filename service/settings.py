@@ -52,6 +52,23 @@ class Settings(BaseSettings):
         24 * 3600.0, gt=0, description="lease length of trials handed out by `ask` to outside trainers"
     )
     long_poll_s: float = Field(5.0, ge=0, le=60, description="how long `POST /leases` waits for work before 204")
+    ask_wait_s: float = Field(
+        10.0, ge=0, le=600, description="how long `ask` waits for the strategy's proposals when the caller gives no wait_s"
+    )
+    ask_max_wait_s: float = Field(
+        25.0, ge=0, le=600, description="the longest `ask` waits for proposals, whatever wait_s the caller asks for"
+    )
+    strategy_slow_s: float = Field(30.0, gt=0, description="a strategy computing longer than this is logged as slow")
+    strategy_timeout_s: float = Field(
+        900.0, gt=0, description="a strategy computing longer than this is abandoned and its study failed with the reason"
+    )
+    keep_alive_s: int = Field(
+        75, gt=0, description="how long an idle HTTP connection stays open: longer than a worker's heartbeat "
+        "interval, so that workers reuse their connection instead of racing its close"
+    )
+    shutdown_grace_s: float = Field(
+        5.0, ge=0, description="on SIGTERM, seconds requests in flight (long-polls) get before they are cut off"
+    )
     recommend_interval_s: float = Field(
         10.0, ge=0, description="least seconds between two recomputations of a study's recommendation"
     )
@@ -77,11 +94,9 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(
         30.0, gt=0, description="seconds a request's body may take to arrive; slower ones get 408"
     )
-    timeout_keep_alive_s: float = Field(
-        5.0, gt=0, description="uvicorn: seconds an idle keep-alive connection is held open"
-    )
     limit_concurrency: int = Field(
-        1000, ge=1, description="uvicorn: most connections and tasks at once per process; beyond it, 503"
+        4096, ge=1, description="uvicorn: most connections and tasks at once per process; beyond it, 503 (a fleet "
+        "of N workers keeps about N connections open between heartbeats)"
     )
     h11_max_incomplete_event_size: int = Field(
         64 * 1024, ge=1024, description="uvicorn: largest request line plus headers (bytes)"

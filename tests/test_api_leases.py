@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import JOIN_SECRET
+from tests.conftest import JOIN_SECRET, wait_for
 from tests.helpers import known_losses, study_body
 
 
@@ -18,9 +18,13 @@ def _register(client, name="w", **caps) -> dict:
 
 
 def _start(client, **overrides) -> int:
+    """A started study, once the engine queued its first trials (it does so in the background)."""
     r = client.post("/api/v1/studies", json={**study_body(**overrides), "start": True})
     assert r.status_code == 201, r.text
-    return r.json()["id"]
+    sid = r.json()["id"]
+    wait_for(lambda: client.get(f"/api/v1/studies/{sid}").json()["trial_counts"]["queued"] > 0, timeout=30,
+             what="the first trials to be queued")
+    return sid
 
 
 def _lease(client, auth, wait_s=0.0):
@@ -125,10 +129,9 @@ def test_cancel_tells_the_worker_to_stop(client):
 
 
 def test_capabilities_decide_what_a_worker_gets(client):
-    body = study_body(fidelities=[{"name": "small", "model": "llama-1m", "tokens": 1e6, "cost": 0.1},
-                                  {"name": "big", "model": "llama-60m", "tokens": 1e6, "cost": 1, "target": True}],
-                      strategy={"name": "random", "params": {"fidelity": "big"}})
-    client.post("/api/v1/studies", json={**body, "start": True})
+    _start(client, fidelities=[{"name": "small", "model": "llama-1m", "tokens": 1e6, "cost": 0.1},
+                               {"name": "big", "model": "llama-60m", "tokens": 1e6, "cost": 1, "target": True}],
+           strategy={"name": "random", "params": {"fidelity": "big"}})
     small_only = _register(client, "small", models=["llama-1m"])
     tiny_gpu = _register(client, "tiny", max_params=5e6)
     any_model = _register(client, "any")

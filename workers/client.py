@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 import re
+import time
+import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -139,10 +141,24 @@ class MixoptClient:
     def cancel(self, study_id: int, reason: str | None = None) -> dict:
         return self.request("POST", f"/api/v1/studies/{study_id}/cancel", json={"reason": reason})
 
-    def ask(self, study_id: int, n: int = 1, client: str | None = None, lease_seconds: float | None = None) -> list[dict]:
-        """``POST /api/v1/studies/{id}/ask``: up to ``n`` trials leased to you (may be empty)."""
-        body = {"n": n, "client": client, "lease_seconds": lease_seconds}
-        return self.request("POST", f"/api/v1/studies/{study_id}/ask", json=body)["trials"]
+    def ask(self, study_id: int, n: int = 1, client: str | None = None, lease_seconds: float | None = None,
+            wait_s: float | None = None, retries: int = 2) -> list[dict]:
+        """``POST /api/v1/studies/{id}/ask``: up to ``n`` trials leased to you (may be empty).
+
+        The server waits up to ``wait_s`` (default: its own setting) for the strategy's proposals.
+        Each call carries a fresh ``request_id``; a call that times out or meets a 5xx is repeated
+        (``retries`` times) with the same id, so the trials it leased are returned, not stranded."""
+        body = {"n": n, "client": client, "lease_seconds": lease_seconds, "wait_s": wait_s,
+                "request_id": uuid.uuid4().hex}
+        timeout, attempt = self.timeout + (wait_s or 0), 0
+        while True:
+            try:
+                return self.request("POST", f"/api/v1/studies/{study_id}/ask", json=body, timeout=timeout)["trials"]
+            except (ServerUnavailable, ApiError) as e:
+                if attempt >= retries or (isinstance(e, ApiError) and not e.retryable):
+                    raise
+                time.sleep(min(2.0 ** attempt, 10.0))
+                attempt += 1
 
     def create_trial(self, study_id: int, mixture: Mapping[str, float], fidelity: str,
                      result: Mapping[str, Any] | None = None) -> dict:

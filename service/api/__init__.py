@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -21,6 +23,7 @@ from ..settings import Settings, check_secrets, get_settings
 from ._guard import Guard
 from ._limits import BodySizeLimit
 from .. import metrics
+from ._wakeup import Wakeup
 from .routes import health, leases, studies, trials, workers
 from .routes import metrics as metrics_route
 
@@ -45,11 +48,16 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         if migrate if migrate is not None else settings.auto_migrate:
             upgrade(settings.database_url)
         db = Database(settings.database_url, settings.db_pool_size)
+        wakeup = Wakeup(asyncio.get_running_loop())
         runner = EngineRunner(db, sweep_interval_s=settings.sweep_interval_s,
-                              recommend_interval_s=settings.recommend_interval_s)
-        app.state.db, app.state.runner, app.state.settings = db, runner, settings
+                              recommend_interval_s=settings.recommend_interval_s,
+                              strategy_slow_s=settings.strategy_slow_s,
+                              strategy_timeout_s=settings.strategy_timeout_s, on_change=wakeup.fire)
+        app.state.db, app.state.runner, app.state.settings, app.state.wakeup = db, runner, settings, wakeup
         metrics.instrument_pool(db)
         runner.start()
+        stop_listening = threading.Event()
+        db.listen_work(wakeup.fire, stop_listening)
         # The imports (torch, botorch, ...) leave ~300k long-lived objects, and a full garbage
         # collection walked them all: a ~250 ms pause in whichever request triggered it. Frozen,
         # collections skip them; unfrozen at shutdown, so that apps made and dropped in one
@@ -59,6 +67,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
             yield
         finally:
             gc.unfreeze()
+            stop_listening.set()
             runner.stop()
             db.dispose()
             metrics.mark_process_dead()

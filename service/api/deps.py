@@ -10,6 +10,7 @@ from ..db import Database
 from ..engine import EngineRunner
 from ..schemas._common import LEASE_ID_PATTERN, MAX_ID
 from ..settings import Settings
+from ._wakeup import Wakeup
 
 # Path ids are bounded like the 32-bit columns they name: a larger number is a 422, not a driver error.
 StudyId = Annotated[int, Path(ge=0, le=MAX_ID, description="the study's id")]
@@ -30,6 +31,11 @@ def get_runner(request: Request) -> EngineRunner:
     return request.app.state.runner
 
 
+def get_wakeup(request: Request) -> Wakeup:
+    return request.app.state.wakeup
+
+
 DbDep = Annotated[Database, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 RunnerDep = Annotated[EngineRunner, Depends(get_runner)]
+WakeupDep = Annotated[Wakeup, Depends(get_wakeup)]

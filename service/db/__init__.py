@@ -1,7 +1,7 @@
 """Persistence: the ORM model, engines/sessions for SQLite and Postgres, Alembic migrations."""
 
 from ._scratch import scratch_database
-from ._session import Database, alembic_config, current_revision, make_engine, upgrade
+from ._session import Database, alembic_config, announce_work, current_revision, make_engine, upgrade
 from ._types import utcnow
 from .models import (
     FINAL,
@@ -24,6 +24,7 @@ from .models import (
 )
 
 __all__ = [
+    "announce_work",
     "FINAL",
     "HELD",
     "IN_FLIGHT",

@@ -6,9 +6,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+import logging
+import threading
+from collections.abc import Callable
+
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+
+WORK_CHANNEL = "mixopt_work"
+"""The Postgres NOTIFY channel on which trials becoming leasable are announced to every server process."""
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -42,11 +51,21 @@ def make_engine(url: str, pool_size: int = 10) -> Engine:
         return engine
     if u.get_backend_name() == "postgresql" and u.drivername == "postgresql":
         u = u.set(drivername="postgresql+psycopg")
-    return create_engine(u, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    # No pre-ping (a round trip on every checkout): connections are recycled before servers or
+    # proxies drop idle ones, and one that died anyway fails its request with a 503 (retried by
+    # clients) and is discarded by the pool.
+    return create_engine(u, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
 
 
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+def announce_work(session: Session) -> None:
+    """Trials became leasable in ``session``'s transaction: on Postgres, NOTIFY every server
+    process at commit (see :meth:`Database.listen_work`). SQLite: nothing (in-process wake-ups)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SELECT pg_notify('{WORK_CHANNEL}', '')"))
 
 
 class Database:
@@ -69,6 +88,32 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+    def listen_work(self, on_work: Callable[[], None], stop: threading.Event) -> threading.Thread | None:
+        """On Postgres, a daemon thread that calls ``on_work`` on each NOTIFY of :meth:`announce_work`
+        (from any server process) until ``stop`` is set; ``None`` on SQLite."""
+        if not self.is_postgres:
+            return None
+        import psycopg
+
+        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+        def loop() -> None:
+            while not stop.is_set():
+                try:
+                    with psycopg.connect(url, autocommit=True) as conn:
+                        conn.execute(f"LISTEN {WORK_CHANNEL}")
+                        on_work()  # anything announced while not listening
+                        while not stop.is_set():
+                            for _ in conn.notifies(timeout=1.0):
+                                on_work()
+                except Exception as e:  # the database restarts: listen again shortly
+                    log.warning("work listener reconnecting: %s", type(e).__name__)
+                    stop.wait(1.0)
+
+        thread = threading.Thread(target=loop, name="mixopt-listen", daemon=True)
+        thread.start()
+        return thread
 
 
 def alembic_config(url: str):

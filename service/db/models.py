@@ -166,6 +166,8 @@ class Lease(Base):
     trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"), index=True)
     worker_id: Mapped[int | None] = mapped_column(ForeignKey("workers.id"), index=True)
     client: Mapped[str | None] = mapped_column(String(128))
+    # The ``request_id`` of the ask that granted this lease: repeating that ask returns the same trials.
+    ask_key: Mapped[str | None] = mapped_column(String(64), index=True)
     attempt: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]

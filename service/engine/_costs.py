@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
@@ -15,6 +16,7 @@ _SIZE = re.compile(r"(\d+(?:\.\d+)?)([kmb])$", re.IGNORECASE)
 _UNIT = {"k": 1e3, "m": 1e6, "b": 1e9}
 
 
+@functools.lru_cache(maxsize=1024)
 def model_params(model: str | None) -> float | None:
     """Non-embedding parameters of a model: the proxy preset's count when it is one, else the
     size its name ends with (``llama-60m`` -> 6e7), else ``None``."""

@@ -1,29 +1,62 @@
-"""The engine's background thread: reacts to events (a trial finished, a lease expired) by
-advancing studies, sweeps expired leases, and refreshes recommendations (throttled)."""
+"""The engine's background work: reacts to events (a trial finished, a lease expired, a study
+started) by advancing studies, sweeps expired leases, and refreshes recommendations (throttled).
+
+Strategies never run on a request: each study's ``advance`` runs in its own daemon thread, one at a
+time per study, so that many notifications arriving while it computes are answered by one more
+pass (coalesced). A compute that runs past ``strategy_slow_s`` is logged; one past
+``strategy_timeout_s`` is abandoned (its proposals are never committed) and fails the study with
+the reason. The threads are daemons and are never joined at shutdown: SIGTERM stops the server
+within seconds whatever a strategy is doing.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from ..db import Database
-from ._studies import advance, refresh_recommendation, running_study_fingerprints
+from ._studies import _fail, advance, refresh_recommendation, running_study_fingerprints
 from ._trials import sweep_expired
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class _Job:
+    """One study's compute in flight."""
+
+    started: float
+    covers: int
+    """The study's notification count when the job started: every notification up to it is answered."""
+    abandon: threading.Event = field(default_factory=threading.Event)
+    warned: bool = False
+
+
 class EngineRunner:
     """One per server process. Several processes on one database are safe: every step locks
-    what it changes and re-checks it."""
+    what it changes and re-checks it.
+
+    ``on_change`` is called (from any thread) whenever queued work or a study's state may have
+    changed: the API wakes its long-polls with it.
+    """
 
     def __init__(self, db: Database, *, sweep_interval_s: float = 5.0, recommend_interval_s: float = 10.0,
-                 advance_interval_s: float = 0.1):
+                 advance_interval_s: float = 0.1, strategy_slow_s: float = 30.0,
+                 strategy_timeout_s: float = 900.0, max_computing: int = 4,
+                 on_change: Callable[[], None] | None = None):
         self.db = db
         # Completions arriving together are answered by one ``advance`` (it reads the whole study),
-        # taken at most this often per study: under load, one read serves many completions.
+        # taken at most this often per study, and at most a quarter of the time (the next waits three
+        # times the last one's duration, up to 2 s): under load, one read serves many completions.
         self.advance_interval_s = advance_interval_s
+        self._advance_took: dict[int, float] = {}
+        self.strategy_slow_s = strategy_slow_s
+        self.strategy_timeout_s = strategy_timeout_s
+        self.max_computing = max_computing
+        self.on_change = on_change or (lambda: None)
         self._last_advance: dict[int, float] = {}
         # What each running study looked like at the last periodic pass: an unchanged study is not
         # re-read (a 10,000-trial study costs a second of Python per look).
@@ -33,17 +66,28 @@ class EngineRunner:
         self._dirty: set[int] = set()
         self._stale_recommendation: set[int] = set()
         self._last_recommendation: dict[int, float] = {}
+        self._notified: dict[int, int] = {}
+        self._answered: dict[int, int] = {}
+        self._jobs: dict[int, _Job] = {}
         self._cv = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def notify(self, study_id: int, *, results_changed: bool = True) -> None:
-        """A study's trials changed: advance it soon."""
+    def notify(self, study_id: int, *, results_changed: bool = True) -> int:
+        """A study's trials or state changed: advance it soon. Returns a ticket for :meth:`settled`."""
         with self._cv:
             self._dirty.add(study_id)
             if results_changed:
                 self._stale_recommendation.add(study_id)
+            ticket = self._notified[study_id] = self._notified.get(study_id, 0) + 1
             self._cv.notify()
+        self.on_change()  # a requeued or released trial is work for a waiting worker
+        return ticket
+
+    def settled(self, study_id: int, ticket: int) -> bool:
+        """Whether an ``advance`` that started after notification ``ticket`` has finished."""
+        with self._cv:
+            return self._answered.get(study_id, 0) >= ticket
 
     def start(self) -> None:
         from ._workers import extend_held_leases
@@ -52,9 +96,12 @@ class EngineRunner:
         self._thread = threading.Thread(target=self._loop, name="mixopt-engine", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loop; computes in flight are abandoned (their daemon threads are not waited for)."""
         self._stop.set()
         with self._cv:
+            for job in self._jobs.values():
+                job.abandon.set()
             self._cv.notify()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -63,41 +110,105 @@ class EngineRunner:
         next_sweep = 0.0
         while not self._stop.is_set():
             with self._cv:
-                wake = min([next_sweep, *map(self._recommendation_due, self._stale_recommendation),
-                            *map(self._advance_due, self._dirty)])
+                wake = min([next_sweep, time.monotonic() + 1.0,
+                            *map(self._recommendation_due, self._stale_recommendation - self._jobs.keys()),
+                            *map(self._advance_due, self._dirty - self._jobs.keys())])
                 if time.monotonic() < wake:
                     self._cv.wait(timeout=wake - time.monotonic())
-                now = time.monotonic()
-                dirty = {i for i in self._dirty if self._advance_due(i) <= now}
-                self._dirty -= dirty
-                due = {i for i in self._stale_recommendation if self._recommendation_due(i) <= now}
-                self._stale_recommendation -= due
+                if self._stop.is_set():
+                    return
+                self._watch_jobs()
             try:
                 if time.monotonic() >= next_sweep:
                     expired = sweep_expired(self.db)
                     with self.db.session() as s:
                         seen = running_study_fingerprints(s)
-                    dirty |= expired | {i for i, fp in seen.items() if self._fingerprints.get(i) != fp}
+                    changed = expired | {i for i, fp in seen.items() if self._fingerprints.get(i) != fp}
                     self._fingerprints = seen
                     next_sweep = time.monotonic() + self.sweep_interval_s
-                for study_id in sorted(dirty):
-                    self.step(study_id)
-                for study_id in sorted(due):
-                    self._last_recommendation[study_id] = time.monotonic()
-                    refresh_recommendation(self.db, study_id)
+                    with self._cv:
+                        self._dirty |= changed
+                    if expired:
+                        self.on_change()
+                self._start_due_jobs()
             except Exception:  # keep the engine alive through a database hiccup
                 log.exception("engine step failed")
-                time.sleep(1.0)
+                self._stop.wait(1.0)
+
+    def _start_due_jobs(self) -> None:
+        with self._cv:
+            now = time.monotonic()
+            for study_id in sorted(self._dirty | self._stale_recommendation):
+                if len(self._jobs) >= self.max_computing:
+                    return
+                if study_id in self._jobs:
+                    continue  # one compute per study: what arrives meanwhile is answered by the next
+                advance_now = study_id in self._dirty and self._advance_due(study_id) <= now
+                recommend_now = study_id in self._stale_recommendation and self._recommendation_due(study_id) <= now
+                if not (advance_now or recommend_now):
+                    continue
+                if advance_now:
+                    self._dirty.discard(study_id)
+                    self._last_advance[study_id] = now
+                if recommend_now:
+                    self._stale_recommendation.discard(study_id)
+                    self._last_recommendation[study_id] = now
+                job = _Job(started=now, covers=self._notified.get(study_id, 0) if advance_now else 0)
+                self._jobs[study_id] = job
+                threading.Thread(target=self._run_job, args=(study_id, job, advance_now, recommend_now),
+                                 name=f"mixopt-study-{study_id}", daemon=True).start()
+
+    def _run_job(self, study_id: int, job: _Job, advance_now: bool, recommend_now: bool) -> None:
+        try:
+            if advance_now:
+                t0 = time.monotonic()
+                for _ in range(100):
+                    if not advance(self.db, study_id, abandon=job.abandon):
+                        break
+                self._advance_took[study_id] = time.monotonic() - t0
+            if recommend_now and not job.abandon.is_set():
+                refresh_recommendation(self.db, study_id)
+        except Exception:
+            if not job.abandon.is_set():
+                log.exception("engine step failed", extra={"study_id": study_id})
+        finally:
+            with self._cv:
+                if self._jobs.get(study_id) is job:
+                    del self._jobs[study_id]
+                    self._answered[study_id] = max(self._answered.get(study_id, 0), job.covers)
+                self._cv.notify()
+            if advance_now:
+                self.on_change()  # trials enqueued, the study completed, or an ``ask`` waits on this
+
+    def _watch_jobs(self) -> None:
+        """Log a slow strategy once; abandon one past the time limit and fail its study. Called
+        with ``_cv`` held."""
+        now = time.monotonic()
+        for study_id, job in list(self._jobs.items()):
+            elapsed = now - job.started
+            if elapsed >= self.strategy_timeout_s:
+                job.abandon.set()
+                del self._jobs[study_id]
+                self._answered[study_id] = max(self._answered.get(study_id, 0), job.covers)
+                reason = (f"the strategy computed for over {self.strategy_timeout_s:g} s (the limit, "
+                          "MIXOPT_STRATEGY_TIMEOUT_S) without proposing: its result is discarded")
+                log.error("strategy timed out", extra={"study_id": study_id, "elapsed_s": round(elapsed, 1)})
+                threading.Thread(target=self._fail_quietly, args=(study_id, reason), daemon=True).start()
+            elif elapsed >= self.strategy_slow_s and not job.warned:
+                job.warned = True
+                log.warning("strategy slow: still computing", extra={"study_id": study_id,
+                                                                     "elapsed_s": round(elapsed, 1)})
+
+    def _fail_quietly(self, study_id: int, reason: str) -> None:
+        try:
+            _fail(self.db, study_id, reason)
+        except Exception:
+            log.exception("could not fail study %s", study_id)
+        self.on_change()
 
     def _advance_due(self, study_id: int) -> float:
-        return self._last_advance.get(study_id, -1e9) + self.advance_interval_s
+        pause = max(self.advance_interval_s, min(3.0 * self._advance_took.get(study_id, 0.0), 2.0))
+        return self._last_advance.get(study_id, -1e9) + pause
 
     def _recommendation_due(self, study_id: int) -> float:
         return self._last_recommendation.get(study_id, -1e9) + self.recommend_interval_s
-
-    def step(self, study_id: int) -> None:
-        """Advance one study until it wants nothing more."""
-        self._last_advance[study_id] = time.monotonic()
-        for _ in range(100):
-            if not advance(self.db, study_id):
-                break

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass
+
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
 
 from ..db import Study, Trial, TrialState
+from ..errors import NotFound
+from ..schemas.trials import FidelityRef
 from ..strategies import BaseStrategy, Domain, Fidelity, History, SearchSpace, TrialRecord, create_strategy, make_space
 
 _STATE = {
@@ -66,3 +71,41 @@ def history_for(space: SearchSpace, trials: list[Trial], segments: dict | None =
             )
         )
     return History(tuple(records))
+
+
+@dataclass(frozen=True)
+class StudyConstants:
+    """What never changes once a study exists, for the worker endpoints (no ORM object, no
+    relationship loads on their path)."""
+
+    lease_seconds: float
+    seed: int
+    objective: dict
+    domain_names: tuple[str, ...]
+    fidelities: dict[int, FidelityRef]
+    """By fidelity id."""
+
+
+_constants: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per database engine: study id -> :class:`StudyConstants`."""
+
+
+def study_constants(session: Session, study_id: int) -> StudyConstants:
+    """The study's constants, read once per process and database (ids are never reused)."""
+    cache = _constants.setdefault(session.get_bind(), {})
+    hit = cache.get(study_id)
+    if hit is not None:
+        return hit
+    study = session.get(Study, study_id)
+    if study is None:
+        raise NotFound("study", study_id)
+    const = StudyConstants(
+        lease_seconds=study.lease_seconds, seed=study.seed, objective=dict(study.objective),
+        domain_names=tuple(d.name for d in study.domains),
+        fidelities={f.id: FidelityRef(name=f.name, model=f.model, tokens=f.tokens, params=f.params)
+                    for f in study.fidelities},
+    )
+    if len(cache) > 10_000:
+        cache.clear()
+    cache[study_id] = const
+    return const

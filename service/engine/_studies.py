@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ..db import FINAL, IN_FLIGHT, Database, Fidelity, Recommendation, Study, StudyDomain, StudyState, Trial, TrialState, utcnow
+from ..db import FINAL, IN_FLIGHT, Database, announce_work, Fidelity, Recommendation, Study, StudyDomain, StudyState, Trial, TrialState, utcnow
 from ..errors import Conflict, InputError, NotFound
 from ..schemas._trainer import check_trainer_params
 from ..metrics import observe_proposal
@@ -196,13 +197,14 @@ class _Budget:
     last_number: int
 
 
-def advance(db: Database, study_id: int, *, attempts: int = 5) -> bool:
+def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threading.Event | None = None) -> bool:
     """Enqueue the strategy's proposals for a running study, or complete it.
 
     The strategy runs outside any transaction (it may take seconds). Its proposals are committed
     only if no trial was created meanwhile, and trimmed to the slots and budget that are free at
-    commit time; completions in between only free more room, so they need no retry.
-    Returns whether the study changed.
+    commit time; completions in between only free more room, so they need no retry. Once
+    ``abandon`` is set (the compute ran past its time limit, or the server stops), nothing is
+    committed. Returns whether the study changed.
     """
     for _ in range(attempts):
         with db.session() as s:
@@ -222,10 +224,14 @@ def advance(db: Database, study_id: int, *, attempts: int = 5) -> bool:
                     proposals = strategy.propose(history, before.room.free)
                     observe_proposal(study.strategy, time.perf_counter() - t0)
             except Exception as e:  # a strategy bug must not take the server down, but must be seen
+                if abandon is not None and abandon.is_set():
+                    return False
                 log.exception("strategy %s failed on study %s", study.strategy, study_id)
                 _fail(db, study_id, f"strategy {study.strategy} raised {type(e).__name__}: {e}")
                 return True
         elif before.in_flight:
+            return False
+        if abandon is not None and abandon.is_set():
             return False
         with db.session() as s:
             study = get_study(s, study_id, lock=True)
@@ -285,6 +291,7 @@ def _enqueue(s: Session, study: Study, proposals: list[Proposal], space) -> None
             )
         )
     study.revision += 1
+    announce_work(s)
 
 
 def _complete(s: Session, study: Study, strategy, space) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from ..db import HELD, ApiToken, Database, Lease, Trial, Worker, utcnow
 from ..errors import Forbidden, NotFound, Unauthorized
 from ._trials import sweep_expired
-from ._workers import hash_token, join_fingerprint, token_state
+from ._workers import forget_worker, hash_token, join_fingerprint, token_state
 
 SCOPES = ("read", "write", "admin")
 
@@ -115,5 +115,6 @@ def revoke_worker(db: Database, worker_id: int, join_secret: str | None, ttl_s: 
         for trial in s.scalars(select(Trial).where(Trial.lease_id.in_(leases), Trial.state.in_(HELD))
                                .with_for_update(of=Trial)):
             trial.lease_expires_at = now - timedelta(microseconds=1)
+    forget_worker(worker_id)
     sweep_expired(db)
     return next(t for t in list_worker_tokens(db, join_secret, ttl_s) if t.id == worker_id)

@@ -14,22 +14,25 @@ import uuid
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
-from ..db import HELD, Database, Lease, LossCurvePoint, Result, Study, StudyState, Trial, TrialState, utcnow
+from ..db import HELD, Database, announce_work, Lease, LossCurvePoint, Result, Study, StudyState, Trial, TrialState, utcnow
 from ..errors import Conflict, InputError, NotFound
 from ..schemas.trials import AskedTrial, AskRequest, AskResponse, FailCreate, FidelityRef, ResultCreate, TrialCreate
 from ._objective import check_result, objective_value
-from ._spec import space_for
-from ._studies import advance, get_study, next_trial_number
+from ._spec import space_for, study_constants
+from ._studies import get_study, next_trial_number
 
 log = logging.getLogger(__name__)
 
 SUM_TOLERANCE = 1e-6
 
 
-def get_trial(s: Session, trial_id: int, *, lock: bool = False) -> Trial:
+def get_trial(s: Session, trial_id: int, *, lock: bool = False, light: bool = False) -> Trial:
+    """``light``: its fidelity and result are loaded only when used (the worker endpoints)."""
     q = select(Trial).where(Trial.id == trial_id)
+    if light:
+        q = q.options(lazyload(Trial.fidelity), lazyload(Trial.result))
     if lock:
         q = q.with_for_update(of=Trial)
     trial = s.scalars(q).one_or_none()
@@ -67,7 +70,7 @@ def _end_lease(s: Session, trial: Trial, outcome: str, now: datetime) -> None:
     trial.lease_expires_at = None
 
 
-def requeue(study: Study, trial: Trial, now: datetime) -> None:
+def requeue(s: Session, study: Study, trial: Trial, now: datetime) -> None:
     """Queue ``trial`` again (its lease already ended), unless ``study`` is over: a cancelled,
     failed or completed study runs nothing more, so the trial is cancelled instead of being left
     queued there. ``study`` must be locked (read FOR UPDATE), so that a cancel cannot commit in
@@ -77,16 +80,29 @@ def requeue(study: Study, trial: Trial, now: datetime) -> None:
         trial.finished_at = now
     else:
         trial.state = TrialState.queued
+        announce_work(s)
 
 
-def ask(db: Database, study_id: int, req: AskRequest, default_lease_s: float) -> AskResponse:
-    """Lease up to ``req.n`` queued trials of a running study to an outside trainer."""
-    sweep_expired(db)
-    advance(db, study_id)
+def ask(db: Database, study_id: int, req: AskRequest, default_lease_s: float, *,
+        take_fewer: bool = True) -> AskResponse | None:
+    """Lease up to ``req.n`` queued trials of a running study to an outside trainer.
+
+    Never runs the strategy (the engine's runner queues its proposals). With ``take_fewer`` false,
+    returns ``None`` (and leases nothing) while fewer than ``req.n`` trials are queued: the caller
+    waits for the runner and asks again. A repeated ``req.request_id`` returns the trials that ask
+    leased, while they are still held.
+    """
     with db.session() as s:
         study = get_study(s, study_id, lock=True)
         if study.state == StudyState.draft:
             raise Conflict("the study is a draft: POST /studies/{id}/start first")
+        if req.request_id is not None:
+            q = (select(Trial, Lease).join(Lease, Lease.id == Trial.lease_id)
+                 .where(Trial.study_id == study_id, Lease.ask_key == req.request_id, Lease.outcome.is_(None))
+                 .order_by(Trial.number))
+            again = [asked_trial(trial, lease) for trial, lease in s.execute(q)]
+            if again:
+                return AskResponse(trials=again, study_state=study.state.value)
         out: list[AskedTrial] = []
         if study.state == StudyState.running:
             q = (
@@ -96,8 +112,12 @@ def ask(db: Database, study_id: int, req: AskRequest, default_lease_s: float) ->
                 .limit(req.n)
                 .with_for_update(of=Trial, skip_locked=True)
             )
-            for trial in s.scalars(q):
+            trials = list(s.scalars(q))
+            if len(trials) < req.n and not take_fewer:
+                return None
+            for trial in trials:
                 lease = grant_lease(s, trial, req.lease_seconds or default_lease_s, client=req.client)
+                lease.ask_key = req.request_id
                 out.append(asked_trial(trial, lease))
         return AskResponse(trials=out, study_state=study.state.value)
 
@@ -144,10 +164,10 @@ def record_result(s: Session, trial: Trial, body: ResultCreate, lease_id: str | 
         raise Conflict(f"trial {trial.id} is {trial.state.value}, not leased: nothing to report on")
     if lease_id is not None and lease_id != trial.lease_id:
         raise Conflict(f"lease {lease_id} is not trial {trial.id}'s current lease (it expired or was replaced)")
-    study = s.get(Study, trial.study_id)
-    check_result(study.objective, [d.name for d in study.domains], body.losses, body.metrics)
+    const = study_constants(s, trial.study_id)
+    check_result(const.objective, list(const.domain_names), body.losses, body.metrics)
     now = utcnow()
-    objective = objective_value(study.objective, body.losses, body.metrics)
+    objective = objective_value(const.objective, body.losses, body.metrics)
     s.add(Result(trial_id=trial.id, lease_id=trial.lease_id, losses=body.losses, metrics=body.metrics,
                  objective=objective, tokens=body.tokens, wall_s=body.wall_s, payload_hash=digest, created_at=now))
     _add_curve(s, trial.id, body)
@@ -196,7 +216,7 @@ def record_failure(s: Session, trial: Trial, body: FailCreate, lease_id: str | N
     now = utcnow()
     _end_lease(s, trial, "failed", now)
     if body.retryable and trial.attempts < study.max_attempts:
-        requeue(study, trial, now)
+        requeue(s, study, trial, now)
     else:
         trial.state = TrialState.failed
         trial.failure_reason = body.reason
@@ -258,6 +278,8 @@ def create_trial(db: Database, study_id: int, body: TrialCreate) -> Trial:
             trial.state = TrialState.leased  # so that record_result accepts it, within this transaction
             record_result(s, trial, body.result, None)
             trial.started_at = trial.finished_at
+        else:
+            announce_work(s)
         study.revision += 1
     return trial
 
@@ -283,7 +305,7 @@ def sweep_expired(db: Database, now: datetime | None = None) -> set[int]:
                 trial.failure_reason = f"lease expired on attempt {trial.attempts} of {study.max_attempts}"
                 trial.finished_at = now
             else:
-                requeue(study, trial, now)
+                requeue(s, study, trial, now)
             study.revision += 1
             touched.add(trial.study_id)
             log.info("lease expired", extra={"trial_id": trial.id, "study_id": trial.study_id, "state": trial.state.value})

@@ -12,14 +12,15 @@ import weakref
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from ..db import HELD, Database, Fidelity, Lease, Study, StudyState, Trial, TrialState, Worker, utcnow
 from ..errors import Conflict, Forbidden, NotFound, Unauthorized
 from ..schemas.leases import Heartbeat, HeartbeatAnswer, LeaseFail, LeasedTrial, LeaseItem, LeaseOutcome
-from ..schemas.trials import FailCreate, FidelityRef, ResultCreate
+from ..schemas.trials import FailCreate, ResultCreate
 from ..schemas.workers import WorkerCreate
 from ._costs import model_params
+from ._spec import study_constants
 from ._trials import (
     _add_curve, _end_lease, get_trial, grant_lease, record_failure, record_result, requeue, sweep_expired,
 )
@@ -27,6 +28,9 @@ from ._trials import (
 
 LAST_SEEN_RESOLUTION_S = 5.0
 """``Worker.last_seen_at`` is written at most this often: not every lease and heartbeat writes the row."""
+WORKER_CACHE_S = 5.0
+"""A worker found by its token is remembered this long per process: a worker revoked in the
+database is refused within this many seconds."""
 LAZY_SWEEP_INTERVAL_S = 0.2
 """Lease calls sweep expired leases themselves (besides the engine's sweeper), at most this often per process."""
 _last_lazy_sweep: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -66,6 +70,7 @@ def register_worker(db: Database, body: WorkerCreate, join_secret: str,
         else:
             for key, value in fields.items():
                 setattr(worker, key, value)
+            forget_worker(worker.id)  # the old token's cached entry
     return worker, token
 
 
@@ -88,32 +93,55 @@ _REFUSALS = {
 }
 
 
+_known_workers: dict[str, tuple[float, Worker]] = {}
+"""Token hash -> (when read, worker): worker endpoints skip the lookup for ``WORKER_CACHE_S``."""
+
+
+def forget_worker(worker_id: int) -> None:
+    """Drop ``worker_id`` from this process's cache (revoked, or its token renewed): this process
+    refuses the old token at once, other server processes within ``WORKER_CACHE_S``."""
+    for digest, (_, w) in list(_known_workers.items()):
+        if w.id == worker_id:
+            _known_workers.pop(digest, None)
+
+
 def authenticate_worker(db: Database, token: str | None, join_secret: str, ttl_s: float | None = None) -> Worker:
-    """The worker of ``token``; 401 for an unknown, revoked or expired token, or one issued under
-    another join secret than ``join_secret``."""
+    """The worker of ``token`` (cached per process for ``WORKER_CACHE_S``); 401 for an unknown,
+    revoked or expired token, or one issued under another join secret than ``join_secret``."""
     if not token:
         raise Unauthorized("a worker token is required (Authorization: Bearer ...)")
+    digest = hash_token(token)
     fingerprint = join_fingerprint(join_secret)
-    with db.session() as s:
-        worker = s.scalars(select(Worker).where(Worker.token_hash == hash_token(token))).one_or_none()
+    now = time.monotonic()
+    hit = _known_workers.get(digest)
+    if hit is not None and now - hit[0] < WORKER_CACHE_S:
+        worker = hit[1]
+    else:
+        with db.session() as s:
+            worker = s.scalars(select(Worker).where(Worker.token_hash == digest)).one_or_none()
+            if worker is not None and worker.join_fingerprint is None and not worker.revoked:
+                worker.join_fingerprint = fingerprint  # issued before fingerprints were kept: adopted by this secret
         if worker is None:
+            _known_workers.pop(digest, None)
             raise Unauthorized(_REFUSALS["revoked"])
-        state = token_state(worker, fingerprint, ttl_s, utcnow())
-        if state != "active":
-            raise Unauthorized(_REFUSALS[state])
-        if worker.join_fingerprint is None:  # issued before fingerprints were kept: adopted by this secret
-            worker.join_fingerprint = fingerprint
-        return worker
+        if len(_known_workers) > 100_000:  # bounded: forget everything rather than grow
+            _known_workers.clear()
+        _known_workers[digest] = (now, worker)
+    state = token_state(worker, fingerprint, ttl_s, utcnow())
+    if state != "active":
+        _known_workers.pop(digest, None)
+        raise Unauthorized(_REFUSALS[state])
+    return worker
 
 
-def _fits(worker: Worker, f: Fidelity) -> bool:
+def _fits(worker: Worker, model: str | None) -> bool:
     caps = worker.capabilities or {}
     models = caps.get("models")
-    if models is not None and f.model not in models:
+    if models is not None and model not in models:
         return False
     max_params = caps.get("max_params")
-    if max_params is not None and f.model is not None:
-        params = model_params(f.model)
+    if max_params is not None and model is not None:
+        params = model_params(model)
         if params is not None and params > max_params:
             return False
     return True
@@ -122,6 +150,7 @@ def _fits(worker: Worker, f: Fidelity) -> bool:
 def _touch(s: Session, worker: Worker, now: datetime) -> None:
     if worker.last_seen_at is None or (now - worker.last_seen_at).total_seconds() >= LAST_SEEN_RESOLUTION_S:
         s.execute(update(Worker).where(Worker.id == worker.id).values(last_seen_at=now))
+        worker.last_seen_at = now  # the cached worker: the next calls within the resolution write nothing
 
 
 def _lazy_sweep(db: Database) -> None:
@@ -159,7 +188,8 @@ def lease_next(db: Database, worker: Worker, max_trials: int = 1, model: str | N
         fitting = {f.id: f for f in candidates if _fits(worker, f) and (model is None or f.model == model)}
         if not fitting:
             return []
-        q = select(Trial).where(Trial.fidelity_id.in_(fitting), Trial.state == TrialState.queued)
+        q = (select(Trial).options(lazyload(Trial.fidelity), lazyload(Trial.result))
+             .where(Trial.fidelity_id.in_(fitting), Trial.state == TrialState.queued))
         if not (worker.capabilities or {}).get("dynamic", True):
             q = q.where(Trial.dynamic.is_(False))
         trial = s.scalars(q.order_by(Trial.id).limit(1).with_for_update(of=Trial, skip_locked=True)).first()
@@ -198,17 +228,16 @@ def _same_run(a: Fidelity, b: Fidelity) -> bool:
 
 
 def _grant(s: Session, trial: Trial, worker: Worker) -> LeaseItem:
-    study = s.get(Study, trial.study_id)
-    lease = grant_lease(s, trial, study.lease_seconds, worker_id=worker.id)
-    f = trial.fidelity
+    const = study_constants(s, trial.study_id)
+    lease = grant_lease(s, trial, const.lease_seconds, worker_id=worker.id)
     return LeaseItem(
         lease_id=lease.id,
         expires_at=lease.expires_at,
-        heartbeat_interval_s=max(study.lease_seconds / 3.0, 0.2),
+        heartbeat_interval_s=max(const.lease_seconds / 3.0, 0.2),
         trial=LeasedTrial(
             id=trial.id, study_id=trial.study_id, number=trial.number, mixture=trial.mixture,
-            fidelity=FidelityRef(name=f.name, model=f.model, tokens=f.tokens, params=f.params),
-            dynamic=trial.dynamic, seed=study.seed * 100_003 + trial.number, attempt=lease.attempt,
+            fidelity=const.fidelities[trial.fidelity_id],
+            dynamic=trial.dynamic, seed=const.seed * 100_003 + trial.number, attempt=lease.attempt,
             strategy_meta=trial.strategy_meta or {},
         ),
     )
@@ -227,7 +256,7 @@ def own_live_lease(s: Session, lease_id: str, worker: Worker) -> tuple[Lease, Tr
     """The worker's lease and its (locked) trial; 403 for another's lease, 409 for one that is over
     (ended, replaced, or past its expiry: the sweeper requeues it)."""
     lease = _own_lease(s, lease_id, worker)
-    trial = get_trial(s, lease.trial_id, lock=True)
+    trial = get_trial(s, lease.trial_id, lock=True, light=True)
     if lease.outcome is not None or trial.lease_id != lease.id:
         raise Conflict(f"lease {lease_id} is over ({lease.outcome or 'replaced'}): abandon the run")
     if _expired(trial, utcnow()):
@@ -236,22 +265,39 @@ def own_live_lease(s: Session, lease_id: str, worker: Worker) -> tuple[Lease, Tr
 
 
 def heartbeat(db: Database, lease_id: str, worker: Worker, body: Heartbeat) -> HeartbeatAnswer:
-    """Renew the lease and record progress; answer ``stop`` when the study was cancelled."""
+    """Renew the lease and record progress; answer ``stop`` when the study was cancelled. One read
+    of the lease, its (locked) trial and its study's state, then the two updates: no ORM objects."""
     with db.session() as s:
-        lease, trial = own_live_lease(s, lease_id, worker)
-        study = s.get(Study, trial.study_id)
+        row = s.execute(
+            select(Lease.worker_id, Lease.outcome, Lease.expires_at, Trial.id, Trial.lease_id, Trial.lease_expires_at,
+                   Trial.state, Trial.study_id, Study.state)
+            .join(Trial, Trial.id == Lease.trial_id).join(Study, Study.id == Trial.study_id)
+            .where(Lease.id == lease_id).with_for_update(of=Trial)
+        ).one_or_none()
+        if row is None:
+            raise NotFound("lease", lease_id)
+        owner, outcome, expires_at, trial_id, current, trial_expiry, trial_state, study_id, study_state = row
+        if owner != worker.id:
+            raise Forbidden(f"lease {lease_id} belongs to another worker")
+        if outcome is not None or current != lease_id:
+            raise Conflict(f"lease {lease_id} is over ({outcome or 'replaced'}): abandon the run")
         now = utcnow()
+        if trial_expiry is not None and trial_expiry < now:
+            raise Conflict(f"lease {lease_id} is over (expired): abandon the run")
         _touch(s, worker, now)
-        lease.last_heartbeat_at = now
-        lease.progress = {**body.progress.model_dump(exclude_none=True),
-                          **({"log_tail": body.log_tail} if body.log_tail else {}), "at": now.isoformat()}
-        if trial.state == TrialState.leased:
-            trial.state = TrialState.running
-        _add_curve(s, trial.id, body)
-        if study.state in (StudyState.cancelled, StudyState.failed):
-            return HeartbeatAnswer(action="stop", expires_at=lease.expires_at, reason=f"study {study.state.value}")
-        lease.expires_at = trial.lease_expires_at = now + timedelta(seconds=study.lease_seconds)
-        return HeartbeatAnswer(action="continue", expires_at=lease.expires_at)
+        progress = {**body.progress.model_dump(exclude_none=True),
+                    **({"log_tail": body.log_tail} if body.log_tail else {}), "at": now.isoformat()}
+        stop = study_state in (StudyState.cancelled, StudyState.failed)
+        if not stop:
+            expires_at = now + timedelta(seconds=study_constants(s, study_id).lease_seconds)
+        s.execute(update(Lease).where(Lease.id == lease_id)
+                  .values(last_heartbeat_at=now, progress=progress, expires_at=expires_at))
+        s.execute(update(Trial).where(Trial.id == trial_id)
+                  .values(lease_expires_at=expires_at, state=TrialState.running))
+        _add_curve(s, trial_id, body)
+        if stop:
+            return HeartbeatAnswer(action="stop", expires_at=expires_at, reason=f"study {study_state.value}")
+        return HeartbeatAnswer(action="continue", expires_at=expires_at)
 
 
 def complete_lease(db: Database, lease_id: str, worker: Worker, body: ResultCreate) -> LeaseOutcome:
@@ -259,7 +305,7 @@ def complete_lease(db: Database, lease_id: str, worker: Worker, body: ResultCrea
     stored row; a result from an expired or replaced lease is refused (409)."""
     with db.session() as s:
         lease = _own_lease(s, lease_id, worker)
-        trial = get_trial(s, lease.trial_id, lock=True)
+        trial = get_trial(s, lease.trial_id, lock=True, light=True)
         if lease.outcome is None and trial.lease_id == lease.id and _expired(trial, utcnow()):
             raise Conflict(f"lease {lease_id} is over (expired): its result is not accepted")
         if lease.outcome not in (None, "completed"):
@@ -272,7 +318,7 @@ def complete_lease(db: Database, lease_id: str, worker: Worker, body: ResultCrea
 def fail_lease(db: Database, lease_id: str, worker: Worker, body: LeaseFail) -> LeaseOutcome:
     with db.session() as s:
         lease = _own_lease(s, lease_id, worker)
-        trial = get_trial(s, lease.trial_id, lock=True)
+        trial = get_trial(s, lease.trial_id, lock=True, light=True)
         live = lease.outcome is None and trial.lease_id == lease.id
         if lease.outcome == "expired" or (live and _expired(trial, utcnow())):
             raise Conflict(f"lease {lease_id} expired")
@@ -286,7 +332,7 @@ def release_lease(db: Database, lease_id: str, worker: Worker) -> LeaseOutcome:
     attempt is not counted."""
     with db.session() as s:
         lease = _own_lease(s, lease_id, worker)
-        trial = get_trial(s, lease.trial_id, lock=True)
+        trial = get_trial(s, lease.trial_id, lock=True, light=True)
         if lease.outcome == "released":
             return LeaseOutcome(trial_id=trial.id, study_id=trial.study_id, state=trial.state.value, duplicate=True)
         if lease.outcome is not None or trial.lease_id != lease.id or trial.state not in HELD:
@@ -294,7 +340,7 @@ def release_lease(db: Database, lease_id: str, worker: Worker) -> LeaseOutcome:
         study = s.get(Study, trial.study_id, with_for_update=True, populate_existing=True)
         now = utcnow()
         _end_lease(s, trial, "released", now)
-        requeue(study, trial, now)
+        requeue(s, study, trial, now)
         trial.attempts -= 1
         study.revision += 1
         return LeaseOutcome(trial_id=trial.id, study_id=trial.study_id, state=trial.state.value)

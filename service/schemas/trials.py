@@ -25,6 +25,17 @@ class AskRequest(_In):
     lease_seconds: float | None = Field(
         None, ge=1, le=30 * 86400, description="how long the trials stay yours (default: the server's ask lease)"
     )
+    wait_s: float | None = Field(
+        None, ge=0, le=3600,
+        description="long-poll: seconds to wait for the strategy's proposals when fewer than `n` trials are "
+        "ready (default and cap: the server's ask_wait_s and ask_max_wait_s); then whatever is ready is returned. "
+        "Keep it below your HTTP timeout",
+    )
+    request_id: str | None = Field(
+        None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$",
+        description="idempotency key: repeating an ask with the same id returns the trials it leased "
+        "(still held) instead of new ones; send a fresh one per ask and the same one when retrying after a timeout",
+    )
 
 
 class FidelityRef(BaseModel):

@@ -4,9 +4,10 @@ may act only on its own leases (403 otherwise)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from ... import engine
@@ -14,34 +15,65 @@ from ...schemas.segments import SegmentAnswer, SegmentReport
 from ...schemas.leases import Heartbeat, HeartbeatAnswer, LeaseFail, LeaseGrant, LeaseOutcome, LeaseRequest
 from ...schemas.trials import ResultCreate
 from ..auth import WorkerDep
-from ..deps import DbDep, LeaseId, RunnerDep, SettingsDep
+from ..deps import DbDep, LeaseId, RunnerDep, SettingsDep, WakeupDep
 
 router = APIRouter(prefix="/api/v1/leases", tags=["leases"],
                    responses={401: {"description": "no or invalid worker token"},
                               403: {"description": "the lease belongs to another worker"}})
 
-POLL_INTERVAL_S = 0.25
+RECHECK_S = 1.0
+"""A waiting lease looks at the database again at least this often on SQLite: work queued by
+another server process does not wake it (on Postgres, NOTIFY does)."""
+
+
+LEASE_CONCURRENCY = 4
+"""Lease attempts running at once per server process: a wake-up of a thousand waiting workers
+must not take every thread and database connection from heartbeats and completions."""
+
+
+class LeaseGate:
+    """Per app: the lease attempts' semaphore, and per worker capabilities the wake-up generation
+    at which an attempt found no work; until the next wake-up (trials queued), other waiting
+    workers with those capabilities need not look."""
+
+    def __init__(self) -> None:
+        self.attempts = asyncio.Semaphore(LEASE_CONCURRENCY)
+        self.found_nothing: dict[str, int] = {}
 
 
 @router.post("", response_model=LeaseGrant, responses={
     204: {"description": "no work right now"},
     409: {"description": "the worker holds MIXOPT_MAX_LEASES_PER_WORKER leases already"}})
-async def lease(worker: WorkerDep, db: DbDep, settings: SettingsDep, body: LeaseRequest | None = None):
+async def lease(request: Request, worker: WorkerDep, db: DbDep, settings: SettingsDep, wakeup: WakeupDep,
+                body: LeaseRequest | None = None):
     """Lease the next trial this worker can run; waits up to `wait_s` (long-poll), then 204.
-    With `max_trials` > 1, up to that many trials sharing the first one's training settings: the
-    first at the top level, all of them in `leases`. A worker holds at most
-    `MIXOPT_MAX_LEASES_PER_WORKER` live leases (fewer trials than asked near it, 409 at it)."""
+    The wait is woken when trials are queued, not spent polling. With `max_trials` > 1, up to
+    that many trials sharing the first one's training settings: the first at the top level, all of
+    them in `leases`. A worker holds at most `MIXOPT_MAX_LEASES_PER_WORKER` live leases (fewer
+    trials than asked near it, 409 at it)."""
     body = body or LeaseRequest()
     wait = settings.long_poll_s if body.wait_s is None else min(body.wait_s, settings.long_poll_s * 4)
     deadline = time.monotonic() + wait
+    recheck = wait if db.is_postgres else RECHECK_S
+    kind = json.dumps([worker.capabilities or {}, body.model], sort_keys=True)
+    gate = getattr(request.app.state, "lease_gate", None) or LeaseGate()
+    request.app.state.lease_gate = gate
+    first = True
     while True:
-        grants = await run_in_threadpool(engine.lease_next, db, worker, body.max_trials, body.model,
-                                         settings.max_leases_per_worker)
-        if grants:
-            return LeaseGrant(**grants[0].model_dump(), leases=grants)
+        token, generation = wakeup.token(), wakeup.generation
+        if first or gate.found_nothing.get(kind) != generation:
+            async with gate.attempts:
+                if first or gate.found_nothing.get(kind) != generation:
+                    grants = await run_in_threadpool(engine.lease_next, db, worker, body.max_trials, body.model,
+                                                     settings.max_leases_per_worker)
+                    if grants:
+                        return LeaseGrant(**grants[0].model_dump(), leases=grants)
+                    gate.found_nothing[kind] = generation
+        first = False
         if time.monotonic() >= deadline:
             return Response(status_code=status.HTTP_204_NO_CONTENT)
-        await asyncio.sleep(min(POLL_INTERVAL_S, max(deadline - time.monotonic(), 0)))
+        if not await wakeup.wait(token, min(recheck, deadline - time.monotonic())):
+            gate.found_nothing.pop(kind, None)  # a timed recheck (SQLite: another process may have queued work)
 
 
 @router.post("/{lease_id}/heartbeat", response_model=HeartbeatAnswer,

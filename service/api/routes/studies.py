@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, status
+from starlette.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 
 from ... import engine
@@ -14,7 +16,7 @@ from ...schemas._common import MAX_ID
 from ...schemas.studies import RecommendationPublic, StudyAction, StudyCreate, StudyList, StudyPublic
 from ...schemas.trials import AskRequest, AskResponse, TrialCreate, TrialPage, TrialPublic
 from ..auth import read_access, write_access
-from ..deps import DbDep, RunnerDep, SettingsDep, StudyId
+from ..deps import DbDep, RunnerDep, SettingsDep, StudyId, WakeupDep
 
 router = APIRouter(prefix="/api/v1/studies", tags=["studies"])
 
@@ -29,12 +31,12 @@ def _public(db, study_id: int) -> StudyPublic:
 
 @router.post("", response_model=StudyPublic, status_code=status.HTTP_201_CREATED, dependencies=[write_access])
 def create_study(body: StudyCreate, db: DbDep, runner: RunnerDep) -> StudyPublic:
-    """Create a study (a draft unless `start` is true)."""
+    """Create a study (a draft unless `start` is true). The strategy's first trials are queued in
+    the background, never on this request."""
     with db.session() as s:
         study_id = engine.create_study(s, body).id
     if body.start:
         engine.change_state(db, study_id, "start")
-        engine.advance(db, study_id)
         runner.notify(study_id, results_changed=False)
     return _public(db, study_id)
 
@@ -63,14 +65,12 @@ def read_study(study_id: StudyId, db: DbDep) -> StudyPublic:
 def _state_change(action: str):
     def handler(study_id: StudyId, db: DbDep, runner: RunnerDep, body: StudyAction | None = None) -> StudyPublic:
         engine.change_state(db, study_id, action, body.reason if body else None)
-        if action in ("start", "resume"):
-            engine.advance(db, study_id)
         runner.notify(study_id, results_changed=False)
         return _public(db, study_id)
 
     handler.__name__ = f"{action}_study"
     handler.__doc__ = {
-        "start": "Start a draft study: the strategy's first trials are queued at once.",
+        "start": "Start a draft study: the strategy's first trials are queued in the background (`ask` waits for them).",
         "pause": "Pause a running study: no new trials are handed out; running ones finish.",
         "resume": "Resume a paused study.",
         "cancel": "Cancel a study: queued trials are cancelled; workers on running ones are told to stop.",
@@ -84,9 +84,26 @@ for _action in ("start", "pause", "resume", "cancel"):
 
 
 @router.post("/{study_id}/ask", response_model=AskResponse, dependencies=[write_access])
-def ask(study_id: StudyId, body: AskRequest, db: DbDep, settings: SettingsDep) -> AskResponse:
-    """For outside trainers: up to `n` trials, leased to the caller until reported."""
-    return engine.ask(db, study_id, body, settings.ask_lease_seconds)
+async def ask(study_id: StudyId, body: AskRequest, db: DbDep, settings: SettingsDep, runner: RunnerDep,
+              wakeup: WakeupDep) -> AskResponse:
+    """For outside trainers: up to `n` trials, leased to the caller until reported.
+
+    Returns at once when `n` trials are queued; otherwise waits (at most `wait_s`, capped by the
+    server) until the engine has run the strategy for this call, then returns what is ready (maybe
+    none). Send a `request_id` and repeat it on a retry: the repeat returns the same trials."""
+    wait = settings.ask_wait_s if body.wait_s is None else body.wait_s
+    deadline = time.monotonic() + min(wait, settings.ask_max_wait_s)
+    out = await run_in_threadpool(engine.ask, db, study_id, body, settings.ask_lease_seconds, take_fewer=False)
+    if out is not None:
+        return out
+    ticket = runner.notify(study_id, results_changed=False)
+    while True:
+        token = wakeup.token()
+        last = runner.settled(study_id, ticket) or time.monotonic() >= deadline
+        out = await run_in_threadpool(engine.ask, db, study_id, body, settings.ask_lease_seconds, take_fewer=last)
+        if out is not None:
+            return out
+        await wakeup.wait(token, deadline - time.monotonic())
 
 
 @router.post("/{study_id}/trials", response_model=TrialPublic, status_code=status.HTTP_201_CREATED,

@@ -1,0 +1,136 @@
+"""Proposals off the request path: creating, starting and asking never wait for a strategy
+beyond the ask's bound; an ask repeated with its request_id strands nothing; a strategy past the
+time limit fails its study; SIGTERM stops a server whatever its strategy is doing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from service.api import create_app
+from service.db import upgrade
+from tests import _slow_strategy
+from workers.client import MixoptClient
+from tests.conftest import wait_for
+from tests.helpers import known_losses, study_body
+
+SLOW_S = 4.0
+
+
+def slow_study(seconds: float = SLOW_S, **overrides) -> dict:
+    return {**study_body(strategy={"name": "test-slow", "params": {"seconds": seconds}}, **overrides), "start": True}
+
+
+@pytest.fixture
+def slow_client(settings):
+    with TestClient(create_app(settings.model_copy(update={"ask_max_wait_s": 30.0}), migrate=True)) as c:
+        yield c
+
+
+def test_start_and_ask_answer_within_their_bound_while_the_strategy_computes(slow_client):
+    c = slow_client
+    t0 = time.monotonic()
+    r = c.post("/api/v1/studies", json=slow_study())
+    assert r.status_code == 201, r.text
+    assert time.monotonic() - t0 < SLOW_S * 0.75, "creating and starting waited for the strategy"
+    sid = r.json()["id"]
+
+    t0 = time.monotonic()
+    r = c.post(f"/api/v1/studies/{sid}/ask", json={"n": 2, "wait_s": 0.3})
+    assert r.status_code == 200 and r.json()["trials"] == []
+    assert time.monotonic() - t0 < SLOW_S * 0.75, "ask waited past its wait_s"
+
+    r = c.post(f"/api/v1/studies/{sid}/ask", json={"n": 2, "wait_s": 4 * SLOW_S, "request_id": "k-1"})
+    first = r.json()["trials"]
+    assert len(first) == 2, "a long enough wait gets the strategy's proposals"
+    # the same request again (the answer was lost): the same trials, nothing new leased
+    again = c.post(f"/api/v1/studies/{sid}/ask", json={"n": 2, "wait_s": 0, "request_id": "k-1"}).json()["trials"]
+    assert [(t["id"], t["lease_id"]) for t in again] == [(t["id"], t["lease_id"]) for t in first]
+    counts = c.get(f"/api/v1/studies/{sid}").json()["trial_counts"]
+    assert counts["leased"] == 2
+
+    for t in first:  # once reported, the key no longer holds anything: a new ask gets new trials
+        assert c.post(f"/api/v1/trials/{t['id']}/result",
+                      json={"losses": known_losses(t["mixture"]), "lease_id": t["lease_id"]}).status_code == 200
+    nxt = c.post(f"/api/v1/studies/{sid}/ask", json={"n": 1, "wait_s": 0, "request_id": "k-1"}).json()["trials"]
+    assert {t["id"] for t in nxt}.isdisjoint({t["id"] for t in first})
+
+
+class LoseFirstAskAnswer(httpx.BaseTransport):
+    """The network loses the server's first answer to an ``ask`` (after the server acted on it)."""
+
+    def __init__(self, inner: httpx.BaseTransport):
+        self.inner, self.lost = inner, 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        inner = self.inner.handle_request(request)
+        response = httpx.Response(inner.status_code, headers=inner.headers, content=inner.read())
+        if request.url.path.endswith("/ask") and not self.lost:
+            self.lost += 1
+            raise httpx.ReadTimeout("the answer was lost", request=request)
+        return response
+
+
+def test_the_client_repeats_a_lost_ask_and_strands_nothing(slow_client):
+    sid = slow_client.post("/api/v1/studies", json=slow_study(0.0, parallelism=4)).json()["id"]
+    transport = LoseFirstAskAnswer(slow_client._transport)
+    with MixoptClient(str(slow_client.base_url), transport=transport) as api:
+        trials = api.ask(sid, n=2, wait_s=5)
+    assert transport.lost == 1 and len(trials) == 2
+    counts = slow_client.get(f"/api/v1/studies/{sid}").json()["trial_counts"]
+    assert counts["leased"] == 2, "the lost answer's trials were not the ones returned"
+
+
+def test_ask_request_id_is_validated(slow_client):
+    sid = slow_client.post("/api/v1/studies", json=slow_study(0.0)).json()["id"]
+    r = slow_client.post(f"/api/v1/studies/{sid}/ask", json={"n": 1, "request_id": "has space"})
+    assert r.status_code == 422 and "request_id" in r.text
+
+
+def test_a_strategy_past_the_time_limit_fails_its_study(settings):
+    app = create_app(settings.model_copy(update={"strategy_timeout_s": 1.0, "strategy_slow_s": 0.5}), migrate=True)
+    with TestClient(app) as c:
+        sid = c.post("/api/v1/studies", json=slow_study(8.0)).json()["id"]
+        study = wait_for(lambda: (s := c.get(f"/api/v1/studies/{sid}").json())["state"] == "failed" and s,
+                         timeout=30, what="the study to fail")
+        assert "STRATEGY_TIMEOUT_S" in study["failure_reason"]
+        assert study["trial_counts"]["queued"] == 0
+        time.sleep(SLOW_S)  # the abandoned compute ends meanwhile: its proposals are not committed
+        assert c.get(f"/api/v1/studies/{sid}").json()["trial_counts"]["queued"] == 0
+
+
+def test_sigterm_stops_the_server_while_a_strategy_spins(sqlite_url, server_factory):
+    upgrade(sqlite_url)
+    server = server_factory(sqlite_url, MIXOPT_SHUTDOWN_GRACE_S="2")
+    server.cmd = _slow_strategy.slow_server_cmd()
+    server.start()
+    body = {**study_body(strategy={"name": "test-slow", "params": {"seconds": 600, "busy": True}}), "start": True}
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        t0 = time.monotonic()
+        sid = c.post("/api/v1/studies", json=body).json()["id"]
+        created_s = time.monotonic() - t0
+        time.sleep(1.0)  # the strategy is spinning now
+        t0 = time.monotonic()
+        assert c.get(f"/api/v1/studies/{sid}").json()["state"] == "running"
+        read_s = time.monotonic() - t0
+    assert created_s < 10 and read_s < 10, (created_s, read_s)
+    # a long-poll in flight must not hold the shutdown either
+    def ask() -> None:
+        try:
+            httpx.post(f"{server.url}/api/v1/studies/{sid}/ask", json={"n": 1, "wait_s": 20}, timeout=60)
+        except httpx.HTTPError:
+            pass  # cut off by the shutdown: expected
+
+    asker = threading.Thread(target=ask, daemon=True)
+    asker.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    os.killpg(server.proc.pid, signal.SIGTERM)
+    server.proc.wait(30)
+    assert time.monotonic() - t0 < 15, "the server took too long to stop"
