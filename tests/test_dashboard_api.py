@@ -310,3 +310,19 @@ def test_maximised_metric_is_shown_with_its_sign(client):
     ov = client.get(f"/dashboard/api/studies/{sid}").json()
     assert ov["objective"]["sign"] == -1 and ov["objective"]["higher_is_better"] and ov["objective"]["label"] == "acc"
     assert isinstance(datetime.fromisoformat(ov["server_time"].replace("Z", "+00:00")), datetime)
+
+
+def test_learned_fidelity_correlation_reaches_the_study_page(client, settings):
+    """ADMIRE's learned proxy-to-target correlation (recommendation meta) is in the overview and the
+    history the study page draws, so a user sees whether the cheap proxies can be trusted."""
+    sid = client.post("/api/v1/studies", json=study_body()).json()["id"]
+    db = Database(settings.database_url)
+    with db.session() as s:
+        s.add(Recommendation(study_id=sid, mixture={d: 0.25 for d in DOMAINS}, predicted=3.0, based_on_trials=4,
+                             meta={"fidelity_correlation": {"small": 0.31, "broken": "n/a"}}))
+        s.add(Recommendation(study_id=sid, mixture={d: 0.25 for d in DOMAINS}, predicted=2.9, based_on_trials=5,
+                             meta={"fidelity_correlation": "not a mapping"}))
+    db.dispose()
+    items = client.get(f"/dashboard/api/studies/{sid}/recommendations").json()["items"]
+    assert [r["fidelity_correlation"] for r in items] == [{"small": pytest.approx(0.31)}, None]
+    assert client.get(f"/dashboard/api/studies/{sid}").json()["recommendation"]["fidelity_correlation"] is None

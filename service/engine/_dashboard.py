@@ -142,16 +142,27 @@ _REC_COLUMNS = (
     Recommendation.id, Recommendation.created_at, Recommendation.mixture, Recommendation.predicted,
     Recommendation.uncertainty, Recommendation.based_on_trials, Recommendation.final,
     Recommendation.meta["spearman"].as_float(), Recommendation.meta["predicted_fidelity"].as_string(),
+    Recommendation.meta["fidelity_correlation"],
 )
 
 
 def _brief(row, names: list[str]) -> RecommendationBrief:
-    rid, created, mixture, predicted, uncertainty, based_on, final, rho, fidelity = row
+    rid, created, mixture, predicted, uncertainty, based_on, final, rho, fidelity, correlation = row
     return RecommendationBrief(
         id=rid, created_at=created, mixture=[float(mixture.get(n, 0.0)) for n in names], predicted=predicted,
         uncertainty=uncertainty, based_on_trials=based_on, final=final,
         spearman=None if rho is None or not np.isfinite(rho) else float(rho), predicted_fidelity=fidelity,
+        fidelity_correlation=_correlations(correlation),
     )
+
+
+def _correlations(value) -> dict[str, float] | None:
+    """A strategy's learned ``{fidelity: correlation with the target}``, finite entries only."""
+    if not isinstance(value, dict):
+        return None
+    out = {str(k): float(v) for k, v in value.items()
+           if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}
+    return out or None
 
 
 def _has_predictions(s: Session, rec_id: int) -> bool:

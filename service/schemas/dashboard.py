@@ -86,6 +86,9 @@ class RecommendationBrief(BaseModel):
     final: bool = Field(..., description="whether it is the study's final recommendation")
     spearman: float | None = Field(None, description="the model's Spearman correlation on held-out runs, if reported")
     predicted_fidelity: str | None = Field(None, description="the fidelity the prediction is for, if reported")
+    fidelity_correlation: dict[str, float] | None = Field(
+        None, description="learned correlation of each cheaper fidelity's results with the target's (ADMIRE): how "
+        "far the proxies can be trusted")
 
 
 class StudyOverview(BaseModel):

@@ -143,6 +143,12 @@
     stats.push(MX.stat("recommendation", rec && rec.predicted !== null ? fmt(show(rec.predicted)) : rec ? "available" : "–",
       rec ? `${rec.uncertainty !== null ? `± ${fmt(rec.uncertainty, 3)} · ` : ""}${rec.based_on_trials} trials${rec.final ? " · final" : ""}` : "none yet"));
     if (rec && rec.spearman !== null) stats.push(MX.stat("model spearman", fmt(rec.spearman, 3), "held-out runs"));
+    if (rec && rec.fidelity_correlation) {
+      // how far the cheap proxies rank mixtures as the target does, as the strategy learned it
+      const pairs = Object.entries(rec.fidelity_correlation).filter(([name]) => !target || name !== target.name);
+      if (pairs.length) stats.push(MX.stat("proxy ↔ target", pairs.map(([n, r]) => `${n} ${fmt(r, 2)}`).join(" · "),
+        "learned correlation"));
+    }
     stats.push(MX.stat("parallelism", String(ov.parallelism), `seed ${ov.seed}`));
     $("study-stats").replaceChildren(...stats);
   }
