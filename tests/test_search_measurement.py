@@ -138,6 +138,7 @@ def test_summary_reports_cost_to_each_regret_level_and_recommendation_regret():
     s = summarize(pool, traces)
     assert set(s["cost_to_regret"]) == {"0", "0.05", "0.2"} and set(s["recommendation_regret"]) == {"1", "3", "10"}
     assert s["cost_to_regret"]["0.2"]["median"] <= s["cost_to_regret"]["0"]["median"]
+    assert s["recommendation_distance"]["3"]["median"] == 0.0  # random recommends rows it ran
     for t in traces:  # random at the target recommends its best run: its regret is that of the best so far
         assert pool.regret(t.recommended["3"]["objective"]) == pytest.approx(pool.regret(t.best_within(3)))
 

@@ -294,6 +294,9 @@ def summarize(pool: PoolData, traces: Sequence[Trace], budgets: Sequence[float] 
         "cost_to_regret": reach,
         "found_best": int(sum(np.isfinite(t.cost_to_reach(pool.best_target + 1e-12)) for t in traces)),
         "recommendation_regret": {f"{b:g}": _quantiles([rec_regret(t, b) for t in traces]) for b in budgets},
+        # L1 distance from the recommended mixture to the pool row it was scored as (0: a pool row)
+        "recommendation_distance": {f"{b:g}": _quantiles([(t.recommended.get(f"{b:g}") or {}).get("distance", float("nan"))
+                                                          for t in traces]) for b in budgets},
         "best_regret": {f"{b:g}": _quantiles([float(pool.regret(t.best_within(b))) for t in traces]) for b in budgets},
         "trials": _quantiles([len(t.cost) for t in traces]),
         "target_trials": _quantiles([sum(f == target for f in t.fidelities) for t in traces]),
