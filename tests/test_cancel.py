@@ -29,7 +29,7 @@ def _leased_then_cancelled(client, **overrides) -> tuple[int, dict, dict]:
     sid = client.post("/api/v1/studies", json={**study_body(parallelism=2, max_attempts=3, **overrides),
                                                 "start": True}).json()["id"]
     auth = _register(client, "w")
-    grant = client.post("/api/v1/leases", json={"wait_s": 0}, headers=auth).json()
+    grant = client.post("/api/v1/leases", json={"wait_s": 5}, headers=auth).json()
     assert client.post(f"/api/v1/studies/{sid}/cancel").status_code == 200
     return sid, auth, grant
 
@@ -57,7 +57,7 @@ def test_a_trial_coming_back_after_cancel_is_cancelled_not_queued(client, how):
     assert t["state"] == "cancelled" and t["finished_at"] is not None
     # a paused study, by contrast, gets its trial back in the queue
     sid2 = client.post("/api/v1/studies", json={**study_body(parallelism=1), "start": True}).json()["id"]
-    g2 = client.post("/api/v1/leases", json={"wait_s": 0}, headers=auth).json()
+    g2 = client.post("/api/v1/leases", json={"wait_s": 5}, headers=auth).json()
     client.post(f"/api/v1/studies/{sid2}/pause")
     assert client.post(f"/api/v1/leases/{g2['lease_id']}/release", headers=auth).json()["state"] == "queued"
 
@@ -80,7 +80,7 @@ def test_expiry_sweep_during_a_cancel_leaves_nothing_queued(postgres_url, tmp_pa
     with TestClient(create_app(settings, migrate=True)) as client:
         db = client.app.state.db
         sid = client.post("/api/v1/studies", json={**study_body(parallelism=1), "start": True}).json()["id"]
-        grant = client.post("/api/v1/leases", json={"wait_s": 0}, headers=_register(client, "w")).json()
+        grant = client.post("/api/v1/leases", json={"wait_s": 5}, headers=_register(client, "w")).json()
         swept = threading.Event()
         with db.session() as s:  # a cancel in progress: the study locked and changed, not yet committed
             study = engine.get_study(s, sid, lock=True)

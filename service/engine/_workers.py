@@ -185,7 +185,7 @@ def lease_next(db: Database, worker: Worker, max_trials: int = 1, model: str | N
             .where(Study.state == StudyState.running, Study.dispatch == "workers")
             .where(select(Trial.id).where(Trial.fidelity_id == Fidelity.id, Trial.state == TrialState.queued).exists())
         ).all()
-        fitting = {f.id: f for f in candidates if _fits(worker, f) and (model is None or f.model == model)}
+        fitting = {f.id: f for f in candidates if _fits(worker, f.model) and (model is None or f.model == model)}
         if not fitting:
             return []
         q = (select(Trial).options(lazyload(Trial.fidelity), lazyload(Trial.result))
