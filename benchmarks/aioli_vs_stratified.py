@@ -96,6 +96,7 @@ class BenchConfig:
         test_fraction: share of the held-out tokens that form the test split.
         vocab_size: the demo corpus' BPE.
         threads: torch threads per run.
+        device: the trainer's device (``cpu``, ``cuda``, ``auto``).
         lr: peak learning rate (``None``: the preset's).
         aioli: AioliParams overrides over :func:`scaled_aioli_params`.
         prior_fraction: restricted variant: the share of the steps on ``prior_mixture``.
@@ -111,6 +112,7 @@ class BenchConfig:
     test_fraction: float = 0.5
     vocab_size: int = 8192
     threads: int = 1
+    device: str = "cpu"
     lr: float | None = None
     aioli: dict[str, Any] = dataclasses.field(default_factory=dict)
     prior_fraction: float = 0.5
@@ -124,7 +126,7 @@ class BenchConfig:
         return TrainConfig(
             model=self.model, tokens=self.tokens, batch_size=self.batch_size, seq_len=self.seq_len, lr=self.lr,
             eval_tokens=self.eval_tokens, val_fraction=self.val_fraction, test_fraction=self.test_fraction,
-            vocab_size=self.vocab_size, threads=self.threads, device="cpu", seed=seed, eval_every=eval_every,
+            vocab_size=self.vocab_size, threads=self.threads, device=self.device, seed=seed, eval_every=eval_every,
             progress_every=max(self.steps, 1),
         )
 
@@ -591,6 +593,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--settings", default="k5", help=f"comma-separated domain settings, of {', '.join(SETTINGS)}")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (separate processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--device", default=d.device, help="trainer device: cpu, cuda or auto")
     parser.add_argument("--corpus", type=Path, default=None, help="corpus dir (default: the demo corpus, built if missing)")
     parser.add_argument("--cache-dir", type=Path, default=Path("artifacts/cache"))
     parser.add_argument("--out", type=Path, default=Path("artifacts/bench/aioli"))
@@ -618,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         parser.error(f"--methods: unknown {[m for m in methods if m not in METHODS]}; known: {', '.join(METHODS)}")
     bench = BenchConfig(model=args.model, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
                         eval_tokens=args.eval_tokens, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                        vocab_size=args.vocab_size, threads=args.threads, lr=args.lr, aioli=aioli,
+                        vocab_size=args.vocab_size, threads=args.threads, device=args.device, lr=args.lr, aioli=aioli,
                         prior_fraction=args.prior_fraction, prior_mixture=prior)
     corpus_dir = args.corpus
     if corpus_dir is None:

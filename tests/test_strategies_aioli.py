@@ -233,6 +233,8 @@ def test_invalid_params_are_rejected_naming_the_field(params, field):
         (3, {"fidelity": "nope"}, "fidelity"),
         (3, {"prior_mixture": {"d9": 1.0}, "prior_steps": 10}, "prior_mixture"),
         (3, {"prior_mixture": {"d0": 1.0}}, "prior_steps"),
+        (3, {"prior_mixture_from_study": 4, "prior_steps": 10}, "prior_mixture_from_study"),  # the server resolves it
+        (3, {"one_hot_multiple": 4.0}, "one_hot_multiple"),  # weight 4/3 > 1
     ],
 )
 def test_invalid_params_for_the_space_are_rejected_naming_the_field(k, params, field):
@@ -254,6 +256,8 @@ def test_spaces_aioli_cannot_run_on_are_rejected():
         create_strategy("aioli", space).check()
     with pytest.raises(ValueError, match="^fidelity: .*tokens"):  # no step budget
         make(3, target=Fidelity("target", 1.0, True)).check()
+    with pytest.raises(ValueError, match=r"^fidelity: .*params\.warmup"):  # the trainer would refuse it too
+        make(3, target=Fidelity("target", 1.0, True, params={"steps": 1000, "warmup": -3})).check()
     with pytest.raises(ValueError, match="^one_hot_factor: .*collinear"):  # bounds flatten W
         make(3, 1000, domains=[Domain(f"d{i}", min_weight=0.33333) for i in range(3)]).check()
 

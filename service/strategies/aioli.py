@@ -333,8 +333,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class AioliParams(StrategyParams):
-    """Aioli's parameters. ``None`` means the paper's setting for the study's number of domains
-    (:data:`PAPER_SETTINGS`)."""
+    """Aioli's parameters. ``None`` means the default for the study's number of domains
+    (:func:`default_settings`; ``warmup_steps``: the trainer's warm-up at the fidelity)."""
 
     n_runs: int = Field(1, ge=1, le=1000, description="dynamic runs in the study; each run's meta['run'] seeds its LearnParams order (and should seed its trainer)")
     fidelity: str | None = Field(None, description="fidelity to run at; default: the target")
@@ -437,7 +437,7 @@ class AioliStrategy(BaseOnlineStrategy):
         super().__init__(space, params, seed)
         k = space.mixture.k
         self.settings = self._resolve(k)
-        """The parameters with the paper's defaults for ``k`` filled in."""
+        """The parameters with the defaults for ``k`` filled in (:func:`default_settings`)."""
         w = space.mixture.to_vector(self.params.prior_mixture or {d: 1.0 for d in space.mixture.names})
         self.prior = space.mixture.project(w / w.sum() if w.sum() > 0 else np.full(k, 1.0 / k))
         """``k`` the initial mixture of every run: ``prior_mixture``, else uniform."""
