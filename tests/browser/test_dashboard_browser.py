@@ -283,3 +283,24 @@ def test_trial_with_only_the_end_of_run_evaluation_draws_its_curve(live, browser
     assert page.page.evaluate(CUT) == []  # e.g. the "created" card's date
     page.shot("trial-final-eval-only")
     page.close()
+
+
+def test_worker_name_with_markup_is_text_in_charts(live, browser):
+    """Attack: a worker registers as ``<a href="https://evil.example/">...</a>``; Plotly reads <a> in
+    labels as markup, so the workers chart would show a clickable link. The chart's label helper
+    escapes it: real Plotly draws the tag as text, and no link appears."""
+    page = Page(browser, live["base"])
+    page.open("/dashboard/workers", ["chart-throughput"])
+    p = page.page
+    name = '<a href="https://evil.example/">update your token</a>'
+    found = p.evaluate("""async (name) => {
+        const node = document.createElement("div");
+        document.body.appendChild(node);
+        await Plotly.newPlot(node, [{ type: "bar", orientation: "h", x: [1], y: [MX.plotText(name + " #7")] }]);
+        const links = [...node.querySelectorAll("a")].map((a) => a.getAttribute("href") || a.getAttribute("xlink:href"));
+        const labels = [...node.querySelectorAll(".ytick text")].map((t) => t.textContent);
+        return { links, labels };
+    }""", name)
+    assert not any("evil.example" in (h or "") for h in found["links"]), found
+    assert any("<a href" in label for label in found["labels"]), found
+    page.close()
