@@ -108,6 +108,7 @@ def test_marked_blocks_run(page: Path, tmp_path: Path):
                 pytest.fail(f"{where}: still running after {block.timeout:.0f} s:\n{log.read_text()[-3000:]}")
             assert done.returncode == 0, f"{where} exited with {done.returncode}:\n{log.read_text()[-3000:]}"
     finally:
+        ended = []
         for block, proc, log in background:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -115,5 +116,7 @@ def test_marked_blocks_run(page: Path, tmp_path: Path):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 rc = "killed after 60 s"
-            assert rc == 0, f"{block.page}:{block.line} (background) ended with {rc}:\n{log.read_text()[-3000:]}"
-        server.stop()
+            ended.append((block, rc, log))
+        server.stop()  # before any assertion, so that a failed page leaves no server behind
+    for block, rc, log in ended:
+        assert rc == 0, f"{block.page}:{block.line} (background) ended with {rc}:\n{log.read_text()[-3000:]}"
