@@ -3,6 +3,8 @@ into studies on a real server, up to the RegMix pool warm-starting a RegMix stud
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -158,6 +160,9 @@ def test_import_creates_completed_trials_once(server, tmp_path):
 
         # imported runs are not part of the budget: the study still creates its own 2 trials
         api.start(study["id"])
+        deadline = time.monotonic() + 30  # the engine queues a started study's trials in the background
+        while api.get_study(study["id"])["trial_counts"]["queued"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert api.get_study(study["id"])["trial_counts"]["queued"] == 2
 
 

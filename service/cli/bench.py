@@ -56,8 +56,10 @@ def search(
     out: Path = typer.Option(Path("artifacts/bench/search"), help="Output folder (search.* or suite.*; with --suite "
                              "also traces/, from which an interrupted run resumes)."),
 ) -> None:
-    """Search efficiency: cost to reach normalised regret 0, 0.05 and 0.2 and the regret of the
-    strategy's recommendation after fixed budgets, on one pool or on the pool suite."""
+    """Search efficiency of the strategies on one pool or on the pool suite.
+
+    Cost to reach normalised regret 0, 0.05 and 0.2, and the regret of each strategy's
+    recommendation after fixed budgets, as a table, JSON and PNG."""
     import torch
     from tqdm import tqdm
 
