@@ -98,6 +98,10 @@ class Settings(BaseSettings):
         4096, ge=1, description="uvicorn: most connections and tasks at once per process; beyond it, 503 (a fleet "
         "of N workers keeps about N connections open between heartbeats)"
     )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="seconds a new connection has to send its first request's line and headers; "
+        "slower ones are closed (slow-header attacks)"
+    )
     h11_max_incomplete_event_size: int = Field(
         64 * 1024, ge=1024, description="uvicorn: largest request line plus headers (bytes)"
     )

@@ -3,6 +3,8 @@ series checked for sensible values; access rules on both databases."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -99,7 +101,12 @@ def test_metrics_access(db_url, tmp_path):
         assert c.get("/api/v1/studies", headers={"Authorization": "Bearer scraper-token-0123456789"}).status_code == 401  # metrics only
         admin = {"Authorization": "Bearer admin-secret-0123456789"}
         assert c.post("/api/v1/studies", json={**study_body(), "start": True}, headers=admin).status_code == 201
-        m = scrape(c, Authorization="Bearer scraper-token-0123456789")
+        deadline = time.monotonic() + 30  # the engine queues a started study's trials in the background
+        while True:
+            m = scrape(c, Authorization="Bearer scraper-token-0123456789")
+            if value(m, "mixopt_study_queue_depth", strategy="random") == 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert value(m, "mixopt_study_queue_depth", strategy="random") == 3
         _, read = create_token(c.app.state.db, "r", "read")
         assert c.get("/metrics", headers={"Authorization": f"Bearer {read}"}).status_code == 200

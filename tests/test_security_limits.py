@@ -4,6 +4,7 @@ bodies, expensive legal parameters, short secrets, framing, driver errors."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -150,3 +151,57 @@ def test_login_and_logout_refuse_cross_site_posts(settings):
         r = c.post("/dashboard/login", data={"token": token}, headers=same, follow_redirects=False)
         assert r.status_code == 303 and "set-cookie" in r.headers
         assert c.post("/dashboard/logout", headers=same, follow_redirects=False).status_code == 303
+
+
+def test_slow_headers_cannot_hold_connections(sqlite_url, server_factory):
+    """Attack: open connections and trickle a header line now and then, never finishing the
+    request, to hold them (600 such connections held a server for 60 s). The server closes a
+    connection whose headers are not complete within MIXOPT_HEADER_TIMEOUT_S, while a normal request
+    beside them is served."""
+    import socket
+
+    import httpx
+
+    server = server_factory(sqlite_url, MIXOPT_HEADER_TIMEOUT_S="2").start()
+    port = int(server.url.rsplit(":", 1)[1])
+    slow = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
+    t0 = time.monotonic()
+    for s in slow:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    closed_after: list[float] = []
+    for round_ in range(40):  # a header line every 0.25 s, never the blank line that ends them
+        for s in list(slow):
+            try:
+                s.sendall(f"X-Slow-{round_}: 1\r\n".encode())
+                s.setblocking(False)
+                if s.recv(1) == b"":
+                    raise ConnectionResetError
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed_after.append(time.monotonic() - t0)
+                slow.remove(s)
+                s.close()
+            finally:
+                if s in slow:
+                    s.setblocking(True)
+        if not slow:
+            break
+        time.sleep(0.25)
+    assert not slow, f"{len(slow)} slow connections still open after {time.monotonic() - t0:.1f} s"
+    assert max(closed_after) < 6, closed_after  # 2 s deadline, with margin for a loaded machine
+    assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
+
+
+def test_a_worker_token_the_endpoints_refuse_sends_no_large_body(settings):
+    """An expired worker token must not open the large-body path either: its body is refused from
+    the headers (413) like an unknown token's, not read in full and then answered 401."""
+    s = settings.model_copy(update={"auth_enabled": True, "unauthenticated_body_bytes": 4096, "worker_token_ttl_s": 1.0})
+    with TestClient(create_app(s, migrate=True)) as c:
+        worker = c.post("/api/v1/workers", json={"name": "w", "join_secret": JOIN_SECRET}).json()
+        wauth = {"Authorization": f"Bearer {worker['token']}"}
+        big = {"log_tail": "x" * 8000}  # over the 4 KiB unauthenticated limit
+        path = "/api/v1/leases/00000000-0000-0000-0000-000000000000/heartbeat"
+        assert c.post(path, json=big, headers=wauth).status_code == 404  # a live token's body is read: no such lease
+        time.sleep(1.2)
+        assert c.post(path, json=big, headers=wauth).status_code == 413

@@ -26,8 +26,8 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..db import ApiToken, Worker
-from ..settings import Settings
+from ..db import ApiToken, Worker, utcnow
+from ..settings import Settings, resolve_join_secret
 
 SECURITY_HEADERS = [
     (b"x-frame-options", b"DENY"),
@@ -127,12 +127,16 @@ def _token_known(db, settings: Settings, token: str) -> bool:
     if admin and hmac.compare_digest(token.encode(), admin.encode()):
         return True
     from ..engine import hash_token
+    from ..engine._workers import join_fingerprint, token_state
 
     digest = hash_token(token)
     with db.session() as s:
         if s.scalars(select(ApiToken.id).where(ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None))).first():
             return True
-        return s.scalars(select(Worker.id).where(Worker.token_hash == digest, Worker.revoked.is_(False))).first() is not None
+        worker = s.scalars(select(Worker).where(Worker.token_hash == digest)).first()
+        # a worker token the endpoint would refuse (revoked, expired, from an old join secret) sends no large body
+        return worker is not None and token_state(worker, join_fingerprint(resolve_join_secret(settings)),
+                                                  settings.worker_token_ttl_s, utcnow()) == "active"
 
 
 def _bearer(scope: Scope) -> str | None:

@@ -22,6 +22,7 @@ def server(
     """Run the API server (migrates the database first unless MIXOPT_AUTO_MIGRATE=false)."""
     import uvicorn
 
+    from ..api._http import HeaderDeadlineProtocol
     from ..logs import configure_logging, register_secret
 
     from ..settings import check_exposure, check_secrets, resolve_join_secret
@@ -68,7 +69,7 @@ def server(
         workers=workers, log_config=None, timeout_graceful_shutdown=settings.shutdown_grace_s,
         timeout_keep_alive=settings.keep_alive_s, limit_concurrency=settings.limit_concurrency,
         h11_max_incomplete_event_size=settings.h11_max_incomplete_event_size,
-        proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips,
+        proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips, http=HeaderDeadlineProtocol,
     )
 
 
