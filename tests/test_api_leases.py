@@ -161,10 +161,17 @@ def test_one_call_leases_up_to_max_trials_with_the_same_settings(client):
     lease; the single-lease shape stays at the top level; other settings are not mixed in."""
     fids = [{"name": "small", "model": "llama-1m", "tokens": 1e6, "cost": 0.1, "params": {"seq_len": 64}},
             {"name": "big", "model": "llama-1m", "tokens": 1e6, "cost": 1, "target": True, "params": {"seq_len": 128}}]
+    sids = []
     for seed, strategy_fid in enumerate(("small", "small", "big")):
         body = study_body(fidelities=fids, parallelism=3, seed=seed,
                           strategy={"name": "random", "params": {"fidelity": strategy_fid}})
-        assert client.post("/api/v1/studies", json={**body, "start": True}).status_code == 201
+        r = client.post("/api/v1/studies", json={**body, "start": True})
+        assert r.status_code == 201
+        sids.append(r.json()["id"])
+    deadline = time.monotonic() + 30  # the engine queues the started studies' trials in the background
+    while any(client.get(f"/api/v1/studies/{sid}").json()["trial_counts"]["queued"] < 3 for sid in sids):
+        assert time.monotonic() < deadline, "the engine did not queue the trials"
+        time.sleep(0.05)
     a = _register(client, "a")
     grant = client.post("/api/v1/leases", json={"wait_s": 0, "max_trials": 5}, headers=a).json()
     leases = grant["leases"]

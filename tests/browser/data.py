@@ -98,7 +98,7 @@ def regmix_study(http, database_url: str, *, n_initial: int = 48, n_verify: int 
     _ok(http.post(f"/api/v1/trials/{worker_trial['id']}/fail", json={
         "reason": "CUDA out of memory", "retryable": True, "lease_id": worker_trial["lease_id"]}))
     worker_id, headers = register_worker(http, "gpu-node-3:0", executor="command")
-    grant = _ok(http.post("/api/v1/leases", json={"wait_s": 0}, headers=headers))
+    grant = _ok(http.post("/api/v1/leases", json={"wait_s": 5}, headers=headers))  # the engine queues in the background
     assert grant["trial"]["id"] == worker_trial["id"], grant
     lease = grant["lease_id"]
     for step in (100, 200, 300):
@@ -154,7 +154,7 @@ def aioli_trial(http, *, steps: int = 400, name: str = "pile-4 aioli") -> dict:
                       strategy={"name": "aioli", "params": {}}, budget={"max_trials": 1}, parallelism=1, start=True)
     sid = _ok(http.post("/api/v1/studies", json=body), 201)["id"]
     worker_id, headers = register_worker(http, "gpu-node-1:0")
-    grant = _ok(http.post("/api/v1/leases", json={"wait_s": 0}, headers=headers))
+    grant = _ok(http.post("/api/v1/leases", json={"wait_s": 5}, headers=headers))  # the engine queues in the background
     lease, trial_id = grant["lease_id"], grant["trial"]["id"]
     exposure = np.zeros(len(DOMAINS))
     rate = np.array([1.0, 0.6, 0.8, 0.4])  # how fast each domain's loss falls per step trained on it
