@@ -193,6 +193,9 @@ class AdmireStrategy(BaseStrategy):
         if p.initial_fidelity is not None and p.initial_fidelity not in names:
             raise ValueError(f"strategy.params.initial_fidelity: unknown fidelity {p.initial_fidelity!r}; study has {names}")
         self.initial_fidelity = p.initial_fidelity or min(space.fidelities, key=lambda f: f.cost).name
+        if p.num_candidates * space.mixture.k > MAX_CANDIDATE_CELLS:
+            raise ValueError(f"strategy.params.num_candidates: at most {MAX_CANDIDATE_CELLS // space.mixture.k} for "
+                             f"{space.mixture.k} domains (num_candidates x domains <= {MAX_CANDIDATE_CELLS:,})")
         self.k = space.mixture.k
         self.target_index = space.fidelity_index(space.target.name)
 
