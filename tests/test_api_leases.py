@@ -168,10 +168,12 @@ def test_one_call_leases_up_to_max_trials_with_the_same_settings(client):
         r = client.post("/api/v1/studies", json={**body, "start": True})
         assert r.status_code == 201
         sids.append(r.json()["id"])
-    deadline = time.monotonic() + 30  # the engine queues the started studies' trials in the background
-    while any(client.get(f"/api/v1/studies/{sid}").json()["trial_counts"]["queued"] < 3 for sid in sids):
-        assert time.monotonic() < deadline, "the engine did not queue the trials"
-        time.sleep(0.05)
+        # the engine queues a started study's trials in the background; waiting for them before the
+        # next study keeps the queue's order (leases go oldest trial first) the order of the studies
+        deadline = time.monotonic() + 30
+        while client.get(f"/api/v1/studies/{sids[-1]}").json()["trial_counts"]["queued"] < 3:
+            assert time.monotonic() < deadline, "the engine did not queue the trials"
+            time.sleep(0.05)
     a = _register(client, "a")
     grant = client.post("/api/v1/leases", json={"wait_s": 0, "max_trials": 5}, headers=a).json()
     leases = grant["leases"]
