@@ -93,7 +93,7 @@ def client(settings):
     """The real app, in-process, on a freshly migrated database."""
     from fastapi.testclient import TestClient
 
-    from service.api import create_app
+    from service.app import create_app
 
     with TestClient(create_app(settings, migrate=True)) as c:
         yield c

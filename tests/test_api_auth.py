@@ -7,7 +7,7 @@ from pydantic import SecretStr
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from service.api import create_app
+from service.app import create_app
 from service.cli import app as cli
 from service.db import Database
 from service.engine import create_token

@@ -9,7 +9,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from service.api import create_app
+from service.app import create_app
 from service.schemas._common import MAX_ASK, MAX_CURVE_POINTS, MAX_DOMAINS, MAX_ID, MAX_JSON_DEPTH, MAX_METRICS
 from tests.conftest import JOIN_SECRET
 from tests.helpers import known_losses, study_body

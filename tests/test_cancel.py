@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service import engine
-from service.api import create_app
+from service.app import create_app
 from service.db import StudyState, TrialState, utcnow
 from service.settings import Settings
 from tests.conftest import JOIN_SECRET

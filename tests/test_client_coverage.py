@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import workers.client
-from service.api import create_app
+from service.app import create_app
 from service.settings import Settings
 
 CLIENT_SOURCE = Path(workers.client.__file__)

@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from scipy.stats import spearmanr
 
-from service.api import create_app
+from service.app import create_app
 from service.db import Database, Recommendation, scratch_database
 from service.engine import create_token
 from service.schemas.dashboard import WEIGHT_SCALE

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from service.api import create_app
+from service.app import create_app
 from service.db import upgrade
 from tests import _slow_strategy
 from workers.client import MixoptClient

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
-from service.api import create_app
+from service.app import create_app
 from service.db import Database
 from service.engine import create_token
 from service.settings import Settings

@@ -57,3 +57,61 @@ def test_import_rules(package: str, forbidden: tuple[str, ...]):
     broken = [f"{module_name(f)} imports {name}" for f in files for name in sorted(imports_of(f))
               if any(name == x or name.startswith(x + ".") for x in forbidden)]
     assert broken == []
+
+
+def _module_graph(package: str) -> dict[str, set[str]]:
+    """``{module: modules of package it imports}``; an import of a name resolves to the longest
+    module prefix (``from .x import f`` is an edge to ``x``)."""
+    files = files_of(package)
+    modules = {module_name(f) for f in files}
+    graph: dict[str, set[str]] = {}
+    for f in files:
+        edges = set()
+        for name in imports_of(f):
+            parts = name.split(".")
+            target = next((".".join(parts[:i]) for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in modules), None)
+            if target and target != module_name(f):
+                edges.add(target)
+        graph[module_name(f)] = edges
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` (its nodes in order, the first repeated at the end), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_no_import_cycle_in_service():
+    """No module of ``service`` imports itself through others (also through imports inside
+    functions, which only hide a cycle), and no subpackage imports one that imports it back: the
+    app (``service.app``) sits above the API and the dashboard, the engine's modules form layers."""
+    graph = _module_graph("service")
+    assert _cycle(graph) is None
+    packages: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        top = ".".join(module.split(".")[:2])
+        packages.setdefault(top, set()).update(".".join(t.split(".")[:2]) for t in targets)
+    assert _cycle({p: t - {p} for p, t in packages.items()}) is None

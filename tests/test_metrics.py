@@ -89,7 +89,7 @@ def test_metrics_sum_the_processes_of_a_multi_process_server(sqlite_url, server_
 def test_metrics_access(db_url, tmp_path):
     from fastapi.testclient import TestClient
 
-    from service.api import create_app
+    from service.app import create_app
     from service.engine import create_token
     from service.settings import Settings
 

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from service.api import create_app
+from service.app import create_app
 from service.api._guard import Guard
 from service.db import Database
 from service.engine import create_token

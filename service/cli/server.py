@@ -65,7 +65,7 @@ def server(
         multiproc.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
     uvicorn.run(
-        "service.api:create_app", factory=True, host=host or settings.host, port=port or settings.port,
+        "service.app:create_app", factory=True, host=host or settings.host, port=port or settings.port,
         workers=workers, log_config=None, timeout_graceful_shutdown=settings.shutdown_grace_s,
         timeout_keep_alive=settings.keep_alive_s, limit_concurrency=settings.limit_concurrency,
         h11_max_incomplete_event_size=settings.h11_max_incomplete_event_size,

@@ -8,8 +8,6 @@ their attempt number; the strategy sees only the current attempt's.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -17,34 +15,16 @@ from sqlalchemy.orm import Session
 from ..db import Database, Study, Trial, TrialSegment, Worker, utcnow
 from ..errors import Conflict, InputError
 from ..schemas.segments import SegmentAnswer, SegmentPublic, SegmentReport
-from ..strategies import BaseOnlineStrategy, Segment, SegmentRecord
-from ._spec import history_for, space_for, strategy_for
-from ._trials import get_trial
+from ..strategies import BaseOnlineStrategy
+from ._spec import history_for, segment_record, space_for, strategy_for
+from ._trials import get_trial, sweep_expired
+from ._workers import own_live_lease  # the lease checks live with the other lease calls
 
 
 def segment_public(row: TrialSegment) -> SegmentPublic:
     return SegmentPublic(index=row.index, attempt=row.attempt, kind=row.kind, mixture=row.mixture, steps=row.steps,
                          evaluate_after=row.evaluate_after, losses=row.losses, meta=row.meta or {},
                          created_at=row.created_at)
-
-
-def _record(row: TrialSegment, names: tuple[str, ...]) -> SegmentRecord:
-    weights = np.array([float(row.mixture.get(n, 0.0)) for n in names])
-    seg = Segment(weights, row.steps, row.evaluate_after, row.kind, dict(row.meta or {}))
-    return SegmentRecord(row.index, seg, None if row.losses is None else dict(row.losses))
-
-
-def load_segments(s: Session, trials: list[Trial], names: tuple[str, ...]) -> dict[int, tuple[SegmentRecord, ...]]:
-    """The current attempt's segments of every dynamic trial in ``trials``."""
-    dynamic = {t.id: t.attempts for t in trials if t.dynamic}
-    if not dynamic:
-        return {}
-    rows = s.scalars(select(TrialSegment).where(TrialSegment.trial_id.in_(dynamic)).order_by(TrialSegment.index))
-    out: dict[int, list[SegmentRecord]] = defaultdict(list)
-    for row in rows:
-        if row.attempt == dynamic[row.trial_id]:
-            out[row.trial_id].append(_record(row, names))
-    return {k: tuple(v) for k, v in out.items()}
 
 
 def _attempt_rows(s: Session, trial: Trial) -> list[TrialSegment]:
@@ -58,9 +38,6 @@ def report_segment(db: Database, lease_id: str, worker: Worker, body: SegmentRep
 
     Idempotent: repeating the last report (the answer was lost) returns the same next segment.
     """
-    from ._trials import sweep_expired
-    from ._workers import own_live_lease  # the lease checks live with the other lease calls
-
     sweep_expired(db)
     with db.session() as s:
         lease, trial = own_live_lease(s, lease_id, worker)
@@ -102,7 +79,7 @@ def report_segment(db: Database, lease_id: str, worker: Worker, body: SegmentRep
         strategy = strategy_for(study, space)
         if not isinstance(strategy, BaseOnlineStrategy):
             raise Conflict(f"strategy {study.strategy} does not drive online trials")
-        record = history_for(space, [trial], {trial.id: tuple(_record(r, names) for r in rows)}).trials[0]
+        record = history_for(space, [trial], {trial.id: tuple(segment_record(r, names) for r in rows)}).trials[0]
         try:
             nxt = strategy.next_segment(record, record.segments)
         except ValueError as e:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import weakref
+from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
 
-from ..db import Study, Trial, TrialState
+from ..db import Study, Trial, TrialSegment, TrialState
 from ..errors import NotFound
 from ..schemas.trials import FidelityRef
-from ..strategies import BaseStrategy, Domain, Fidelity, History, SearchSpace, TrialRecord, create_strategy, make_space
+from ..strategies import (BaseStrategy, Domain, Fidelity, History, SearchSpace, Segment, SegmentRecord, TrialRecord,
+                          create_strategy, make_space)
 
 _STATE = {
     TrialState.queued: "pending",
@@ -41,9 +43,26 @@ def load_trials(session: Session, study_id: int) -> list[Trial]:
 
 def load_history(session: Session, space: SearchSpace, trials: list[Trial]) -> History:
     """``history_for`` with the online trials' segments loaded."""
-    from ._segments import load_segments
-
     return history_for(space, trials, load_segments(session, trials, space.mixture.names))
+
+
+def segment_record(row: TrialSegment, names: tuple[str, ...]) -> SegmentRecord:
+    weights = np.array([float(row.mixture.get(n, 0.0)) for n in names])
+    seg = Segment(weights, row.steps, row.evaluate_after, row.kind, dict(row.meta or {}))
+    return SegmentRecord(row.index, seg, None if row.losses is None else dict(row.losses))
+
+
+def load_segments(s: Session, trials: list[Trial], names: tuple[str, ...]) -> dict[int, tuple[SegmentRecord, ...]]:
+    """The current attempt's segments of every dynamic trial in ``trials``."""
+    dynamic = {t.id: t.attempts for t in trials if t.dynamic}
+    if not dynamic:
+        return {}
+    rows = s.scalars(select(TrialSegment).where(TrialSegment.trial_id.in_(dynamic)).order_by(TrialSegment.index))
+    out: dict[int, list[SegmentRecord]] = defaultdict(list)
+    for row in rows:
+        if row.attempt == dynamic[row.trial_id]:
+            out[row.trial_id].append(segment_record(row, names))
+    return {k: tuple(v) for k, v in out.items()}
 
 
 def history_for(space: SearchSpace, trials: list[Trial], segments: dict | None = None) -> History:

@@ -57,7 +57,7 @@ def live(tmp_path_factory):
     _needs_browser()
     import uvicorn
 
-    from service.api import create_app
+    from service.app import create_app
     from service.settings import Settings
 
     tmp = tmp_path_factory.mktemp("dashboard-browser")
