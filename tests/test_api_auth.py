@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from service.app import create_app
 from service.cli import app as cli
 from service.db import Database
-from service.engine import create_token
+from service.auth import create_token
 from service.settings import Settings, check_exposure
 from tests.conftest import JOIN_SECRET
 from tests.helpers import study_body

@@ -18,7 +18,7 @@ from scipy.stats import spearmanr
 
 from service.app import create_app
 from service.db import Database, Recommendation, scratch_database
-from service.engine import create_token
+from service.auth import create_token
 from service.schemas.dashboard import WEIGHT_SCALE
 from tests.browser.data import aioli_trial, regmix_study
 from service.settings import Settings

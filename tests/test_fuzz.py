@@ -16,7 +16,7 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 
 from service.app import create_app
 from service.db import Database
-from service.engine import create_token
+from service.auth import create_token
 from service.settings import Settings
 from tests.conftest import JOIN_SECRET
 from tests.helpers import known_losses, study_body

@@ -1,6 +1,8 @@
 """The house rules on imports, checked on the source (every import statement, also those inside
-functions): strategies are pure (no database, API or engine), the proxy models know nothing of
-the service or the workers, and the workers speak to the service over HTTP only."""
+functions): strategies are pure (no database, API or engine), the engine knows nothing of the web
+layers or of authentication above it, authentication nothing of the API or the dashboard, the
+proxy models know nothing of the service or the workers, and the workers speak to the service
+over HTTP only."""
 
 from __future__ import annotations
 
@@ -13,6 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 RULES = [
     ("service.strategies", ("service.db", "service.api", "service.engine", "service.dashboard", "sqlalchemy", "httpx")),
+    # the engine is the bottom of the service: no web framework, no caller of its own above it
+    ("service.engine", ("service.api", "service.auth", "service.dashboard", "service.app", "service.cli", "fastapi")),
+    # authentication sits on the engine, under the API and the dashboard that check callers with it
+    ("service.auth", ("service.api", "service.dashboard", "service.app", "service.cli", "fastapi")),
+    ("service.api", ("service.dashboard", "service.app", "service.cli")),
     ("proxy_models", ("service", "workers")),
     ("workers", ("service",)),
 ]

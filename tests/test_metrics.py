@@ -90,7 +90,7 @@ def test_metrics_access(db_url, tmp_path):
     from fastapi.testclient import TestClient
 
     from service.app import create_app
-    from service.engine import create_token
+    from service.auth import create_token
     from service.settings import Settings
 
     settings = Settings(database_url=db_url, auth_enabled=True, admin_token="admin-secret-0123456789", metrics_token="scraper-token-0123456789",

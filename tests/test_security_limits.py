@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from service.app import create_app
 from service.api._guard import Guard
 from service.db import Database
-from service.engine import create_token
+from service.auth import create_token
 from tests.conftest import JOIN_SECRET
 from tests.helpers import study_body
 

@@ -11,7 +11,7 @@ import signal
 import httpx
 
 from service.db import Database, upgrade
-from service.engine import create_token
+from service.auth import create_token
 from tests.conftest import JOIN_SECRET, wait_for
 from tests.helpers import study_body
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from service.app import create_app
 from service.cli import app as cli
 from service.db import Database
-from service.engine import create_token
+from service.auth import create_token
 from tests.conftest import JOIN_SECRET, wait_for
 from tests.helpers import known_losses, study_body
 

@@ -17,16 +17,14 @@ before large bodies are read, and the browser's defensive headers on every answe
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import time
 from collections import OrderedDict, deque
 
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..db import ApiToken, Worker, utcnow
+from ..auth import token_known
 from ..settings import Settings, resolve_join_secret
 
 SECURITY_HEADERS = [
@@ -124,19 +122,7 @@ class Guard:
 
 def _token_known(db, settings: Settings, token: str) -> bool:
     admin = settings.admin_token.get_secret_value() if settings.admin_token else None
-    if admin and hmac.compare_digest(token.encode(), admin.encode()):
-        return True
-    from ..engine import hash_token
-    from ..engine._workers import join_fingerprint, token_state
-
-    digest = hash_token(token)
-    with db.session() as s:
-        if s.scalars(select(ApiToken.id).where(ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None))).first():
-            return True
-        worker = s.scalars(select(Worker).where(Worker.token_hash == digest)).first()
-        # a worker token the endpoint would refuse (revoked, expired, from an old join secret) sends no large body
-        return worker is not None and token_state(worker, join_fingerprint(resolve_join_secret(settings)),
-                                                  settings.worker_token_ttl_s, utcnow()) == "active"
+    return token_known(db, token, admin, resolve_join_secret(settings), settings.worker_token_ttl_s)
 
 
 def _bearer(scope: Scope) -> str | None:

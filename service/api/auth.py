@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from ..auth import authorize
 from ..db import Worker
-from ..engine import authenticate_worker, authorize
+from ..engine import authenticate_worker
 from ..settings import resolve_join_secret
 from .deps import DbDep, SettingsDep
 

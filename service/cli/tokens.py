@@ -21,7 +21,7 @@ def create(
     name: str = typer.Option("token", help="a name to recognise it by"),
 ) -> None:
     """Create a token and print it (only this once: the server keeps its hash)."""
-    from ..engine import SCOPES, create_token
+    from ..auth import SCOPES, create_token
 
     if scope not in SCOPES:
         raise typer.BadParameter(f"must be one of {', '.join(SCOPES)}", param_hint="--scope")
@@ -33,7 +33,7 @@ def create(
 @app.command("list")
 def list_() -> None:
     """List tokens (never their values)."""
-    from ..engine import list_tokens
+    from ..auth import list_tokens
 
     for t in list_tokens(_db()):
         state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "active"
@@ -44,7 +44,7 @@ def list_() -> None:
 @app.command("revoke")
 def revoke(token_id: int = typer.Argument(..., help="the token's id (see `mixopt token list`)")) -> None:
     """Revoke a token: it stops working at once."""
-    from ..engine import revoke_token
+    from ..auth import revoke_token
 
     revoke_token(_db(), token_id)
     typer.echo(f"token {token_id} revoked")
@@ -60,7 +60,7 @@ def workers() -> None:
 
     Columns: id, name, state, issued, last seen, expiry, leases held. State: active, revoked,
     expired (MIXOPT_WORKER_TOKEN_TTL_S) or old-secret (issued under a previous join secret)."""
-    from ..engine import list_worker_tokens
+    from ..auth import list_worker_tokens
     from ..settings import known_join_secret
 
     settings = get_settings()
@@ -75,7 +75,7 @@ def revoke_worker(worker_id: int = typer.Argument(..., help="the worker's id (se
 
     The token cannot be renewed either; the leased trials are requeued. The worker may register
     anew only from a fresh state (no saved identity)."""
-    from ..engine import revoke_worker as revoke
+    from ..auth import revoke_worker as revoke
     from ..settings import known_join_secret
 
     from ..errors import NotFound

@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 
 from ..api.auth import Credentials
 from ..api.deps import DbDep, SettingsDep
-from ..engine import authorize
+from ..auth import authorize
 
 COOKIE = "mixopt_dashboard_token"
 

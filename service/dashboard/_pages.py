@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from .. import engine
+from .. import auth, engine
 from ..api.deps import DbDep, SettingsDep, StudyId, TrialId
 from ..errors import Forbidden, NotFound, Unauthorized
 from ._assets import asset_url
@@ -121,7 +121,7 @@ async def login(request: Request, db: DbDep, settings: SettingsDep) -> Response:
         return RedirectResponse(target, status_code=303)
     admin = settings.admin_token.get_secret_value() if settings.admin_token else None
     try:
-        engine.authorize(db, token, "read", admin)
+        auth.authorize(db, token, "read", admin)
     except (Unauthorized, Forbidden) as e:
         return _render(request, settings, "login.html", status_code=e.status_code, title="Sign in", next=target,
                        error=e.message)

@@ -37,9 +37,6 @@ from ._trials import (
     sweep_expired,
     trial_counts,
 )
-from ._tokens import (
-    SCOPES, WorkerToken, authorize, create_token, list_tokens, list_worker_tokens, revoke_token, revoke_worker,
-)
 from ._segments import list_segments, report_segment
 from ._workers import (
     authenticate_worker,
@@ -47,12 +44,14 @@ from ._workers import (
     complete_lease,
     extend_held_leases,
     fail_lease,
+    forget_worker,
     hash_token,
     heartbeat,
     lease_next,
     list_workers,
     register_worker,
     release_lease,
+    token_state,
 )
 from ._views import list_trials, recommendation_public, study_public, trial_public
 
@@ -66,14 +65,6 @@ __all__ = [
     "trial_columns",
     "trial_detail",
     "worker_rows",
-    "SCOPES",
-    "authorize",
-    "create_token",
-    "list_tokens",
-    "revoke_token",
-    "WorkerToken",
-    "list_worker_tokens",
-    "revoke_worker",
     "extend_held_leases",
     "list_segments",
     "report_segment",
@@ -81,12 +72,14 @@ __all__ = [
     "join_fingerprint",
     "complete_lease",
     "fail_lease",
+    "forget_worker",
     "hash_token",
     "heartbeat",
     "lease_next",
     "list_workers",
     "register_worker",
     "release_lease",
+    "token_state",
     "EngineRunner",
     "advance",
     "ask",

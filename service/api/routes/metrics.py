@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from ... import metrics
-from ...engine import authorize
+from ...auth import authorize
 from ..auth import Credentials, _token
 from ..deps import DbDep, SettingsDep
 

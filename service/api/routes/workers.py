@@ -6,7 +6,7 @@ import dataclasses
 
 from fastapi import APIRouter, status
 
-from ... import engine
+from ... import auth, engine
 from ...db import Worker
 from ...errors import NotFound
 from ...schemas.workers import (
@@ -31,14 +31,14 @@ def register(body: WorkerCreate, db: DbDep, settings: SettingsDep, credentials: 
     return WorkerRegistered(id=worker.id, token=token)
 
 
-def _token_public(t: engine.WorkerToken) -> WorkerTokenPublic:
+def _token_public(t: auth.WorkerToken) -> WorkerTokenPublic:
     return WorkerTokenPublic(**dataclasses.asdict(t))
 
 
 @router.get("/tokens", response_model=WorkerTokenList, dependencies=[admin_access])
 def list_worker_tokens(db: DbDep, settings: SettingsDep) -> WorkerTokenList:
     """Every worker's token (never its value): issued, last seen, expiry, revocation and state."""
-    items = engine.list_worker_tokens(db, resolve_join_secret(settings), settings.worker_token_ttl_s)
+    items = auth.list_worker_tokens(db, resolve_join_secret(settings), settings.worker_token_ttl_s)
     return WorkerTokenList(items=[_token_public(t) for t in items])
 
 
@@ -46,7 +46,7 @@ def list_worker_tokens(db: DbDep, settings: SettingsDep) -> WorkerTokenList:
 def revoke_worker(worker_id: WorkerId, db: DbDep, settings: SettingsDep) -> WorkerTokenPublic:
     """Revoke a worker's token at once (401 from then on, no renewal); its leases end and their
     trials are requeued."""
-    t = engine.revoke_worker(db, worker_id, resolve_join_secret(settings), settings.worker_token_ttl_s)
+    t = auth.revoke_worker(db, worker_id, resolve_join_secret(settings), settings.worker_token_ttl_s)
     return _token_public(t)
 
 

@@ -1,68 +1,16 @@
-"""API tokens: created and revoked from the CLI, stored as SHA-256 hashes, with one scope each.
-Scopes nest: ``admin`` includes ``write``, which includes ``read``. Also the administration of
-worker tokens (issued at registration): listing and revoking them."""
+"""The administration of worker tokens (issued by the engine at registration): listing them with
+their state, and revoking one."""
 
 from __future__ import annotations
 
-import hmac
-import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
-from ..db import HELD, ApiToken, Database, Lease, Trial, Worker, utcnow
-from ..errors import Forbidden, NotFound, Unauthorized
-from ._trials import sweep_expired
-from ._workers import forget_worker, hash_token, join_fingerprint, token_state
-
-SCOPES = ("read", "write", "admin")
-
-
-def create_token(db: Database, name: str, scope: str) -> tuple[ApiToken, str]:
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}")
-    token = "mxt_" + secrets.token_urlsafe(32)
-    with db.session() as s:
-        row = ApiToken(name=name, token_hash=hash_token(token), scope=scope)
-        s.add(row)
-    return row, token
-
-
-def list_tokens(db: Database) -> list[ApiToken]:
-    with db.session() as s:
-        return list(s.scalars(select(ApiToken).order_by(ApiToken.id)))
-
-
-def revoke_token(db: Database, token_id: int) -> ApiToken:
-    with db.session() as s:
-        row = s.get(ApiToken, token_id)
-        if row is None:
-            raise NotFound("token", token_id)
-        row.revoked_at = row.revoked_at or utcnow()
-        return row
-
-
-def authorize(db: Database, token: str | None, scope: str, admin_token: str | None = None) -> str:
-    """The name of the caller if ``token`` grants ``scope``; 401 without a valid token, 403 with
-    one that lacks the scope (a worker token grants none of these)."""
-    if not token:
-        raise Unauthorized("an API token is required (Authorization: Bearer ...)")
-    if admin_token and hmac.compare_digest(token.encode(), admin_token.encode()):
-        return "admin-token"
-    digest = hash_token(token)
-    with db.session() as s:
-        row = s.scalars(select(ApiToken).where(ApiToken.token_hash == digest)).one_or_none()
-        if row is None or row.revoked_at is not None:
-            if s.scalars(select(Worker.id).where(Worker.token_hash == digest)).first() is not None:
-                raise Forbidden("a worker token only leases, heartbeats and reports its own leases")
-            raise Unauthorized("invalid or revoked API token")
-        if SCOPES.index(row.scope) < SCOPES.index(scope):
-            raise Forbidden(f"token {row.name!r} has scope {row.scope!r}; this needs {scope!r}")
-        now = utcnow()
-        if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
-            row.last_used_at = now  # at most once a minute: reads should not all write
-        return row.name
+from ..db import HELD, Database, Lease, Trial, Worker, utcnow
+from ..engine import forget_worker, join_fingerprint, sweep_expired, token_state
+from ..errors import NotFound
 
 
 @dataclass(frozen=True)
