@@ -211,7 +211,7 @@ def test_large_answers_are_gzipped(dash, regmix):
 def test_live_updates_send_only_what_is_new(dash, regmix, monkeypatch):
     # The slack re-sends trials changed just before the cursor (commit lag); the whole study was
     # made seconds ago, so without this every trial would count as recent.
-    monkeypatch.setattr("service.engine._dashboard.CHANGE_SLACK", timedelta(0))
+    monkeypatch.setattr("service.dashboard._queries.CHANGE_SLACK", timedelta(0))
     sid = regmix["id"]
     first = dash.get(f"/dashboard/api/studies/{sid}/trials").json()
     cursor = first["cursor"]

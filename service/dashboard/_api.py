@@ -18,7 +18,6 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from .. import engine
 from ..api.deps import DbDep, StudyId, TrialId
 from ..schemas._common import MAX_ID
 from ..schemas.dashboard import (
@@ -32,6 +31,18 @@ from ..schemas.dashboard import (
     WorkerRows,
 )
 from ._auth import dashboard_read
+from ._queries import (
+    check_study,
+    curve_columns,
+    dashboard_studies,
+    export_trials,
+    prediction_sets,
+    recommendation_history,
+    study_overview,
+    trial_columns,
+    trial_detail,
+    worker_rows,
+)
 
 router = APIRouter(prefix="/dashboard/api", tags=["dashboard"], dependencies=[dashboard_read],
                    responses={401: {"description": "auth is enabled and no valid token was given"},
@@ -55,16 +66,14 @@ def _json(request: Request, model: BaseModel) -> Response:
 def studies(request: Request, db: DbDep) -> Response:
     """Every study (newest first, up to 500) with state, strategy, spending, best objective per
     fidelity and trial counts."""
-    with db.session() as s:
-        return _json(request, engine.dashboard_studies(s))
+    return _json(request, dashboard_studies(db))
 
 
 @router.get("/studies/{study_id}", response_model=StudyOverview)
 def study(study_id: StudyId, request: Request, db: DbDep) -> Response:
     """A study's header: domains, objective label, fidelities with their spending, counts, the
     latest recommendation (without bulky diagnostics). Cheap at any number of trials."""
-    with db.session() as s:
-        return _json(request, engine.study_overview(s, study_id))
+    return _json(request, study_overview(db, study_id))
 
 
 @router.get("/studies/{study_id}/trials", response_model=TrialColumns)
@@ -78,8 +87,7 @@ def trials(
 ) -> Response:
     """The study's trials as columns (mixtures packed as uint16); with the previous answer's
     `cursor`, only new and changed trials."""
-    with db.session() as s:
-        return _json(request, engine.trial_columns(s, study_id, after_id=after_id, changed_since=changed_since,
+    return _json(request, trial_columns(db, study_id, after_id=after_id, changed_since=changed_since,
                                                    limit=limit))
 
 
@@ -92,23 +100,20 @@ def recommendations(
     max_points: Annotated[int, Query(ge=2, le=5000, description="thin out to about this many rows")] = 500,
 ) -> Response:
     """How the recommendation changed over time: mixture, prediction and uncertainty per row."""
-    with db.session() as s:
-        return _json(request, engine.recommendation_history(s, study_id, after_id=after_id, max_points=max_points))
+    return _json(request, recommendation_history(db, study_id, after_id=after_id, max_points=max_points))
 
 
 @router.get("/studies/{study_id}/predictions", response_model=Predictions)
 def predictions(study_id: StudyId, request: Request, db: DbDep) -> Response:
     """Predicted vs actual objective: the latest model's held-out predictions (RegMix, ADMIRE) and
     the predictions made when trials were proposed, each with its Spearman correlation."""
-    with db.session() as s:
-        return _json(request, engine.prediction_sets(s, study_id))
+    return _json(request, prediction_sets(db, study_id))
 
 
 @router.get("/trials/{trial_id}", response_model=TrialDetail)
 def trial(trial_id: TrialId, request: Request, db: DbDep) -> Response:
     """A trial with its attempts (leases, workers, outcomes), log tail and segments."""
-    with db.session() as s:
-        return _json(request, engine.trial_detail(s, trial_id))
+    return _json(request, trial_detail(db, trial_id))
 
 
 @router.get("/trials/{trial_id}/curve", response_model=CurveColumns)
@@ -120,19 +125,18 @@ def curve(
     max_points: Annotated[int, Query(ge=2, le=20_000, description="thin out to about this many points")] = 2000,
 ) -> Response:
     """A trial's loss curve as columns (per-domain validation losses, training loss, tokens)."""
-    with db.session() as s:
-        return _json(request, engine.curve_columns(s, trial_id, after_step=after_step, max_points=max_points))
+    return _json(request, curve_columns(db, trial_id, after_step=after_step, max_points=max_points))
 
 
 @router.get("/workers", response_model=WorkerRows)
 def workers(request: Request, db: DbDep) -> Response:
     """Every worker: status, capabilities, current trial, progress, heartbeat age, throughput."""
-    with db.session() as s:
-        return _json(request, engine.worker_rows(s))
+    return _json(request, worker_rows(db))
 
 
 def _stream(db, study_id: StudyId, render) -> Iterator[bytes]:
-    names, metrics, rows = engine.export_trials(db, study_id)
+    # The rows are read when the stream starts, in short transactions of their own (see export_trials).
+    names, metrics, rows = export_trials(db, study_id)
     yield from render(names, metrics, rows)
 
 
@@ -188,8 +192,7 @@ def _json_lines(names: list[str], metrics: list[str], rows) -> Iterator[bytes]:
 def export_csv(study_id: StudyId, db: DbDep) -> StreamingResponse:
     """Every trial as CSV: state, objective, cost, prediction, `w_<domain>` weights,
     `loss_<domain>` final losses and `metric_<name>` metrics."""
-    with db.session() as s:
-        engine.get_study(s, study_id)  # 404 before the stream starts
+    check_study(db, study_id)  # 404 before the stream starts
     return StreamingResponse(_stream(db, study_id, _csv), media_type="text/csv",
                              headers={"Content-Disposition": f'attachment; filename="study-{study_id}-trials.csv"'})
 
@@ -198,7 +201,6 @@ def export_csv(study_id: StudyId, db: DbDep) -> StreamingResponse:
             responses={200: {"content": {"application/json": {}}, "description": "a JSON array, one object per trial"}})
 def export_json(study_id: StudyId, db: DbDep) -> StreamingResponse:
     """Every trial as a JSON array of objects with mixture, losses, metrics and timings."""
-    with db.session() as s:
-        engine.get_study(s, study_id)
+    check_study(db, study_id)
     return StreamingResponse(_stream(db, study_id, _json_lines), media_type="application/json",
                              headers={"Content-Disposition": f'attachment; filename="study-{study_id}-trials.json"'})

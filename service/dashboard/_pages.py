@@ -10,11 +10,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from .. import auth, engine
+from .. import auth
 from ..api.deps import DbDep, SettingsDep, StudyId, TrialId
 from ..errors import Forbidden, NotFound, Unauthorized
 from ._assets import asset_url
 from ._auth import COOKIE, auth_required, check_read
+from ._queries import check_study, check_trial, dashboard_studies
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
@@ -38,15 +39,14 @@ def _render(request: Request, settings, template: str, status_code: int = 200, *
 
 def _page(request: Request, db, settings, template: str, check=None, load=None, **context) -> Response:
     """Render ``template`` for a reader; send others to the login form, unknown ids to a 404 page.
-    ``load(session)`` returns more template context (data rendered into the first view)."""
+    ``check()`` raises ``NotFound`` for an unknown id; ``load()`` returns more template context
+    (data rendered into the first view)."""
     try:
         check_read(db, settings, None, request)
-        if check is not None or load is not None:
-            with db.session() as s:
-                if check is not None:
-                    check(s)
-                if load is not None:
-                    context.update(load(s))
+        if check is not None:
+            check()
+        if load is not None:
+            context.update(load())
     except (Unauthorized, Forbidden):
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"{_base(request)}/login?next={quote(target)}", status_code=303)
@@ -61,18 +61,18 @@ def studies_page(request: Request, db: DbDep, settings: SettingsDep) -> Response
     # The first view is in the HTML (a page read before its script has run, a screenshot, a
     # browser without JavaScript shows the studies); the script then keeps it up to date.
     return _page(request, db, settings, "studies.html", title="Studies", nav="studies",
-                 load=lambda s: {"rows": (rows := engine.dashboard_studies(s)), "updated": rows.server_time})
+                 load=lambda: {"rows": (rows := dashboard_studies(db)), "updated": rows.server_time})
 
 
 @router.get("/studies/{study_id}", response_class=HTMLResponse)
 def study_page(study_id: StudyId, request: Request, db: DbDep, settings: SettingsDep) -> Response:
-    return _page(request, db, settings, "study.html", check=lambda s: engine.get_study(s, study_id),
+    return _page(request, db, settings, "study.html", check=lambda: check_study(db, study_id),
                  title=f"Study {study_id}", nav="studies", study_id=study_id)
 
 
 @router.get("/trials/{trial_id}", response_class=HTMLResponse)
 def trial_page(trial_id: TrialId, request: Request, db: DbDep, settings: SettingsDep) -> Response:
-    return _page(request, db, settings, "trial.html", check=lambda s: engine.get_trial(s, trial_id),
+    return _page(request, db, settings, "trial.html", check=lambda: check_trial(db, trial_id),
                  title=f"Trial {trial_id}", nav="studies", trial_id=trial_id)
 
 

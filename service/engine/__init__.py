@@ -1,17 +1,7 @@
 """The study engine: the study and trial state machines on top of the database. Strategies are
 called from here, never from the API directly."""
 
-from ._dashboard import (
-    curve_columns,
-    dashboard_studies,
-    export_trials,
-    prediction_sets,
-    recommendation_history,
-    study_overview,
-    trial_columns,
-    trial_detail,
-    worker_rows,
-)
+from ._costs import cost_sums
 from ._objective import check_result, objective_value, required_losses
 from ._runner import EngineRunner
 from ._spec import history_for, load_trials, space_for, strategy_for
@@ -56,15 +46,6 @@ from ._workers import (
 from ._views import list_trials, recommendation_public, study_public, trial_public
 
 __all__ = [
-    "curve_columns",
-    "dashboard_studies",
-    "export_trials",
-    "prediction_sets",
-    "recommendation_history",
-    "study_overview",
-    "trial_columns",
-    "trial_detail",
-    "worker_rows",
     "extend_held_leases",
     "list_segments",
     "report_segment",
@@ -81,6 +62,7 @@ __all__ = [
     "release_lease",
     "token_state",
     "EngineRunner",
+    "cost_sums",
     "advance",
     "ask",
     "change_state",
