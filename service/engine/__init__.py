@@ -1,8 +1,25 @@
 """The study engine: the study and trial state machines on top of the database. Strategies are
-called from here, never from the API directly."""
+called from here, never from the API directly.
+
+The API's routes call only functions that take the database and own their transaction (the
+state changes, and the reads of ``_reads``, which return public schemas); the functions taking a
+session are for the engine itself and for the read models stacked on it (the dashboard's)."""
 
 from ._costs import cost_sums
 from ._objective import check_result, objective_value, required_losses
+from ._reads import (
+    add_study,
+    list_studies,
+    loss_curve,
+    ping,
+    read_recommendation,
+    read_segments,
+    read_study,
+    read_trial,
+    read_trials,
+    read_worker,
+    read_workers,
+)
 from ._runner import EngineRunner
 from ._spec import history_for, load_trials, space_for, strategy_for
 from ._studies import (
@@ -46,6 +63,17 @@ from ._workers import (
 from ._views import list_trials, recommendation_public, study_public, trial_public
 
 __all__ = [
+    "add_study",
+    "list_studies",
+    "loss_curve",
+    "ping",
+    "read_recommendation",
+    "read_segments",
+    "read_study",
+    "read_trial",
+    "read_trials",
+    "read_worker",
+    "read_workers",
     "extend_held_leases",
     "list_segments",
     "report_segment",

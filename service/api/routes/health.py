@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
-from sqlalchemy import text
 
+from ... import engine
 from ..deps import DbDep
 
 router = APIRouter(tags=["health"])
@@ -20,8 +20,7 @@ class Health(BaseModel):
 def healthz(db: DbDep, response: Response) -> Health:
     """Liveness, and whether the database answers."""
     try:
-        with db.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        engine.ping(db)
         return Health(status="ok", database="ok")
     except Exception as e:  # any driver error means "not reachable"
         response.status_code = 503

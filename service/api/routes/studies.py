@@ -7,11 +7,8 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, status
 from starlette.concurrency import run_in_threadpool
-from sqlalchemy import func, select
 
 from ... import engine
-from ...db import Study, StudyState
-from ...errors import NotFound
 from ...schemas._common import MAX_ID
 from ...schemas.studies import RecommendationPublic, StudyAction, StudyCreate, StudyList, StudyPublic
 from ...schemas.trials import AskRequest, AskResponse, TrialCreate, TrialPage, TrialPublic
@@ -24,21 +21,15 @@ StateFilter = Literal["draft", "running", "paused", "completed", "failed", "canc
 TrialStateFilter = Literal["queued", "leased", "running", "completed", "failed", "cancelled"]
 
 
-def _public(db, study_id: int) -> StudyPublic:
-    with db.session() as s:
-        return engine.study_public(s, engine.get_study(s, study_id))
-
-
 @router.post("", response_model=StudyPublic, status_code=status.HTTP_201_CREATED, dependencies=[write_access])
 def create_study(body: StudyCreate, db: DbDep, runner: RunnerDep) -> StudyPublic:
     """Create a study (a draft unless `start` is true). The strategy's first trials are queued in
     the background, never on this request."""
-    with db.session() as s:
-        study_id = engine.create_study(s, body).id
+    study_id = engine.add_study(db, body)
     if body.start:
         engine.change_state(db, study_id, "start")
         runner.notify(study_id, results_changed=False)
-    return _public(db, study_id)
+    return engine.read_study(db, study_id)
 
 
 @router.get("", response_model=StudyList, dependencies=[read_access])
@@ -49,24 +40,20 @@ def list_studies(
     offset: Annotated[int, Query(ge=0, le=MAX_ID, description="studies to skip")] = 0,
 ) -> StudyList:
     """All studies, newest first."""
-    with db.session() as s:
-        where = [] if state is None else [Study.state == StudyState(state)]
-        total = s.scalar(select(func.count()).select_from(Study).where(*where))
-        rows = s.scalars(select(Study).where(*where).order_by(Study.id.desc()).limit(limit).offset(offset))
-        return StudyList(items=[engine.study_public(s, r) for r in rows], total=total)
+    return engine.list_studies(db, state=state, limit=limit, offset=offset)
 
 
 @router.get("/{study_id}", response_model=StudyPublic, dependencies=[read_access])
 def read_study(study_id: StudyId, db: DbDep) -> StudyPublic:
     """One study with budget spent, trial counts per state, best trials and recommendation."""
-    return _public(db, study_id)
+    return engine.read_study(db, study_id)
 
 
 def _state_change(action: str):
     def handler(study_id: StudyId, db: DbDep, runner: RunnerDep, body: StudyAction | None = None) -> StudyPublic:
         engine.change_state(db, study_id, action, body.reason if body else None)
         runner.notify(study_id, results_changed=False)
-        return _public(db, study_id)
+        return engine.read_study(db, study_id)
 
     handler.__name__ = f"{action}_study"
     handler.__doc__ = {
@@ -112,8 +99,7 @@ def create_trial(study_id: StudyId, body: TrialCreate, db: DbDep, runner: Runner
     """Queue a mixture of your choosing, or record a run done elsewhere (with `result`)."""
     trial = engine.create_trial(db, study_id, body)
     runner.notify(study_id)
-    with db.session() as s:
-        return engine.trial_public(engine.get_trial(s, trial.id))
+    return engine.read_trial(db, trial.id)
 
 
 @router.get("/{study_id}/trials", response_model=TrialPage, dependencies=[read_access])
@@ -126,20 +112,10 @@ def list_trials(
     limit: Annotated[int, Query(ge=1, le=10_000, description="page size")] = 100,
 ) -> TrialPage:
     """Trials with mixture, fidelity, state and results, in id order (paged by `after_id`)."""
-    with db.session() as s:
-        engine.get_study(s, study_id)
-        return engine.list_trials(s, study_id, state=state, fidelity=fidelity, after_id=after_id, limit=limit)
+    return engine.read_trials(db, study_id, state=state, fidelity=fidelity, after_id=after_id, limit=limit)
 
 
 @router.get("/{study_id}/recommendation", response_model=RecommendationPublic, dependencies=[read_access])
 def recommendation(study_id: StudyId, db: DbDep) -> RecommendationPublic:
     """The strategy's current best mixture, its predicted objective and uncertainty."""
-    with db.session() as s:
-        engine.get_study(s, study_id)
-        rec = engine.latest_recommendation(s, study_id)
-    if rec is None and engine.refresh_recommendation(db, study_id):
-        with db.session() as s:
-            rec = engine.latest_recommendation(s, study_id)
-    if rec is None:
-        raise NotFound("recommendation of study", study_id)
-    return engine.recommendation_public(rec)
+    return engine.read_recommendation(db, study_id)

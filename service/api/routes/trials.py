@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from sqlalchemy import select
 
 from ... import engine
-from ...db import LossCurvePoint
 from ...schemas.segments import SegmentList
-from ...schemas.trials import CurvePoint, CurvePublic, FailCreate, ResultCreate, TrialPublic
+from ...schemas.trials import CurvePublic, FailCreate, ResultCreate, TrialPublic
 from ..auth import read_access, write_access
 from ..deps import DbDep, RunnerDep, TrialId
 
@@ -18,18 +16,13 @@ router = APIRouter(prefix="/api/v1/trials", tags=["trials"])
 @router.get("/{trial_id}", response_model=TrialPublic, dependencies=[read_access])
 def read_trial(trial_id: TrialId, db: DbDep) -> TrialPublic:
     """One trial with its results."""
-    with db.session() as s:
-        return engine.trial_public(engine.get_trial(s, trial_id))
+    return engine.read_trial(db, trial_id)
 
 
 @router.get("/{trial_id}/curve", response_model=CurvePublic, dependencies=[read_access])
 def read_curve(trial_id: TrialId, db: DbDep) -> CurvePublic:
     """The trial's loss curve: validation losses per domain at intervals."""
-    with db.session() as s:
-        engine.get_trial(s, trial_id)
-        rows = s.scalars(select(LossCurvePoint).where(LossCurvePoint.trial_id == trial_id).order_by(LossCurvePoint.step))
-        return CurvePublic(points=[CurvePoint(step=p.step, tokens=p.tokens, train_loss=p.train_loss, losses=p.losses)
-                                   for p in rows])
+    return engine.loss_curve(db, trial_id)
 
 
 @router.post("/{trial_id}/result", response_model=TrialPublic, dependencies=[write_access])
@@ -39,8 +32,7 @@ def report_result(trial_id: TrialId, body: ResultCreate, db: DbDep, runner: Runn
     trial, created = engine.report_result(db, trial_id, body)
     if created:
         runner.notify(trial.study_id)
-    with db.session() as s:
-        return engine.trial_public(engine.get_trial(s, trial_id))
+    return engine.read_trial(db, trial_id)
 
 
 @router.post("/{trial_id}/fail", response_model=TrialPublic, dependencies=[write_access])
@@ -48,12 +40,10 @@ def report_failure(trial_id: TrialId, body: FailCreate, db: DbDep, runner: Runne
     """Report that an asked trial failed; with `retryable` it is queued again while attempts remain."""
     trial = engine.report_failure(db, trial_id, body)
     runner.notify(trial.study_id)
-    with db.session() as s:
-        return engine.trial_public(engine.get_trial(s, trial_id))
+    return engine.read_trial(db, trial_id)
 
 
 @router.get("/{trial_id}/segments", response_model=SegmentList, dependencies=[read_access])
 def read_segments(trial_id: TrialId, db: DbDep) -> SegmentList:
     """Online trials: every segment handed out (all attempts) with the losses reported."""
-    with db.session() as s:
-        return SegmentList(items=engine.list_segments(s, trial_id))
+    return engine.read_segments(db, trial_id)

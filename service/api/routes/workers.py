@@ -7,8 +7,6 @@ import dataclasses
 from fastapi import APIRouter, status
 
 from ... import auth, engine
-from ...db import Worker
-from ...errors import NotFound
 from ...schemas.workers import (
     WorkerCreate, WorkerList, WorkerPublic, WorkerRegistered, WorkerTokenList, WorkerTokenPublic,
 )
@@ -50,20 +48,10 @@ def revoke_worker(worker_id: WorkerId, db: DbDep, settings: SettingsDep) -> Work
     return _token_public(t)
 
 
-def _public(worker: Worker, lease, completed: int) -> WorkerPublic:
-    return WorkerPublic(
-        id=worker.id, name=worker.name, capabilities=worker.capabilities, created_at=worker.created_at,
-        last_seen_at=worker.last_seen_at, revoked=worker.revoked,
-        current_trial_id=lease.trial_id if lease else None, current_lease_id=lease.id if lease else None,
-        progress=lease.progress if lease else None, completed_trials=completed,
-    )
-
-
 @router.get("", response_model=WorkerList, dependencies=[read_access])
 def list_workers(db: DbDep) -> WorkerList:
     """Every worker with its capabilities, current trial, progress and last heartbeat."""
-    with db.session() as s:
-        return WorkerList(items=[_public(*row) for row in engine.list_workers(s)])
+    return engine.read_workers(db)
 
 
 @router.get("/me", response_model=WorkerPublic, responses={401: {"description": "no or invalid worker token"}})
@@ -74,8 +62,4 @@ def read_me(worker: WorkerDep, db: DbDep) -> WorkerPublic:
 
 @router.get("/{worker_id}", response_model=WorkerPublic, dependencies=[read_access])
 def read_worker(worker_id: WorkerId, db: DbDep) -> WorkerPublic:
-    with db.session() as s:
-        for row in engine.list_workers(s):
-            if row[0].id == worker_id:
-                return _public(*row)
-    raise NotFound("worker", worker_id)
+    return engine.read_worker(db, worker_id)
