@@ -7,6 +7,9 @@ Pages are server-rendered shells filled by small scripts with Plotly (served fro
 ``plotly`` package: no CDN, no build step) from the read-only data endpoints under
 ``/dashboard/api``. Read access follows the API's auth settings; browsers present a token
 through the login form, which keeps it in an HttpOnly cookie.
+
+The read models behind the endpoints (``_queries``) live here, next to their only reader, on top
+of the engine's lookups; each owns its read transaction, so pages and endpoints open no session.
 """
 
 from fastapi import APIRouter
