@@ -68,6 +68,9 @@ class AdmireParams(StrategyParams):
     trust_runs: float = Field(
         2.0, ge=0, le=1000, description="target results at which the learned correlation counts half (it is shrunk "
         "by n / (n + trust_runs) while target results are few)")
+    target_pick: Literal["ei", "acquisition"] = Field(
+        "ei", description="which mixture a target run goes to once the acquisition chose the target fidelity: the "
+        "target posterior's expected improvement (ei) or the acquisition's own pick")
     agreement_runs: int = Field(
         3, ge=2, le=1000, description="target results from which the measured rank agreement of each proxy with the "
         "target caps its trust (before: the learned correlation alone)")
@@ -370,6 +373,18 @@ class AdmireStrategy(BaseStrategy):
         return DiscreteMultiFidelityKG(model, target_set, self._cost_utility(),
                                        num_samples=64, num_fantasies=p.num_fantasies, X_pending=X_pending)
 
+    def _target_ei(self, model, history: History, pending: list[torch.Tensor], X: torch.Tensor):
+        """q=1 log expected improvement of the target posterior (pending trials as ``X_pending``)
+        over the best target posterior mean among the target-run mixtures (before any: among the
+        candidates ``X``, ``c x (k + 1)`` at the target)."""
+        from botorch.acquisition.logei import qLogExpectedImprovement
+
+        seen = [t.weights for t in history.completed if t.fidelity == self.space.target.name]
+        with torch.no_grad():
+            ref = self._x(np.stack(seen), self.space.target.name) if seen else X
+            best_f = float(model.posterior(ref).mean.max())
+        return qLogExpectedImprovement(model, best_f=best_f, X_pending=torch.cat(pending) if pending else None)
+
     @staticmethod
     def _score(acq, X: torch.Tensor, chunk: int = 256) -> torch.Tensor:
         with torch.no_grad():
@@ -452,6 +467,14 @@ class AdmireStrategy(BaseStrategy):
             score = self._score(acq, X)
             score[~torch.as_tensor(allowed)] = -math.inf
             j = int(torch.argmax(score))
+            if fid[j] == self.target_index and self.params.target_pick == "ei":
+                # MES values a target run for what it tells about the maximum, and with a proxy-informed
+                # prior that is often a mixture the proxies rate poorly; which mixture to spend a full
+                # run on is better chosen by the improvement it may bring
+                rows = np.flatnonzero(allowed & (fid == self.target_index))
+                ei = self._score(self._target_ei(model, history, pending, X[rows]), X[rows])
+                j = int(rows[int(torch.argmax(ei))])
+                score[j] = float(ei.max())
             free[j] = False
             i, f = pairs[j]
             pending.append(X[j : j + 1])
@@ -486,6 +509,14 @@ class AdmireStrategy(BaseStrategy):
             order = torch.argsort(score, descending=True)
             j = int(order[0])
             fidelity = names[j // len(mixtures)]
+            if fidelity == self.space.target.name and self.params.target_pick == "ei":  # as in pool mode
+                Xt = X[is_target]
+                acq = self._target_ei(model, history, pending, Xt)
+                ei = self._score(acq, Xt)
+                order = torch.argsort(ei, descending=True) + self.target_index * len(mixtures)
+                score = torch.full_like(score, -math.inf)
+                score[is_target] = ei
+                j = int(order[0])
             w, v = mixtures[j % len(mixtures)], float(score[j])
             if self.params.refine:  # from the best raw candidates at the chosen fidelity
                 same = [int(i) for i in order if names[int(i) // len(mixtures)] == fidelity][: self.params.refine_restarts]
