@@ -307,3 +307,23 @@ def test_a_weak_model_recommends_the_best_observed_target_result():
     rec = create_strategy("admire", space, FAST, seed=0).recommend(History(tuple(many)))
     assert rec.meta["target_spearman"] < 0.5 and rec.meta["basis"] == "best_observed"
     assert rec.predicted == min(shuffled)
+
+
+def test_a_target_run_goes_to_the_mixture_of_highest_expected_improvement():
+    """Once the target fidelity is chosen, ``target_pick: ei`` sends the run to the pool row whose
+    target expected improvement is highest; ``acquisition`` keeps the acquisition's own pick."""
+    from service.benchmarking.synthetic import synthetic_pool
+
+    pool = synthetic_pool(5, 0.9, 0, n_rows=90)
+    space = pool.space()
+    history = History(tuple(_pool_history(pool, range(40, 40 + 16), ["cheap"]) + _pool_history(pool, [0, 1], ["target"])))
+    strategy = create_strategy("admire", space, {**FAST, "proxy_warmup": 0.25, "proxy_ratio": 0}, seed=0)
+    pick = strategy.propose(history, 1)[0]
+    assert pick.fidelity == "target" and not pick.meta["proxies_allowed"]
+    model = strategy._fit(history)
+    rows = [i for i in np.flatnonzero(pool.available[:, 2]) if i not in (0, 1)]
+    X = strategy._x(pool.weights[rows], "target")
+    ei = strategy._score(strategy._target_ei(model, history, [], X), X)
+    assert pick.pool_index == rows[int(torch.argmax(ei))]
+    other = create_strategy("admire", space, {**FAST, "proxy_warmup": 0.25, "proxy_ratio": 0, "target_pick": "acquisition"}, seed=0)
+    assert other.propose(history, 1)[0].fidelity == "target"
