@@ -19,8 +19,14 @@ at every fidelity, the best few then refined by SLSQP on the simplex (``sum(w) =
 epoch cap) and projected onto the :class:`MixtureSpace`. Batches are greedy: each pick joins the
 pending trials as ``X_pending`` (fantasies) for the next.
 
+Where the acquisition chose the target fidelity, the run goes to the mixture of highest target
+expected improvement (``target_pick``). The cheaper fidelities' spend is capped by
+:class:`ProxyBudget`; proxies whose measured rank agreement with the target is low make the search
+BO on the target alone.
+
 The recommendation is the best posterior mean at the target fidelity, never the acquisition's
-argmax. Fitted GP hyperparameters travel in ``Proposal.meta["gp"]`` and warm-start the next fit.
+argmax, while the model ranks the target results (leave-one-out); else the best observed target
+result. Fitted GP hyperparameters travel in ``Proposal.meta["gp"]`` and warm-start the next fit.
 """
 
 from __future__ import annotations
