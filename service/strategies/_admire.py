@@ -380,10 +380,13 @@ class AdmireStrategy(BaseStrategy):
                                        num_samples=64, num_fantasies=p.num_fantasies, X_pending=X_pending)
 
     def _target_ei(self, model, history: History, pending: list[torch.Tensor], X: torch.Tensor):
-        """q=1 log expected improvement of the target posterior (pending trials as ``X_pending``)
-        over the best target posterior mean among the target-run mixtures (before any: among the
-        candidates ``X``, ``c x (k + 1)`` at the target)."""
+        """q=1 log expected improvement of the target posterior (pending target trials, ``1 x (k +
+        1)`` each, as ``X_pending``) over the best target posterior mean among the target-run
+        mixtures (before any: among the candidates ``X``, ``c x (k + 1)`` at the target)."""
         from botorch.acquisition.logei import qLogExpectedImprovement
+
+        # a pending cheaper run is no candidate for the target's best (its input would be read at its own fidelity)
+        pending = [x for x in pending if bool((x[:, self.k] == self.target_index).all())]
 
         seen = [t.weights for t in history.completed if t.fidelity == self.space.target.name]
         with torch.no_grad():
