@@ -127,7 +127,7 @@ def test_recommendation_is_the_best_target_posterior_mean_with_loo_diagnostics()
     assert space.mixture.contains(rec.weights)
     assert rec.meta["predicted_fidelity"] == "large" and rec.uncertainty >= 0
     assert set(rec.meta["predictions"]) == {t.trial_id for t in trials}
-    assert rec.meta["spearman"] > 0.8
+    assert rec.meta["spearman"] > 0.8 and rec.meta["basis"] == "posterior_mean"
     best_seen = min(t.objective for t in trials if t.fidelity == "large")
     assert _loss(rec.weights, "large") <= best_seen + 0.05
 
@@ -235,3 +235,95 @@ def test_the_proxy_allowance_grows_with_target_spend_and_trust():
     assert b.proxies_allowed and b.add("cheap").proxy_spend == pytest.approx(0.5 + 1 / 64)
     low = replace(b, correlation={"cheap": 0.1}, n_target=20)
     assert low.allowance < 0.55  # a misleading proxy gets little more than the warmup
+
+
+def test_the_measured_agreement_caps_the_trust_from_agreement_runs_on():
+    """Before ``agreement_runs`` target results the learned correlation alone sets the trust; from
+    then on the measured rank agreement caps it, and a low one makes the search target-only."""
+    from service.strategies._admire import ProxyBudget
+
+    costs = {"cheap": 1 / 64, "target": 1.0}
+    b = ProxyBudget(costs, "target", 0.5, 2.0, {"cheap": 0.9}, 2, warmup=0.5, ratio=4.0, trust_runs=2.0,
+                    agreement={"cheap": -0.5}, agreement_runs=3, target_only_below=0.25)
+    assert b.trust == pytest.approx(0.45) and not b.target_only  # two results: the agreement does not count yet
+    b = replace(b, n_target=3, target_spend=3.0)
+    assert b.trust == 0 and b.target_only and not b.proxies_allowed and b.allowance == 0.5
+    assert b.meta()["target_only"] and b.meta()["proxy_agreement"] == {"cheap": -0.5}
+    good = replace(b, agreement={"cheap": 0.8})  # min(0.9, 0.8) * 3 / 5
+    assert good.trust == pytest.approx(0.48) and not good.target_only and good.proxies_allowed
+    assert replace(b, agreement={}).target_only  # a fidelity that could not be measured earns no trust
+
+
+@pytest.mark.parametrize("rho, low, high", [(0.95, 0.8, 1.0), (0.2, -0.3, 0.45)])
+def test_the_measured_agreement_follows_the_pools_rank_agreement(rho, low, high):
+    """40 mixtures at the cheap fidelity and the target: the cheap results' own prediction at the
+    target-run mixtures ranks them as the pool's Spearman says."""
+    from service.benchmarking.synthetic import synthetic_pool
+
+    pool = synthetic_pool(6, rho, 0, n_rows=120)
+    strategy = create_strategy("admire", pool.space(), FAST, seed=0)
+    history = History(tuple(_pool_history(pool, range(40), ["cheap", "target"])))
+    agreement = strategy.proxy_agreement(strategy._fit(history))
+    assert set(agreement) == {"cheap"} and low <= agreement["cheap"] <= high, agreement
+
+
+def test_misleading_proxies_make_the_search_target_only():
+    """Cheap results that rank the target results wrongly: the proposals are at the target, from a
+    GP on the target results alone, and say so in their meta."""
+    from service.benchmarking.synthetic import synthetic_pool
+
+    pool = synthetic_pool(5, 0.2, 0, n_rows=90)
+    space = pool.space()
+    trials = _pool_history(pool, range(30), ["cheap"])
+    target = np.argsort(pool.objectives[:30, 0])[:6]  # the cheap fidelity's best six, at the target
+    j = [f.name for f in pool.fidelities].index("target")
+    objective = np.sort(pool.objectives[target, j])[::-1]  # ranked the other way round
+    trials += [TrialRecord(len(trials) + n, pool.weights[i], "target", "completed", objective=float(objective[n]),
+                           pool_index=int(i)) for n, i in enumerate(target)]
+    strategy = create_strategy("admire", space, {**FAST, "target_only_below": 0.25}, seed=0)
+    picks = strategy.propose(History(tuple(trials)), 2)
+    assert picks[0].meta["proxy_agreement"]["cheap"] < 0 and picks[0].meta["target_only"]
+    assert [p.fidelity for p in picks] == ["target", "target"]
+    assert picks[0].meta["gp_n"] == 6  # the target results only
+    rec = strategy.recommend(History(tuple(trials)))
+    assert rec.meta["target_only"] and set(rec.meta["predictions"]) == {t.trial_id for t in trials[30:]}
+
+
+def test_a_weak_model_recommends_the_best_observed_target_result():
+    """Fewer than ``agreement_runs`` target results, or a leave-one-out Spearman over them below
+    ``weak_model_spearman``: the recommendation is the best target result seen, a real one."""
+    space = _space()
+    trials = _history(space, 16, every_target=8)  # two target results
+    rec = create_strategy("admire", space, FAST, seed=0).recommend(History(tuple(trials)))
+    best = min((t for t in trials if t.fidelity == "large"), key=lambda t: t.objective)
+    assert rec.meta["basis"] == "best_observed" and rec.meta["trial_id"] == best.trial_id
+    np.testing.assert_array_equal(rec.weights, best.weights)
+    assert rec.predicted == best.objective and rec.uncertainty is None
+    many = _history(space, 48, every_target=4)  # 12 target results, whose objectives are then shuffled: no model ranks them
+    on_target = [i for i, t in enumerate(many) if t.fidelity == "large"]
+    shuffled = np.random.default_rng(0).permutation([many[i].objective for i in on_target])
+    for i, y in zip(on_target, shuffled):
+        many[i] = replace(many[i], objective=float(y))
+    rec = create_strategy("admire", space, FAST, seed=0).recommend(History(tuple(many)))
+    assert rec.meta["target_spearman"] < 0.5 and rec.meta["basis"] == "best_observed"
+    assert rec.predicted == min(shuffled)
+
+
+def test_a_target_run_goes_to_the_mixture_of_highest_expected_improvement():
+    """Once the target fidelity is chosen, ``target_pick: ei`` sends the run to the pool row whose
+    target expected improvement is highest; ``acquisition`` keeps the acquisition's own pick."""
+    from service.benchmarking.synthetic import synthetic_pool
+
+    pool = synthetic_pool(5, 0.9, 0, n_rows=90)
+    space = pool.space()
+    history = History(tuple(_pool_history(pool, range(40, 40 + 16), ["cheap"]) + _pool_history(pool, [0, 1], ["target"])))
+    strategy = create_strategy("admire", space, {**FAST, "proxy_warmup": 0.25, "proxy_ratio": 0}, seed=0)
+    pick = strategy.propose(history, 1)[0]
+    assert pick.fidelity == "target" and not pick.meta["proxies_allowed"]
+    model = strategy._fit(history)
+    rows = [i for i in np.flatnonzero(pool.available[:, 2]) if i not in (0, 1)]
+    X = strategy._x(pool.weights[rows], "target")
+    ei = strategy._score(strategy._target_ei(model, history, [], X), X)
+    assert pick.pool_index == rows[int(torch.argmax(ei))]
+    other = create_strategy("admire", space, {**FAST, "proxy_warmup": 0.25, "proxy_ratio": 0, "target_pick": "acquisition"}, seed=0)
+    assert other.propose(history, 1)[0].fidelity == "target"

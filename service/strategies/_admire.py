@@ -19,15 +19,21 @@ at every fidelity, the best few then refined by SLSQP on the simplex (``sum(w) =
 epoch cap) and projected onto the :class:`MixtureSpace`. Batches are greedy: each pick joins the
 pending trials as ``X_pending`` (fantasies) for the next.
 
+Where the acquisition chose the target fidelity, the run goes to the mixture of highest target
+expected improvement (``target_pick``). The cheaper fidelities' spend is capped by
+:class:`ProxyBudget`; proxies whose measured rank agreement with the target is low make the search
+BO on the target alone.
+
 The recommendation is the best posterior mean at the target fidelity, never the acquisition's
-argmax. Fitted GP hyperparameters travel in ``Proposal.meta["gp"]`` and warm-start the next fit.
+argmax, while the model ranks the target results (leave-one-out); else the best observed target
+result. Fitted GP hyperparameters travel in ``Proposal.meta["gp"]`` and warm-start the next fit.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -68,6 +74,19 @@ class AdmireParams(StrategyParams):
     trust_runs: float = Field(
         2.0, ge=0, le=1000, description="target results at which the learned correlation counts half (it is shrunk "
         "by n / (n + trust_runs) while target results are few)")
+    target_pick: Literal["ei", "acquisition"] = Field(
+        "ei", description="which mixture a target run goes to once the acquisition chose the target fidelity: the "
+        "target posterior's expected improvement (ei) or the acquisition's own pick")
+    agreement_runs: int = Field(
+        3, ge=2, le=1000, description="target results from which the measured rank agreement of each proxy with the "
+        "target caps its trust (before: the learned correlation alone)")
+    target_only_below: float = Field(
+        0.25, ge=0, le=1, description="once the measured agreement counts, a trust below this makes the search BO on "
+        "the target alone: the GP is fitted on the target results only and every run is at the target")
+    weak_model_spearman: float = Field(
+        0.5, ge=-1, le=1, description="the recommendation is the best observed target result, not the posterior "
+        "mean's argmax, while the leave-one-out Spearman over the target results is below this or they are "
+        "fewer than agreement_runs")
 
 
 WARP_EPS = 1e-4
@@ -116,11 +135,17 @@ def fidelity_correlation(model, target_index: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ProxyBudget:
-    """How much the cheaper fidelities may cost so far: ``warmup + ratio * trust^2 * target_spend``,
-    where ``trust = max(rho, 0) * n / (n + trust_runs)`` shrinks the best proxy's learned correlation
-    ``rho`` with the target while there are few (``n``) target results. Until the proxies have
-    shown they rank as the target does, target runs keep coming: when the proxies mislead, the
-    search degrades to BO on the target alone instead of spending its budget on them.
+    """How much the cheaper fidelities may cost so far: ``warmup + ratio * trust^2 * target_spend``.
+
+    A proxy's trust is ``max(rho, 0) * n / (n + trust_runs)``: its learned correlation ``rho`` with
+    the target, shrunk while there are few (``n``) target results. From ``agreement_runs`` target
+    results on, it is capped by the same shrinkage of its *measured* rank agreement (the Spearman
+    between what its own results predict at the target-run mixtures and the target results): the
+    ICM's learned correlation leans on its prior (mean 0.63) and on the level shift between
+    fidelities, so alone it keeps trusting proxies that rank mixtures differently from the target.
+    ``trust`` is the best proxy's. Until the proxies have shown they rank as the target does,
+    target runs keep coming; once the measured agreement says they mislead (``trust <
+    target_only_below``), the search is BO on the target alone (:attr:`target_only`).
 
     Args:
         costs: ``{fidelity: cost}``; target: the target's name.
@@ -128,6 +153,9 @@ class ProxyBudget:
         correlation: ``{fidelity: learned correlation with the target}`` for the others.
         n_target: completed target results.
         warmup, ratio, trust_runs: the strategy's ``proxy_*`` and ``trust_runs`` parameters.
+        agreement: ``{fidelity: measured Spearman with the target}`` (see
+            :meth:`AdmireStrategy.proxy_agreement`); agreement_runs, target_only_below: the
+            strategy's parameters.
     """
 
     costs: dict[str, float]
@@ -139,6 +167,9 @@ class ProxyBudget:
     warmup: float
     ratio: float
     trust_runs: float
+    agreement: dict[str, float] = field(default_factory=dict)
+    agreement_runs: int = 3
+    target_only_below: float = 0.0
 
     @classmethod
     def of(cls, strategy: AdmireStrategy, history: History, model) -> ProxyBudget:
@@ -148,12 +179,29 @@ class ProxyBudget:
         spent = [t for t in history.trials if t.state != "failed"]
         return cls(costs, target, sum(costs[t.fidelity] for t in spent if t.fidelity != target),
                    sum(costs[t.fidelity] for t in spent if t.fidelity == target), strategy.learned_correlation(model, history),
-                   sum(t.fidelity == target for t in history.completed), p.proxy_warmup, p.proxy_ratio, p.trust_runs)
+                   sum(t.fidelity == target for t in history.completed), p.proxy_warmup, p.proxy_ratio, p.trust_runs,
+                   strategy.proxy_agreement(model), p.agreement_runs, p.target_only_below)
+
+    @property
+    def measured(self) -> bool:
+        """Whether the measured agreement counts (enough target results for a rank correlation)."""
+        return self.n_target >= self.agreement_runs
 
     @property
     def trust(self) -> float:
-        best = max(self.correlation.values(), default=0.0)
-        return max(best, 0.0) * self.n_target / (self.n_target + self.trust_runs) if self.n_target else 0.0
+        if not self.n_target:
+            return 0.0
+        shrink = self.n_target / (self.n_target + self.trust_runs)
+        best = 0.0
+        for f, rho in self.correlation.items():
+            r = min(rho, self.agreement.get(f, 0.0)) if self.measured else rho
+            best = max(best, r)
+        return best * shrink
+
+    @property
+    def target_only(self) -> bool:
+        """The proxies have shown they mislead: BO on the target alone."""
+        return self.measured and self.trust < self.target_only_below
 
     @property
     def allowance(self) -> float:
@@ -161,7 +209,7 @@ class ProxyBudget:
 
     @property
     def proxies_allowed(self) -> bool:
-        return self.proxy_spend < self.allowance
+        return not self.target_only and self.proxy_spend < self.allowance
 
     def add(self, fidelity: str) -> ProxyBudget:
         """The budget after committing one more run at ``fidelity``."""
@@ -170,8 +218,9 @@ class ProxyBudget:
         return replace(self, proxy_spend=self.proxy_spend + self.costs[fidelity])
 
     def meta(self) -> dict:
-        return {"fidelity_correlation": self.correlation, "proxy_trust": round(self.trust, 4),
-                "proxy_allowance": round(self.allowance, 4), "proxies_allowed": self.proxies_allowed}
+        return {"fidelity_correlation": self.correlation, "proxy_agreement": self.agreement,
+                "proxy_trust": round(self.trust, 4), "proxy_allowance": round(self.allowance, 4),
+                "proxies_allowed": self.proxies_allowed, "target_only": self.target_only}
 
 
 MAX_CANDIDATE_CELLS = 2_000_000
@@ -214,16 +263,20 @@ class AdmireStrategy(BaseStrategy):
         Y = -torch.tensor([[t.objective] for t in trials], dtype=torch.double)
         return X, Y
 
-    def _fit(self, history: History):
+    def _fit(self, history: History, target_only: bool = False):
         """The GP on all completed trials. Hyperparameters come from the latest proposal's
-        ``meta["gp"]`` and are re-optimised (from there) once the data grew by ``refit_growth``."""
+        ``meta["gp"]`` and are re-optimised (from there) once the data grew by ``refit_growth``.
+        ``target_only``: on the target results alone, always fitted afresh (they are few, and the
+        warm start holds the joint model's hyperparameters)."""
         from botorch.fit import fit_gpytorch_mll
         from gpytorch.mlls import ExactMarginalLogLikelihood
 
         done = history.completed
+        if target_only:
+            done = [t for t in done if t.fidelity == self.space.target.name]
         X, Y = self._train_data(done)
         model = build_model(X, Y, self.k, len(self.space.fidelities), self.target_index)
-        warm = next((t.meta for t in reversed(history.trials) if isinstance(t.meta.get("gp"), dict)), None)
+        warm = None if target_only else next((t.meta for t in reversed(history.trials) if isinstance(t.meta.get("gp"), dict)), None)
         fitted_on = len(done)
         if warm is not None:
             params = dict(model.named_parameters())
@@ -251,6 +304,37 @@ class AdmireStrategy(BaseStrategy):
         rho = fidelity_correlation(model, self.target_index)
         seen = {t.fidelity for t in history.completed}
         return {f.name: round(float(r), 4) for f, r in zip(self.space.fidelities, rho) if not f.target and f.name in seen}
+
+    def proxy_agreement(self, model) -> dict[str, float]:
+        """``{fidelity: Spearman}``: for each cheaper fidelity with at least two results, how its
+        results alone rank the target-run mixtures against the target results there (at least
+        two). The prediction is the fitted GP's posterior mean of that fidelity's objective
+        conditioned on that fidelity's results only (same kernel and hyperparameters; where a
+        mixture was run at both, about that run's result), so the target results cannot leak into
+        it the way they do into the joint posterior. Closed form on the standardised scale:
+        ``m_f(X_t) + K(X_t, X_f) (K(X_f, X_f) + noise)^-1 (y_f - m_f(X_f))``."""
+        X, y = model.train_inputs[0], model.train_targets
+        task = X[:, self.k].round().long()
+        on_target = task == self.target_index
+        if int(on_target.sum()) < 2:
+            return {}
+        out = {}
+        with torch.no_grad():
+            for j, f in enumerate(self.space.fidelities):
+                rows = task == j
+                if f.target or int(rows.sum()) < 2:
+                    continue
+                Xf, Xq = X[rows], X[on_target].clone()
+                Xq[:, self.k] = float(j)  # the target-run mixtures, seen at this fidelity
+                try:
+                    prior = model.likelihood(model.forward(Xf))
+                    cross = model.covar_module(Xq, Xf).to_dense()
+                    pred = model.forward(Xq).mean + cross @ torch.linalg.solve(prior.covariance_matrix, y[rows] - prior.mean)
+                except Exception:  # a singular system: nothing measured for this fidelity
+                    continue
+                rho = spearmanr(pred.numpy(), y[on_target].numpy())[0]  # both negated: the sign holds
+                out[f.name] = round(float(rho), 4) if np.isfinite(rho) else 0.0
+        return out
 
     @staticmethod
     def _hyperparameters(model) -> dict[str, list[float]]:
@@ -294,6 +378,21 @@ class AdmireStrategy(BaseStrategy):
             target_set = target_set[torch.argsort(mean, descending=True)[:KG_TARGETS]]
         return DiscreteMultiFidelityKG(model, target_set, self._cost_utility(),
                                        num_samples=64, num_fantasies=p.num_fantasies, X_pending=X_pending)
+
+    def _target_ei(self, model, history: History, pending: list[torch.Tensor], X: torch.Tensor):
+        """q=1 log expected improvement of the target posterior (pending target trials, ``1 x (k +
+        1)`` each, as ``X_pending``) over the best target posterior mean among the target-run
+        mixtures (before any: among the candidates ``X``, ``c x (k + 1)`` at the target)."""
+        from botorch.acquisition.logei import qLogExpectedImprovement
+
+        # a pending cheaper run is no candidate for the target's best (its input would be read at its own fidelity)
+        pending = [x for x in pending if bool((x[:, self.k] == self.target_index).all())]
+
+        seen = [t.weights for t in history.completed if t.fidelity == self.space.target.name]
+        with torch.no_grad():
+            ref = self._x(np.stack(seen), self.space.target.name) if seen else X
+            best_f = float(model.posterior(ref).mean.max())
+        return qLogExpectedImprovement(model, best_f=best_f, X_pending=torch.cat(pending) if pending else None)
 
     @staticmethod
     def _score(acq, X: torch.Tensor, chunk: int = 256) -> torch.Tensor:
@@ -348,8 +447,11 @@ class AdmireStrategy(BaseStrategy):
             return init
         model = self._fit(history)
         gp = self._hyperparameters(model)
-        pending = [self._x(t.weights, t.fidelity) for t in history.pending]
         budget = ProxyBudget.of(self, history, model)
+        pending = [self._x(t.weights, t.fidelity) for t in history.pending]
+        if budget.target_only:  # the proxies mislead: their results would only pull the target posterior astray
+            model = self._fit(history, target_only=True)
+            pending = [self._x(t.weights, t.fidelity) for t in history.pending if t.fidelity == self.space.target.name]
         if self.space.pool is not None:
             return self._propose_pool(history, model, pending, n, gp, budget)
         return self._propose_continuous(history, model, pending, n, gp, budget)
@@ -374,6 +476,14 @@ class AdmireStrategy(BaseStrategy):
             score = self._score(acq, X)
             score[~torch.as_tensor(allowed)] = -math.inf
             j = int(torch.argmax(score))
+            if fid[j] == self.target_index and self.params.target_pick == "ei":
+                # MES values a target run for what it tells about the maximum, and with a proxy-informed
+                # prior that is often a mixture the proxies rate poorly; which mixture to spend a full
+                # run on is better chosen by the improvement it may bring
+                rows = np.flatnonzero(allowed & (fid == self.target_index))
+                ei = self._score(self._target_ei(model, history, pending, X[rows]), X[rows])
+                j = int(rows[int(torch.argmax(ei))])
+                score[j] = float(ei.max())
             free[j] = False
             i, f = pairs[j]
             pending.append(X[j : j + 1])
@@ -408,6 +518,14 @@ class AdmireStrategy(BaseStrategy):
             order = torch.argsort(score, descending=True)
             j = int(order[0])
             fidelity = names[j // len(mixtures)]
+            if fidelity == self.space.target.name and self.params.target_pick == "ei":  # as in pool mode
+                Xt = X[is_target]
+                acq = self._target_ei(model, history, pending, Xt)
+                ei = self._score(acq, Xt)
+                order = torch.argsort(ei, descending=True) + self.target_index * len(mixtures)
+                score = torch.full_like(score, -math.inf)
+                score[is_target] = ei
+                j = int(order[0])
             w, v = mixtures[j % len(mixtures)], float(score[j])
             if self.params.refine:  # from the best raw candidates at the chosen fidelity
                 same = [int(i) for i in order if names[int(i) // len(mixtures)] == fidelity][: self.params.refine_restarts]
@@ -458,6 +576,11 @@ class AdmireStrategy(BaseStrategy):
         with torch.random.fork_rng():
             torch.manual_seed(self.seed)
             model = self._fit(history)
+            correlation = self.learned_correlation(model, history)
+            budget = ProxyBudget.of(self, history, model)
+            if budget.target_only:  # as the proposals do
+                model = self._fit(history, target_only=True)
+                done = [t for t in done if t.fidelity == self.space.target.name]
             pool = self.space.pool
             if pool is not None:
                 mixtures = pool.weights
@@ -471,17 +594,32 @@ class AdmireStrategy(BaseStrategy):
                 std = float(post.variance.squeeze(-1)[j].clamp_min(0).sqrt())
             loo = self._loo_predictions(model)
         y = np.array([t.objective for t in done])
-        rho = float(spearmanr(loo, y)[0]) if np.ptp(y) > 0 else float("nan")
+        rho = _spearman(loo, y)
+        on_target = np.array([t.fidelity == self.space.target.name for t in done])
+        target_rho = _spearman(loo[on_target], y[on_target])
         meta = {
             "acquisition": self.params.acquisition,
             "predictions": {int(t.trial_id): float(v) for t, v in zip(done, loo)},
             "spearman": rho,
+            "target_spearman": target_rho,
             "predicted_fidelity": self.space.target.name,
-            "fidelity_correlation": self.learned_correlation(model, history),
+            "fidelity_correlation": correlation,
+            "proxy_agreement": budget.agreement,
+            "target_only": budget.target_only,
         }
+        weak = on_target.sum() < self.params.agreement_runs or not target_rho >= self.params.weak_model_spearman
+        if on_target.any() and weak:
+            # a model that cannot rank the target results it has seen is no better guide than they
+            # are: the best one is a real result, the posterior mean's argmax may be an artefact
+            best = min((t for t in done if t.fidelity == self.space.target.name), key=lambda t: t.objective)
+            meta.update(basis="best_observed", trial_id=best.trial_id)
+            if best.pool_index is not None:
+                meta["pool_index"] = int(best.pool_index)
+            return Recommendation(np.asarray(best.weights, float), float(best.objective), None, len(history.completed), meta)
+        meta["basis"] = "posterior_mean"
         if pool is not None:
             meta["pool_index"] = j
-        return Recommendation(np.asarray(mixtures[j], float), -float(mean[j]), std, len(done), meta)
+        return Recommendation(np.asarray(mixtures[j], float), -float(mean[j]), std, len(history.completed), meta)
 
     @staticmethod
     def _loo_predictions(model) -> np.ndarray:
@@ -497,6 +635,13 @@ class AdmireStrategy(BaseStrategy):
             tf = model.outcome_transform
             loo = loo * tf.stdvs.squeeze() + tf.means.squeeze()
         return -loo.numpy()
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rho of two ``n`` vectors; NaN with fewer than two distinct values or pairs."""
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b)[0])
 
 
 class DiscreteMultiFidelityKG(torch.nn.Module):
