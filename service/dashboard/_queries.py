@@ -162,6 +162,16 @@ _REC_COLUMNS = (
 )
 
 
+
+def _thin(keys: list, max_points: int) -> tuple[list, int]:
+    """Every ``stride``-th of ``keys`` (ordered) and the last, so that at most ``max_points`` (+ the
+    last) remain; returns the kept keys and the stride."""
+    stride = max(1, -(-len(keys) // max_points))
+    keep = keys[::stride]
+    if keys and keep[-1] != keys[-1]:
+        keep.append(keys[-1])
+    return keep, stride
+
 def _brief(row, names: list[str]) -> RecommendationBrief:
     rid, created, mixture, predicted, uncertainty, based_on, final, rho, fidelity, correlation = row
     return RecommendationBrief(
@@ -381,10 +391,7 @@ def recommendation_history(db: Database, study_id: int, *, after_id: int | None 
         if after_id is not None:
             where.append(Recommendation.id > after_id)
         ids = list(s.scalars(select(Recommendation.id).where(*where).order_by(Recommendation.id)))
-        stride = max(1, -(-len(ids) // max_points))
-        keep = ids[::stride]
-        if ids and keep[-1] != ids[-1]:
-            keep.append(ids[-1])
+        keep, stride = _thin(ids, max_points)
         rows = s.execute(select(*_REC_COLUMNS).where(Recommendation.id.in_(keep)).order_by(Recommendation.id)).all() \
             if keep else []
         return RecommendationHistory(items=[_brief(r, names) for r in rows], total=len(ids), stride=stride)
@@ -495,10 +502,7 @@ def curve_columns(db: Database, trial_id: int, *, after_step: int | None = None,
         if after_step is not None:
             where.append(LossCurvePoint.step > after_step)
         steps = list(s.scalars(select(LossCurvePoint.step).where(*where).order_by(LossCurvePoint.step)))
-        stride = max(1, -(-len(steps) // max_points))
-        keep = steps[::stride]
-        if steps and keep[-1] != steps[-1]:
-            keep.append(steps[-1])
+        keep, stride = _thin(steps, max_points)
         rows = s.execute(select(LossCurvePoint.step, LossCurvePoint.tokens, LossCurvePoint.train_loss,
                                 LossCurvePoint.losses)
                          .where(LossCurvePoint.trial_id == trial_id, LossCurvePoint.step.in_(keep))
