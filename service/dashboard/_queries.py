@@ -162,7 +162,6 @@ _REC_COLUMNS = (
 )
 
 
-
 def _thin(keys: list, max_points: int) -> tuple[list, int]:
     """Every ``stride``-th of ``keys`` (ordered) and the last, so that at most ``max_points`` (+ the
     last) remain; returns the kept keys and the stride."""
@@ -171,6 +170,7 @@ def _thin(keys: list, max_points: int) -> tuple[list, int]:
     if keys and keep[-1] != keys[-1]:
         keep.append(keys[-1])
     return keep, stride
+
 
 def _brief(row, names: list[str]) -> RecommendationBrief:
     rid, created, mixture, predicted, uncertainty, based_on, final, rho, fidelity, correlation = row
