@@ -212,7 +212,7 @@ def test_a_target_run_comes_once_the_proxies_spent_their_warmup():
 
     pool = synthetic_pool(5, 0.2, 0, n_rows=90)
     space = pool.space()
-    strategy = create_strategy("admire", space, {**FAST, "proxy_warmup": 0.25}, seed=0)
+    strategy = create_strategy("admire", space, {**FAST, "proxy_warmup": 0.25, "probe_share": 0}, seed=0)
     below = History(tuple(_pool_history(pool, range(40, 40 + 15), ["cheap"])))  # 15/64 < 0.25
     pick = strategy.propose(below, 1)[0]
     assert pick.meta["proxies_allowed"] and pick.meta["proxy_trust"] == 0
@@ -317,7 +317,7 @@ def test_a_target_run_goes_to_the_mixture_of_highest_expected_improvement():
     pool = synthetic_pool(5, 0.9, 0, n_rows=90)
     space = pool.space()
     history = History(tuple(_pool_history(pool, range(40, 40 + 16), ["cheap"]) + _pool_history(pool, [0, 1], ["target"])))
-    strategy = create_strategy("admire", space, {**FAST, "proxy_warmup": 0.25, "proxy_ratio": 0}, seed=0)
+    strategy = create_strategy("admire", space, {**FAST, "proxy_warmup": 0.25, "proxy_ratio": 0, "probe_share": 0}, seed=0)
     pick = strategy.propose(history, 1)[0]
     assert pick.fidelity == "target" and not pick.meta["proxies_allowed"]
     model = strategy._fit(history)
@@ -325,5 +325,43 @@ def test_a_target_run_goes_to_the_mixture_of_highest_expected_improvement():
     X = strategy._x(pool.weights[rows], "target")
     ei = strategy._score(strategy._target_ei(model, history, [], X), X)
     assert pick.pool_index == rows[int(torch.argmax(ei))]
-    other = create_strategy("admire", space, {**FAST, "proxy_warmup": 0.25, "proxy_ratio": 0, "target_pick": "acquisition"}, seed=0)
+    other = create_strategy("admire", space, {**FAST, "proxy_warmup": 0.25, "proxy_ratio": 0, "probe_share": 0,
+                                              "target_pick": "acquisition"}, seed=0)
     assert other.propose(history, 1)[0].fidelity == "target"
+
+
+def test_a_target_pick_the_proxies_have_not_seen_is_probed_first():
+    """Pool mode: a target run on a row no cheaper fidelity has run is preceded by a cheapest-
+    fidelity run of the same row (``phase: probe``), at most ``probe_share`` of a target run's
+    cost of probes per target run; ``probe_share: 0`` goes to the target at once."""
+    from service.benchmarking.synthetic import synthetic_pool
+
+    pool = synthetic_pool(5, 0.9, 0, n_rows=90)
+    space = pool.space()
+    trials = _pool_history(pool, range(40, 40 + 16), ["cheap"])
+    params = {**FAST, "proxy_warmup": 0.25, "proxy_ratio": 0}
+    assert create_strategy("admire", space, {**params, "probe_share": 0}, seed=0).propose(History(tuple(trials)), 1)[0].fidelity == "target"
+    strategy = create_strategy("admire", space, params, seed=0)  # probe_share 0.1: at most 6 probes at cost 1/64
+    probes = []
+    for _ in range(8):
+        pick = strategy.propose(History(tuple(trials)), 1)[0]
+        if pick.fidelity == "target":
+            break
+        assert pick.fidelity == "cheap" and pick.meta["phase"] == "probe" and pool.available[pick.pool_index, 2]
+        assert all(t.pool_index != pick.pool_index for t in trials)  # never probes a row it has seen
+        probes.append(pick.pool_index)
+        trials.append(TrialRecord(len(trials), pick.weights, "cheap", "completed", pool_index=pick.pool_index, meta=pick.meta,
+                                  objective=float(pool.objectives[pick.pool_index, 0])))
+    assert pick.fidelity == "target" and 1 <= len(probes) <= 6
+    assert any(t.pool_index == pick.pool_index and t.fidelity == "cheap" for t in trials)  # the target run's row was seen cheaply
+
+
+def test_continuous_mode_probes_a_target_pick_at_the_cheapest_fidelity():
+    space = _space()
+    history = _history(space, 12, every_target=4)
+    params = {**FAST, "proxy_warmup": 0.0, "proxy_ratio": 0.0}
+    pick = create_strategy("admire", space, params, seed=0).propose(History(tuple(history)), 1)[0]
+    assert pick.fidelity == "small" and pick.meta["phase"] == "probe"
+    done = _add(history, [pick], state="completed")
+    after = create_strategy("admire", space, {**params, "probe_share": 1 / 60}, seed=0).propose(History(tuple(done)), 1)[0]
+    assert after.fidelity == "large"  # one probe per target run at share 1/60

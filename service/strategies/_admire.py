@@ -87,9 +87,15 @@ class AdmireParams(StrategyParams):
         0.5, ge=-1, le=1, description="the recommendation is the best observed target result, not the posterior "
         "mean's argmax, while the leave-one-out Spearman over the target results is below this or they are "
         "fewer than agreement_runs")
+    probe_share: float = Field(
+        0.1, ge=0, le=1, description="before a target run on a mixture no cheaper fidelity has run, the cheapest "
+        "fidelity runs it first (a probe), while the probes since the last target run cost at most this share of a "
+        "target run and the proxies are not set aside (0: never probe)")
 
 
 WARP_EPS = 1e-4
+PROBE_RADIUS = 0.02
+"""continuous mode: a cheaper run within this L1 distance of a target pick counts as its probe."""
 
 
 def warp(w):
@@ -486,10 +492,55 @@ class AdmireStrategy(BaseStrategy):
                 score[j] = float(ei.max())
             free[j] = False
             i, f = pairs[j]
+            if fid[j] == self.target_index and (probe := self._probe(history, out, budget, pool.weights[i], row=int(i))):
+                # the target pair stays reserved for this batch: its probe has to come back first
+                k = next((m for m, pair in enumerate(pairs) if pair == (i, probe)), None)
+                if k is not None:
+                    free[k] = False
+                    pending.append(X[k : k + 1])
+                    out.append(self._proposal(model, pool.weights[i], probe, float(score[j]), gp, budget,
+                                              pool_index=int(i), phase="probe"))
+                    budget = budget.add(probe)
+                    continue
             pending.append(X[j : j + 1])
             out.append(self._proposal(model, pool.weights[i], f, float(score[j]), gp, budget, pool_index=int(i)))
             budget = budget.add(f)
         return out
+
+    def _probe(self, history: History, batch: list[Proposal], budget: ProxyBudget, weights: np.ndarray,
+               row: int | None = None) -> str | None:
+        """The cheapest fidelity, when a target run at ``weights`` (pool ``row``) should wait for a
+        probe there: no cheaper run of that mixture exists or is pending, the proxies are not set
+        aside, and the probes since the last target run stay within ``probe_share`` of a target run.
+
+        Why: before the proxies' agreement is measured, target expected improvement favours the
+        mixtures the proxies have not seen (their posterior is widest), so the first target run
+        often goes to a neighbour of the best mixture the proxies found; a run at a few percent
+        of the cost tells them apart."""
+        if not self.params.probe_share or budget.target_only:
+            return None
+        target = self.space.target.name
+        cheap = min((f for f in self.space.fidelities if not f.target), key=lambda f: f.cost, default=None)
+        if cheap is None:
+            return None
+        runs = [*(t for t in history.trials if t.state != "failed"), *batch]
+        probes = 0
+        for t in reversed(runs):
+            if t.fidelity == target:
+                break
+            probes += t.meta.get("phase") == "probe"
+        if (probes + 1) * cheap.cost > self.params.probe_share * self.space.target.cost + 1e-12:
+            return None
+        w = np.asarray(weights, float)
+        for t in runs:
+            if t.fidelity == target:
+                continue
+            same = t.pool_index == row if row is not None else np.abs(np.asarray(t.weights, float) - w).sum() <= PROBE_RADIUS
+            if same:
+                return None
+        if row is not None and not self.space.pool.available[row, self.space.fidelity_index(cheap.name)]:
+            return None
+        return cheap.name
 
     def _continuous_candidates(self, history: History, model, rng: np.random.Generator) -> np.ndarray:
         """``c x k`` feasible mixtures: RegMix-style draws, the completed mixtures and local
@@ -530,8 +581,11 @@ class AdmireStrategy(BaseStrategy):
             if self.params.refine:  # from the best raw candidates at the chosen fidelity
                 same = [int(i) for i in order if names[int(i) // len(mixtures)] == fidelity][: self.params.refine_restarts]
                 w, v = self._refine(acq, mixtures[[i % len(mixtures) for i in same]], fidelity, w, v)
+            phase = "bo"
+            if fidelity == self.space.target.name and (probe := self._probe(history, out, budget, w)):
+                fidelity, phase = probe, "probe"
             pending.append(self._x(w, fidelity))
-            out.append(self._proposal(model, w, fidelity, v, gp, budget))
+            out.append(self._proposal(model, w, fidelity, v, gp, budget, phase=phase))
             budget = budget.add(fidelity)
         return out
 
@@ -559,12 +613,12 @@ class AdmireStrategy(BaseStrategy):
             return w0, v0
         return (w, v) if v > v0 else (w0, v0)
 
-    def _proposal(self, model, weights, fidelity, score, gp, budget: ProxyBudget, pool_index=None) -> Proposal:
+    def _proposal(self, model, weights, fidelity, score, gp, budget: ProxyBudget, pool_index=None, phase: str = "bo") -> Proposal:
         with torch.no_grad():
             post = model.posterior(self._x(weights, fidelity))
         return Proposal(np.asarray(weights, float), fidelity, pool_index=pool_index, predicted=-float(post.mean),
                         uncertainty=float(post.variance.clamp_min(0).sqrt()),
-                        meta={"phase": "bo", "acquisition": self.params.acquisition, "score": score, "gp": gp,
+                        meta={"phase": phase, "acquisition": self.params.acquisition, "score": score, "gp": gp,
                               "gp_n": model.fitted_on, **budget.meta()})
 
     # ---- recommendation -------------------------------------------------------------------
