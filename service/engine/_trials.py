@@ -14,6 +14,7 @@ import uuid
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, lazyload
 
 from ..db import HELD, Database, announce_work, Lease, LossCurvePoint, Result, Study, StudyState, Trial, TrialState, utcnow
@@ -181,14 +182,18 @@ def record_result(s: Session, trial: Trial, body: ResultCreate, lease_id: str | 
 
 
 def _add_curve(s: Session, trial_id: int, body: ResultCreate) -> None:
+    """The curve's points, in one ``INSERT``: a step the trial has already (or earlier in
+    ``body.curve``) is left as it is."""
     if not body.curve:
         return
-    seen = set(s.scalars(select(LossCurvePoint.step).where(LossCurvePoint.trial_id == trial_id)))
+    rows: dict[int, dict] = {}
     for p in body.curve:
-        if p.step in seen:
-            continue
-        seen.add(p.step)
-        s.add(LossCurvePoint(trial_id=trial_id, step=p.step, tokens=p.tokens, train_loss=p.train_loss, losses=p.losses))
+        rows.setdefault(p.step, dict(trial_id=trial_id, step=p.step, tokens=p.tokens, train_loss=p.train_loss,
+                                     losses=p.losses))
+    dialect = s.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    s.execute(insert(LossCurvePoint).values(list(rows.values()))
+              .on_conflict_do_nothing(index_elements=["trial_id", "step"]))
 
 
 def report_result(db: Database, trial_id: int, body: ResultCreate) -> tuple[Trial, bool]:
