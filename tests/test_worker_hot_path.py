@@ -21,10 +21,10 @@ COMPLETE = "POST /api/v1/leases/{id}/complete"
 # lazy sweep due). SQLite counts the BEGIN IMMEDIATE of each transaction; Postgres begins implicitly.
 BOUNDS = {
     "sqlite": {"lease": 5, "heartbeat": 3, "heartbeat_curve": 4, "complete": 5, "heartbeat_unknown": 4},
-    "postgres": {"lease": 4, "heartbeat": 1, "heartbeat_curve": 2, "complete": 4, "heartbeat_unknown": 3},
+    "postgres": {"lease": 2, "heartbeat": 1, "heartbeat_curve": 2, "complete": 4, "heartbeat_unknown": 3},
 }
-"""lease: the worker's lease count (its row locked), the oldest fitting queued trial (locked), the
-lease INSERT, the trial UPDATE. heartbeat: one ``UPDATE trials ... RETURNING`` and the lease's
+"""lease: the worker's lease count, the oldest fitting queued trial (locked), the lease INSERT, the
+trial UPDATE; on Postgres the worker's row locked, then one statement for all four. heartbeat: one ``UPDATE trials ... RETURNING`` and the lease's
 UPDATE (on Postgres one statement, the second reading the first's RETURNING); a curve point adds
 one INSERT. complete: the lease with its locked trial in one read, the result INSERT, the lease
 and trial UPDATEs. heartbeat_unknown: a lease this process did not grant (another server process

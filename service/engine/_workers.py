@@ -9,10 +9,11 @@ import hashlib
 import hmac
 import secrets
 import time
+import uuid
 import weakref
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, func, literal, or_, select, update
+from sqlalchemy import Select, case, func, insert, literal, literal_column, or_, select, true, type_coerce, update
 from sqlalchemy.orm import Session, lazyload
 
 from ..db import HELD, Database, Fidelity, Lease, Study, StudyState, Trial, TrialState, Worker, utcnow
@@ -194,27 +195,17 @@ def lease_next(db: Database, worker: Worker, max_trials: int = 1, model: str | N
     with db.session() as s:
         now = utcnow()
         _touch(s, worker, now)
+        caps = worker.capabilities or {}
+        if max_trials == 1 and caps.get("max_params") is None and s.get_bind().dialect.name == "postgresql":
+            return _lease_one(s, worker, model, max_held, now)
         if max_held is not None:  # a full worker hears so even when there is no work
             max_trials = min(max_trials, _room(s, worker, max_held, now))
-        caps = worker.capabilities or {}
         fitting: dict[int, Fidelity] | None = None
-        q = (select(Trial).options(lazyload(Trial.fidelity), lazyload(Trial.result))
-             .join(Study, Study.id == Trial.study_id)
-             .where(Study.state == StudyState.running, Study.dispatch == "workers", Trial.state == TrialState.queued))
-        if caps.get("max_params") is None:  # what fits is a condition on the fidelity's model: one read
-            if caps.get("models") is not None or model is not None:
-                q = q.join(Fidelity, Fidelity.id == Trial.fidelity_id)
-            if caps.get("models") is not None:
-                q = q.where(Fidelity.model.in_(caps["models"]))
-            if model is not None:
-                q = q.where(Fidelity.model == model)
-        else:  # the model's size decides: the fidelities with queued trials first
+        if caps.get("max_params") is not None:  # the model's size decides: the fidelities with queued trials first
             fitting = _fitting(s, worker, model)
             if not fitting:
                 return []
-            q = q.where(Trial.fidelity_id.in_(fitting))
-        if not caps.get("dynamic", True):
-            q = q.where(Trial.dynamic.is_(False))
+        q = _queued(select(Trial).options(lazyload(Trial.fidelity), lazyload(Trial.result)), worker, model, fitting)
         trial = s.scalars(q.order_by(Trial.id).limit(1).with_for_update(of=Trial, skip_locked=True)).first()
         if trial is None:
             return []
@@ -230,6 +221,74 @@ def lease_next(db: Database, worker: Worker, max_trials: int = 1, model: str | N
         return [_grant(s, t, worker) for t in trials]
 
 
+def _queued(q: Select, worker: Worker, model: str | None, fitting: dict[int, Fidelity] | None) -> Select:
+    """``q`` (of trials) restricted to the queued trials of running worker studies that ``worker``
+    can run (of ``model`` if given): in SQL when its capabilities name models only, else of the
+    ``fitting`` fidelities (:func:`_fitting`)."""
+    caps = worker.capabilities or {}
+    q = (q.join(Study, Study.id == Trial.study_id)
+         .where(Study.state == StudyState.running, Study.dispatch == "workers", Trial.state == TrialState.queued))
+    if fitting is not None:
+        q = q.where(Trial.fidelity_id.in_(fitting))
+    else:
+        if caps.get("models") is not None or model is not None:
+            q = q.join(Fidelity, Fidelity.id == Trial.fidelity_id)
+        if caps.get("models") is not None:
+            q = q.where(Fidelity.model.in_(caps["models"]))
+        if model is not None:
+            q = q.where(Fidelity.model == model)
+    if not caps.get("dynamic", True):
+        q = q.where(Trial.dynamic.is_(False))
+    return q
+
+
+def _lease_one(s: Session, worker: Worker, model: str | None, max_held: int | None, now: datetime) -> list[LeaseItem]:
+    """Postgres, one trial, for a worker whose capabilities are conditions on the model: after the
+    worker's row is locked (see :func:`_room`), one statement counts its leases, picks the oldest
+    fitting queued trial (``SKIP LOCKED``), leases it (the trial's UPDATE and the lease's INSERT)
+    and returns it with the count."""
+    if max_held is not None:
+        s.execute(select(Worker.id).where(Worker.id == worker.id).with_for_update())
+    held = (select(func.count()).select_from(Trial).join(Lease, Lease.id == Trial.lease_id)
+            .where(Lease.worker_id == worker.id, Trial.state.in_(HELD), Trial.lease_expires_at >= now)
+            .cte("held"))
+    pick = _queued(select(Trial.id, Study.lease_seconds), worker, model, None)
+    if max_held is not None:
+        pick = pick.where(select(held.c.count).scalar_subquery() < max_held)
+    pick = pick.order_by(Trial.id).limit(1).with_for_update(of=Trial, skip_locked=True).cte("pick")
+    when = Trial.lease_expires_at.type
+    lease_id = str(uuid.uuid4())
+    granted = (
+        update(Trial).where(Trial.id == pick.c.id)
+        .values(state=TrialState.leased, attempts=Trial.attempts + 1, lease_id=lease_id,
+                lease_owner=f"worker:{worker.id}",
+                lease_expires_at=type_coerce(literal(now, when) + pick.c.lease_seconds
+                                             * literal_column("interval '1 second'"), when),
+                started_at=func.coalesce(Trial.started_at, literal(now, when)))
+        .returning(Trial.id, Trial.study_id, Trial.number, Trial.fidelity_id, Trial.mixture, Trial.dynamic,
+                   Trial.strategy_meta, Trial.attempts, Trial.lease_expires_at)
+        .cte("granted")
+    )
+    leased = (
+        insert(Lease)
+        .from_select(["id", "trial_id", "worker_id", "attempt", "created_at", "expires_at"],
+                     select(literal(lease_id), granted.c.id, literal(worker.id), granted.c.attempts,
+                            literal(now, when), granted.c.lease_expires_at))
+        .returning(Lease.id)
+        .cte("leased")
+    )
+    trial = s.execute(select(held.c.count.label("held"), granted).select_from(held.outerjoin(granted, true()))
+                      .add_cte(leased)).one()
+    if trial.id is None:
+        if max_held is not None and trial.held >= max_held:
+            raise Conflict(f"worker {worker.id} holds {trial.held} leases, the most one worker may hold "
+                           f"(MIXOPT_MAX_LEASES_PER_WORKER={max_held}): finish or release some first")
+        return []
+    const = study_constants(s, trial.study_id)
+    _remember_lease(s, lease_id, trial.id, trial.study_id, worker.id)
+    return [_lease_item(const, lease_id, trial.lease_expires_at, trial)]
+
+
 def _fitting(s: Session, worker: Worker, model: str | None) -> dict[int, Fidelity]:
     """The fidelities of running worker studies with queued trials that ``worker`` can run (of
     ``model`` if given), by id."""
@@ -243,14 +302,16 @@ def _fitting(s: Session, worker: Worker, model: str | None) -> dict[int, Fidelit
 
 
 def _room(s: Session, worker: Worker, max_held: int, now: datetime) -> int:
-    """How many more leases ``worker`` may take; 409 when none. The worker's row is locked in the
-    same read, so that two lease calls of one worker cannot both pass the count before granting
-    (SQLite serialises transactions anyway)."""
+    """How many more leases ``worker`` may take; 409 when none. The worker's row is locked first,
+    so that two lease calls of one worker cannot both pass the count before granting. On Postgres
+    the count is a statement of its own, after the lock: in one statement it would read the
+    snapshot taken before the lock was granted, and miss the leases of the call it waited for.
+    SQLite serialises transactions (``BEGIN IMMEDIATE``): no lock to take there."""
     held = (select(func.count()).select_from(Trial).join(Lease, Lease.id == Trial.lease_id)
-            .where(Lease.worker_id == worker.id, Trial.state.in_(HELD), Trial.lease_expires_at >= now)
-            .scalar_subquery())
-    held = s.execute(select(held).select_from(Worker).where(Worker.id == worker.id)
-                     .with_for_update(of=Worker)).scalar_one()
+            .where(Lease.worker_id == worker.id, Trial.state.in_(HELD), Trial.lease_expires_at >= now))
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(select(Worker.id).where(Worker.id == worker.id).with_for_update())
+    held = s.scalar(held)
     if held >= max_held:
         raise Conflict(f"worker {worker.id} holds {held} leases, the most one worker may hold "
                        f"(MIXOPT_MAX_LEASES_PER_WORKER={max_held}): finish or release some first")
@@ -266,14 +327,19 @@ def _grant(s: Session, trial: Trial, worker: Worker) -> LeaseItem:
     const = study_constants(s, trial.study_id)
     lease = grant_lease(s, trial, const.lease_seconds, worker_id=worker.id)
     _remember_lease(s, lease.id, trial.id, trial.study_id, worker.id)
+    return _lease_item(const, lease.id, lease.expires_at, trial)
+
+
+def _lease_item(const, lease_id: str, expires_at: datetime, trial) -> LeaseItem:
+    """``trial``: a :class:`Trial`, or a row of its columns, its ``attempts`` counting this lease."""
     return LeaseItem(
-        lease_id=lease.id,
-        expires_at=lease.expires_at,
+        lease_id=lease_id,
+        expires_at=expires_at,
         heartbeat_interval_s=max(const.lease_seconds / 3.0, 0.2),
         trial=LeasedTrial(
             id=trial.id, study_id=trial.study_id, number=trial.number, mixture=trial.mixture,
             fidelity=const.fidelities[trial.fidelity_id],
-            dynamic=trial.dynamic, seed=const.seed * 100_003 + trial.number, attempt=lease.attempt,
+            dynamic=trial.dynamic, seed=const.seed * 100_003 + trial.number, attempt=trial.attempts,
             strategy_meta=trial.strategy_meta or {},
         ),
     )
