@@ -20,14 +20,14 @@ COMPLETE = "POST /api/v1/leases/{id}/complete"
 # Statements per request in the steady state (worker token cached, last-seen written recently, no
 # lazy sweep due). SQLite counts the BEGIN IMMEDIATE of each transaction; Postgres begins implicitly.
 BOUNDS = {
-    "sqlite": {"lease": 5, "heartbeat": 3, "heartbeat_curve": 4, "complete": 5, "heartbeat_unknown": 4},
-    "postgres": {"lease": 2, "heartbeat": 1, "heartbeat_curve": 2, "complete": 4, "heartbeat_unknown": 3},
+    "sqlite": {"lease": 5, "heartbeat": 3, "heartbeat_curve": 4, "complete": 4, "heartbeat_unknown": 4},
+    "postgres": {"lease": 2, "heartbeat": 1, "heartbeat_curve": 2, "complete": 1, "heartbeat_unknown": 3},
 }
 """lease: the worker's lease count, the oldest fitting queued trial (locked), the lease INSERT, the
 trial UPDATE; on Postgres the worker's row locked, then one statement for all four. heartbeat: one ``UPDATE trials ... RETURNING`` and the lease's
 UPDATE (on Postgres one statement, the second reading the first's RETURNING); a curve point adds
-one INSERT. complete: the lease with its locked trial in one read, the result INSERT, the lease
-and trial UPDATEs. heartbeat_unknown: a lease this process did not grant (another server process
+one INSERT. complete: the trial's UPDATE (its WHERE holds the checks), the lease's UPDATE and the
+result's INSERT, on Postgres in one statement. heartbeat_unknown: a lease this process did not grant (another server process
 did) is read once first."""
 
 

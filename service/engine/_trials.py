@@ -13,7 +13,7 @@ import logging
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, lazyload
 
@@ -178,6 +178,52 @@ def record_result(s: Session, trial: Trial, body: ResultCreate, lease_id: str | 
     trial.finished_at = now
     # No ``study.revision`` bump here: it would make every completion of a study wait on the study
     # row's lock (held to commit), serialising all workers; nothing reads the revision for results.
+    return True
+
+
+def record_live_result(s: Session, trial_id: int, study_id: int, lease_id: str, body: ResultCreate) -> bool:
+    """:func:`record_result` for a result that comes with ``lease_id``, the trial's live lease, without
+    reading the trial first: the trial's ``UPDATE`` holds the checks in its ``WHERE`` (still its
+    lease, still held, not expired), and on Postgres the lease's ``UPDATE`` and the result's
+    ``INSERT`` are parts of the same statement. ``False``, with nothing written, when the checks do
+    not hold or the result does not validate: the caller then reads the trial and answers as
+    :func:`record_result` does (a duplicate, 409, 422)."""
+    const = study_constants(s, study_id)
+    try:
+        check_result(const.objective, list(const.domain_names), body.losses, body.metrics)
+    except InputError:
+        return False
+    objective = objective_value(const.objective, body.losses, body.metrics)
+    now = utcnow()
+    done = (
+        update(Trial)
+        .where(Trial.id == trial_id, Trial.lease_id == lease_id, Trial.state.in_(HELD),
+               or_(Trial.lease_expires_at.is_(None), Trial.lease_expires_at >= now))
+        .values(state=TrialState.completed, objective=objective, finished_at=now, lease_id=None, lease_owner=None,
+                lease_expires_at=None, updated_at=now)  # explicit: in a CTE the column's onupdate is not applied
+        .returning(Trial.id)
+    )
+    ended = (update(Lease).where(Lease.id == lease_id, Lease.outcome.is_(None))
+             .values(outcome="completed", ended_at=now))
+    result = dict(trial_id=trial_id, lease_id=lease_id, losses=body.losses, metrics=body.metrics, objective=objective,
+                  tokens=body.tokens, wall_s=body.wall_s, payload_hash=payload_hash(body), created_at=now)
+    raw = {"synchronize_session": False}
+    if s.get_bind().dialect.name == "postgresql":
+        done = done.cte("done")
+        ended = ended.where(Lease.trial_id == done.c.id).returning(Lease.id).cte("ended")
+        columns = [c for c in result if c != "trial_id"]
+        stored = (insert(Result)
+                  .from_select(["trial_id", *columns],
+                               select(done.c.id, *(literal(result[c], Result.__table__.c[c].type) for c in columns)))
+                  .returning(Result.id).cte("stored"))
+        if s.execute(select(done.c.id).add_cte(ended, stored), execution_options=raw).first() is None:
+            return False
+    else:
+        if s.execute(done, execution_options=raw).first() is None:
+            return False
+        s.execute(ended, execution_options=raw)
+        s.execute(insert(Result).values(**result))
+    _add_curve(s, trial_id, body)
     return True
 
 

@@ -24,7 +24,8 @@ from ..schemas.workers import WorkerCreate
 from ._costs import model_params
 from ._spec import study_constants
 from ._trials import (
-    _add_curve, _end_lease, get_trial, grant_lease, record_failure, record_result, requeue, sweep_expired,
+    _add_curve, _end_lease, get_trial, grant_lease, record_failure, record_live_result, record_result, requeue,
+    sweep_expired,
 )
 
 
@@ -264,7 +265,7 @@ def _lease_one(s: Session, worker: Worker, model: str | None, max_held: int | No
                 lease_owner=f"worker:{worker.id}",
                 lease_expires_at=type_coerce(literal(now, when) + pick.c.lease_seconds
                                              * literal_column("interval '1 second'"), when),
-                started_at=func.coalesce(Trial.started_at, literal(now, when)))
+                started_at=func.coalesce(Trial.started_at, literal(now, when)), updated_at=now)
         .returning(Trial.id, Trial.study_id, Trial.number, Trial.fidelity_id, Trial.mixture, Trial.dynamic,
                    Trial.strategy_meta, Trial.attempts, Trial.lease_expires_at)
         .cte("granted")
@@ -422,7 +423,7 @@ def _renew(s: Session, lease_id: str, route: tuple[int, int, int | None], now: d
         update(Trial)
         .where(Trial.id == trial_id, Trial.lease_id == lease_id,
                or_(Trial.lease_expires_at.is_(None), Trial.lease_expires_at >= now))
-        .values(state=TrialState.running,
+        .values(state=TrialState.running, updated_at=now,
                 lease_expires_at=case((study_state.in_(_STOP), Trial.lease_expires_at),
                                       else_=literal(now + timedelta(seconds=study_constants(s, study_id).lease_seconds),
                                                     Trial.lease_expires_at.type)))
@@ -475,9 +476,15 @@ def _renew_checked(s: Session, lease_id: str, worker: Worker, now: datetime,
 
 def complete_lease(db: Database, lease_id: str, worker: Worker, body: ResultCreate) -> LeaseOutcome:
     """Record the lease's final result, once: a repeat with the same payload is answered from the
-    stored row; a result from an expired or replaced lease is refused (409)."""
+    stored row; a result from an expired or replaced lease is refused (409). A lease this process
+    knows is completed without reading it first (:func:`record_live_result`); otherwise, or when
+    that does not take, the lease and its locked trial are read and checked."""
     with db.session() as s:
+        route = _lease_route(s, lease_id)
+        if route is not None and route[2] == worker.id and record_live_result(s, route[0], route[1], lease_id, body):
+            return LeaseOutcome(trial_id=route[0], study_id=route[1], state=TrialState.completed.value, duplicate=False)
         lease, trial = _own_lease_and_trial(s, lease_id, worker)
+        _remember_lease(s, lease_id, trial.id, trial.study_id, lease.worker_id)
         if lease.outcome is None and trial.lease_id == lease.id and _expired(trial, utcnow()):
             raise Conflict(f"lease {lease_id} is over (expired): its result is not accepted")
         if lease.outcome not in (None, "completed"):
