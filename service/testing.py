@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["ServerProcess", "free_port"]
+__all__ = ["ServerProcess", "StatementCounter", "free_port"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,3 +81,82 @@ class ServerProcess:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class StatementCounter:
+    """Counts the SQL statements each HTTP request sends to the database (a SQLAlchemy
+    ``before_cursor_execute`` listener on every engine), for the statements-per-request benchmark
+    and the hot-path test.
+
+    Wrap the app with :meth:`wrap`: each request's statements (those of its dependencies, such as
+    the worker-token lookup, included; the engine's background threads excluded) are recorded
+    under the label ``label(method, path)`` returns, in :attr:`requests` as ``(label, status, statements)``.
+    Use it as a context manager to attach and detach the listener."""
+
+    def __init__(self, label=None):
+        import contextvars
+
+        self._current: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("mixopt_statements",
+                                                                                          default=None)
+        self.label = label or default_label
+        self.requests: list[tuple[str, int, list[str]]] = []
+
+    def _on_execute(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        out = self._current.get()
+        if out is not None:
+            out.append(statement)
+
+    def __enter__(self) -> StatementCounter:
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        event.listen(Engine, "before_cursor_execute", self._on_execute)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        event.remove(Engine, "before_cursor_execute", self._on_execute)
+
+    def wrap(self, app):
+        """An ASGI app that counts the statements of each of ``app``'s HTTP requests."""
+
+        async def counted(scope, receive, send):
+            if scope["type"] != "http":
+                return await app(scope, receive, send)
+            statements: list[str] = []
+            status = [0]
+
+            async def send_status(message):
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
+            token = self._current.set(statements)  # copied into the threads that run sync endpoints
+            try:
+                return await app(scope, receive, send_status)
+            finally:
+                self._current.reset(token)
+                self.requests.append((self.label(scope["method"], scope["path"]), status[0], statements))
+
+        return counted
+
+    def by_label(self, label: str, status: int | None = 200) -> list[list[str]]:
+        """The statements of each request of ``label`` answered with ``status`` (any when ``None``)."""
+        return [s for lab, st, s in self.requests if lab == label and (status is None or st == status)]
+
+    def clear(self) -> None:
+        self.requests.clear()
+
+
+def default_label(method: str, path: str) -> str:
+    """``POST /api/v1/leases/<uuid>/heartbeat`` -> ``POST /api/v1/leases/{id}/heartbeat``."""
+    import re
+
+    return f"{method} " + re.sub(r"/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|/\d+(?=/|$)",
+                                 "/{id}", path)
+
+
+WORKER_LOOKUP = "workers.token_hash"
+"""Statements containing this are the worker-token lookup (``service.engine.authenticate_worker``)."""

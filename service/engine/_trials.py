@@ -13,7 +13,8 @@ import logging
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, literal, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, lazyload
 
 from ..db import HELD, Database, announce_work, Lease, LossCurvePoint, Result, Study, StudyState, Trial, TrialState, utcnow
@@ -180,15 +181,65 @@ def record_result(s: Session, trial: Trial, body: ResultCreate, lease_id: str | 
     return True
 
 
+def record_live_result(s: Session, trial_id: int, study_id: int, lease_id: str, body: ResultCreate) -> bool:
+    """:func:`record_result` for a result that comes with ``lease_id``, the trial's live lease, without
+    reading the trial first: the trial's ``UPDATE`` holds the checks in its ``WHERE`` (still its
+    lease, still held, not expired), and on Postgres the lease's ``UPDATE`` and the result's
+    ``INSERT`` are parts of the same statement. ``False``, with nothing written, when the checks do
+    not hold or the result does not validate: the caller then reads the trial and answers as
+    :func:`record_result` does (a duplicate, 409, 422)."""
+    const = study_constants(s, study_id)
+    try:
+        check_result(const.objective, list(const.domain_names), body.losses, body.metrics)
+    except InputError:
+        return False
+    objective = objective_value(const.objective, body.losses, body.metrics)
+    now = utcnow()
+    done = (
+        update(Trial)
+        .where(Trial.id == trial_id, Trial.lease_id == lease_id, Trial.state.in_(HELD),
+               or_(Trial.lease_expires_at.is_(None), Trial.lease_expires_at >= now))
+        .values(state=TrialState.completed, objective=objective, finished_at=now, lease_id=None, lease_owner=None,
+                lease_expires_at=None, updated_at=now)  # explicit: in a CTE the column's onupdate is not applied
+        .returning(Trial.id)
+    )
+    ended = (update(Lease).where(Lease.id == lease_id, Lease.outcome.is_(None))
+             .values(outcome="completed", ended_at=now))
+    result = dict(trial_id=trial_id, lease_id=lease_id, losses=body.losses, metrics=body.metrics, objective=objective,
+                  tokens=body.tokens, wall_s=body.wall_s, payload_hash=payload_hash(body), created_at=now)
+    raw = {"synchronize_session": False}
+    if s.get_bind().dialect.name == "postgresql":
+        done = done.cte("done")
+        ended = ended.where(Lease.trial_id == done.c.id).returning(Lease.id).cte("ended")
+        columns = [c for c in result if c != "trial_id"]
+        stored = (insert(Result)
+                  .from_select(["trial_id", *columns],
+                               select(done.c.id, *(literal(result[c], Result.__table__.c[c].type) for c in columns)))
+                  .returning(Result.id).cte("stored"))
+        if s.execute(select(done.c.id).add_cte(ended, stored), execution_options=raw).first() is None:
+            return False
+    else:
+        if s.execute(done, execution_options=raw).first() is None:
+            return False
+        s.execute(ended, execution_options=raw)
+        s.execute(insert(Result).values(**result))
+    _add_curve(s, trial_id, body)
+    return True
+
+
 def _add_curve(s: Session, trial_id: int, body: ResultCreate) -> None:
+    """The curve's points, in one ``INSERT``: a step the trial has already (or earlier in
+    ``body.curve``) is left as it is."""
     if not body.curve:
         return
-    seen = set(s.scalars(select(LossCurvePoint.step).where(LossCurvePoint.trial_id == trial_id)))
+    rows: dict[int, dict] = {}
     for p in body.curve:
-        if p.step in seen:
-            continue
-        seen.add(p.step)
-        s.add(LossCurvePoint(trial_id=trial_id, step=p.step, tokens=p.tokens, train_loss=p.train_loss, losses=p.losses))
+        rows.setdefault(p.step, dict(trial_id=trial_id, step=p.step, tokens=p.tokens, train_loss=p.train_loss,
+                                     losses=p.losses))
+    dialect = s.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    s.execute(insert(LossCurvePoint).values(list(rows.values()))
+              .on_conflict_do_nothing(index_elements=["trial_id", "step"]))
 
 
 def report_result(db: Database, trial_id: int, body: ResultCreate) -> tuple[Trial, bool]:

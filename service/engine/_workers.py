@@ -4,14 +4,16 @@ calling worker holds it."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
 import time
+import uuid
 import weakref
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, case, func, insert, literal, literal_column, or_, select, true, type_coerce, update
 from sqlalchemy.orm import Session, lazyload
 
 from ..db import HELD, Database, Fidelity, Lease, Study, StudyState, Trial, TrialState, Worker, utcnow
@@ -22,7 +24,8 @@ from ..schemas.workers import WorkerCreate
 from ._costs import model_params
 from ._spec import study_constants
 from ._trials import (
-    _add_curve, _end_lease, get_trial, grant_lease, record_failure, record_result, requeue, sweep_expired,
+    _add_curve, _end_lease, get_trial, grant_lease, record_failure, record_live_result, record_result, requeue,
+    sweep_expired,
 )
 
 
@@ -34,12 +37,28 @@ database is refused within this many seconds."""
 LAZY_SWEEP_INTERVAL_S = 0.2
 """Lease calls sweep expired leases themselves (besides the engine's sweeper), at most this often per process."""
 _last_lazy_sweep: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_lease_routes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per database engine: lease id -> (trial id, study id, worker id), which never change once the
+lease exists; remembered when granted (or first looked up), so that a heartbeat can renew the lease
+in one statement without reading it first."""
+
+
+def _remember_lease(s: Session, lease_id: str, trial_id: int, study_id: int, worker_id: int | None) -> None:
+    cache = _lease_routes.setdefault(s.get_bind(), {})
+    if len(cache) > 100_000:  # bounded: forget everything rather than grow
+        cache.clear()
+    cache[lease_id] = (trial_id, study_id, worker_id)
+
+
+def _lease_route(s: Session, lease_id: str) -> tuple[int, int, int | None] | None:
+    return _lease_routes.get(s.get_bind(), {}).get(lease_id)
 
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+@functools.lru_cache(maxsize=16)
 def join_fingerprint(join_secret: str) -> str:
     """A short HMAC of the join secret, stored with each worker token: a token issued under another
     secret is refused. It does not reveal the secret (unlike a plain hash, it cannot be looked up)."""
@@ -177,28 +196,23 @@ def lease_next(db: Database, worker: Worker, max_trials: int = 1, model: str | N
     with db.session() as s:
         now = utcnow()
         _touch(s, worker, now)
-        if max_held is not None:
-            _room(s, worker, max_held, now)  # a full worker hears so even when there is no work
-        candidates = s.scalars(
-            select(Fidelity)
-            .join(Study, Study.id == Fidelity.study_id)
-            .where(Study.state == StudyState.running, Study.dispatch == "workers")
-            .where(select(Trial.id).where(Trial.fidelity_id == Fidelity.id, Trial.state == TrialState.queued).exists())
-        ).all()
-        fitting = {f.id: f for f in candidates if _fits(worker, f.model) and (model is None or f.model == model)}
-        if not fitting:
-            return []
-        q = (select(Trial).options(lazyload(Trial.fidelity), lazyload(Trial.result))
-             .where(Trial.fidelity_id.in_(fitting), Trial.state == TrialState.queued))
-        if not (worker.capabilities or {}).get("dynamic", True):
-            q = q.where(Trial.dynamic.is_(False))
+        caps = worker.capabilities or {}
+        if max_trials == 1 and caps.get("max_params") is None and s.get_bind().dialect.name == "postgresql":
+            return _lease_one(s, worker, model, max_held, now)
+        if max_held is not None:  # a full worker hears so even when there is no work
+            max_trials = min(max_trials, _room(s, worker, max_held, now))
+        fitting: dict[int, Fidelity] | None = None
+        if caps.get("max_params") is not None:  # the model's size decides: the fidelities with queued trials first
+            fitting = _fitting(s, worker, model)
+            if not fitting:
+                return []
+        q = _queued(select(Trial).options(lazyload(Trial.fidelity), lazyload(Trial.result)), worker, model, fitting)
         trial = s.scalars(q.order_by(Trial.id).limit(1).with_for_update(of=Trial, skip_locked=True)).first()
         if trial is None:
             return []
-        if max_held is not None:
-            max_trials = min(max_trials, _room(s, worker, max_held, now, lock=True))
         trials = [trial]
         if max_trials > 1 and not trial.dynamic:
+            fitting = fitting if fitting is not None else _fitting(s, worker, model)
             first = fitting[trial.fidelity_id]
             same = [f.id for f in fitting.values() if _same_run(f, first)]
             more = (select(Trial).where(Trial.fidelity_id.in_(same), Trial.state == TrialState.queued,
@@ -208,14 +222,97 @@ def lease_next(db: Database, worker: Worker, max_trials: int = 1, model: str | N
         return [_grant(s, t, worker) for t in trials]
 
 
-def _room(s: Session, worker: Worker, max_held: int, now: datetime, lock: bool = False) -> int:
-    """How many more leases ``worker`` may take; 409 when none. With ``lock``, the worker's row is
-    locked first, so that two lease calls of one worker cannot both pass the count before granting
-    (SQLite serialises transactions anyway)."""
-    if lock:
+def _queued(q: Select, worker: Worker, model: str | None, fitting: dict[int, Fidelity] | None) -> Select:
+    """``q`` (of trials) restricted to the queued trials of running worker studies that ``worker``
+    can run (of ``model`` if given): in SQL when its capabilities name models only, else of the
+    ``fitting`` fidelities (:func:`_fitting`)."""
+    caps = worker.capabilities or {}
+    q = (q.join(Study, Study.id == Trial.study_id)
+         .where(Study.state == StudyState.running, Study.dispatch == "workers", Trial.state == TrialState.queued))
+    if fitting is not None:
+        q = q.where(Trial.fidelity_id.in_(fitting))
+    else:
+        if caps.get("models") is not None or model is not None:
+            q = q.join(Fidelity, Fidelity.id == Trial.fidelity_id)
+        if caps.get("models") is not None:
+            q = q.where(Fidelity.model.in_(caps["models"]))
+        if model is not None:
+            q = q.where(Fidelity.model == model)
+    if not caps.get("dynamic", True):
+        q = q.where(Trial.dynamic.is_(False))
+    return q
+
+
+def _lease_one(s: Session, worker: Worker, model: str | None, max_held: int | None, now: datetime) -> list[LeaseItem]:
+    """Postgres, one trial, for a worker whose capabilities are conditions on the model: after the
+    worker's row is locked (see :func:`_room`), one statement counts its leases, picks the oldest
+    fitting queued trial (``SKIP LOCKED``), leases it (the trial's UPDATE and the lease's INSERT)
+    and returns it with the count."""
+    if max_held is not None:
         s.execute(select(Worker.id).where(Worker.id == worker.id).with_for_update())
-    held = s.scalar(select(func.count()).select_from(Trial).join(Lease, Lease.id == Trial.lease_id)
-                    .where(Lease.worker_id == worker.id, Trial.state.in_(HELD), Trial.lease_expires_at >= now))
+    held = (select(func.count()).select_from(Trial).join(Lease, Lease.id == Trial.lease_id)
+            .where(Lease.worker_id == worker.id, Trial.state.in_(HELD), Trial.lease_expires_at >= now)
+            .cte("held"))
+    pick = _queued(select(Trial.id, Study.lease_seconds), worker, model, None)
+    if max_held is not None:
+        pick = pick.where(select(held.c.count).scalar_subquery() < max_held)
+    pick = pick.order_by(Trial.id).limit(1).with_for_update(of=Trial, skip_locked=True).cte("pick")
+    when = Trial.lease_expires_at.type
+    lease_id = str(uuid.uuid4())
+    granted = (
+        update(Trial).where(Trial.id == pick.c.id)
+        .values(state=TrialState.leased, attempts=Trial.attempts + 1, lease_id=lease_id,
+                lease_owner=f"worker:{worker.id}",
+                lease_expires_at=type_coerce(literal(now, when) + pick.c.lease_seconds
+                                             * literal_column("interval '1 second'"), when),
+                started_at=func.coalesce(Trial.started_at, literal(now, when)), updated_at=now)
+        .returning(Trial.id, Trial.study_id, Trial.number, Trial.fidelity_id, Trial.mixture, Trial.dynamic,
+                   Trial.strategy_meta, Trial.attempts, Trial.lease_expires_at)
+        .cte("granted")
+    )
+    leased = (
+        insert(Lease)
+        .from_select(["id", "trial_id", "worker_id", "attempt", "created_at", "expires_at"],
+                     select(literal(lease_id), granted.c.id, literal(worker.id), granted.c.attempts,
+                            literal(now, when), granted.c.lease_expires_at))
+        .returning(Lease.id)
+        .cte("leased")
+    )
+    trial = s.execute(select(held.c.count.label("held"), granted).select_from(held.outerjoin(granted, true()))
+                      .add_cte(leased)).one()
+    if trial.id is None:
+        if max_held is not None and trial.held >= max_held:
+            raise Conflict(f"worker {worker.id} holds {trial.held} leases, the most one worker may hold "
+                           f"(MIXOPT_MAX_LEASES_PER_WORKER={max_held}): finish or release some first")
+        return []
+    const = study_constants(s, trial.study_id)
+    _remember_lease(s, lease_id, trial.id, trial.study_id, worker.id)
+    return [_lease_item(const, lease_id, trial.lease_expires_at, trial)]
+
+
+def _fitting(s: Session, worker: Worker, model: str | None) -> dict[int, Fidelity]:
+    """The fidelities of running worker studies with queued trials that ``worker`` can run (of
+    ``model`` if given), by id."""
+    candidates = s.scalars(
+        select(Fidelity)
+        .join(Study, Study.id == Fidelity.study_id)
+        .where(Study.state == StudyState.running, Study.dispatch == "workers")
+        .where(select(Trial.id).where(Trial.fidelity_id == Fidelity.id, Trial.state == TrialState.queued).exists())
+    ).all()
+    return {f.id: f for f in candidates if _fits(worker, f.model) and (model is None or f.model == model)}
+
+
+def _room(s: Session, worker: Worker, max_held: int, now: datetime) -> int:
+    """How many more leases ``worker`` may take; 409 when none. The worker's row is locked first,
+    so that two lease calls of one worker cannot both pass the count before granting. On Postgres
+    the count is a statement of its own, after the lock: in one statement it would read the
+    snapshot taken before the lock was granted, and miss the leases of the call it waited for.
+    SQLite serialises transactions (``BEGIN IMMEDIATE``): no lock to take there."""
+    held = (select(func.count()).select_from(Trial).join(Lease, Lease.id == Trial.lease_id)
+            .where(Lease.worker_id == worker.id, Trial.state.in_(HELD), Trial.lease_expires_at >= now))
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(select(Worker.id).where(Worker.id == worker.id).with_for_update())
+    held = s.scalar(held)
     if held >= max_held:
         raise Conflict(f"worker {worker.id} holds {held} leases, the most one worker may hold "
                        f"(MIXOPT_MAX_LEASES_PER_WORKER={max_held}): finish or release some first")
@@ -230,14 +327,20 @@ def _same_run(a: Fidelity, b: Fidelity) -> bool:
 def _grant(s: Session, trial: Trial, worker: Worker) -> LeaseItem:
     const = study_constants(s, trial.study_id)
     lease = grant_lease(s, trial, const.lease_seconds, worker_id=worker.id)
+    _remember_lease(s, lease.id, trial.id, trial.study_id, worker.id)
+    return _lease_item(const, lease.id, lease.expires_at, trial)
+
+
+def _lease_item(const, lease_id: str, expires_at: datetime, trial) -> LeaseItem:
+    """``trial``: a :class:`Trial`, or a row of its columns, its ``attempts`` counting this lease."""
     return LeaseItem(
-        lease_id=lease.id,
-        expires_at=lease.expires_at,
+        lease_id=lease_id,
+        expires_at=expires_at,
         heartbeat_interval_s=max(const.lease_seconds / 3.0, 0.2),
         trial=LeasedTrial(
             id=trial.id, study_id=trial.study_id, number=trial.number, mixture=trial.mixture,
             fidelity=const.fidelities[trial.fidelity_id],
-            dynamic=trial.dynamic, seed=const.seed * 100_003 + trial.number, attempt=lease.attempt,
+            dynamic=trial.dynamic, seed=const.seed * 100_003 + trial.number, attempt=trial.attempts,
             strategy_meta=trial.strategy_meta or {},
         ),
     )
@@ -252,6 +355,22 @@ def _own_lease(s: Session, lease_id: str, worker: Worker) -> Lease:
     return lease
 
 
+def _own_lease_and_trial(s: Session, lease_id: str, worker: Worker) -> tuple[Lease, Trial]:
+    """The worker's lease and its trial (locked, its relationships not loaded) in one read; 404
+    for an unknown lease, 403 for another worker's."""
+    row = s.execute(
+        select(Lease, Trial).join(Trial, Trial.id == Lease.trial_id)
+        .options(lazyload(Trial.fidelity), lazyload(Trial.result))
+        .where(Lease.id == lease_id).with_for_update(of=Trial)
+    ).one_or_none()
+    if row is None:
+        raise NotFound("lease", lease_id)
+    lease, trial = row
+    if lease.worker_id != worker.id:
+        raise Forbidden(f"lease {lease_id} belongs to another worker")
+    return lease, trial
+
+
 def own_live_lease(s: Session, lease_id: str, worker: Worker) -> tuple[Lease, Trial]:
     """The worker's lease and its (locked) trial; 403 for another's lease, 409 for one that is over
     (ended, replaced, or past its expiry: the sweeper requeues it)."""
@@ -264,48 +383,108 @@ def own_live_lease(s: Session, lease_id: str, worker: Worker) -> tuple[Lease, Tr
     return lease, trial
 
 
+_STOP = (StudyState.cancelled, StudyState.failed)
+"""A heartbeat on a lease of a study in these states is answered ``stop`` (and does not renew it)."""
+
+
 def heartbeat(db: Database, lease_id: str, worker: Worker, body: Heartbeat) -> HeartbeatAnswer:
-    """Renew the lease and record progress; answer ``stop`` when the study was cancelled. One read
-    of the lease, its (locked) trial and its study's state, then the two updates: no ORM objects."""
+    """Renew the lease and record progress; answer ``stop`` when the study was cancelled.
+
+    A lease this process granted (or saw before) is renewed by one ``UPDATE ... RETURNING`` on its
+    trial whose ``WHERE`` holds every check (still the trial's lease, not expired), then the lease's
+    progress (on Postgres both in one statement). When that updates no row, or the lease is not
+    known here, one read of the lease, its (locked) trial and its study's state says why (404,
+    403, 409), or renews it as before: no ORM objects either way."""
     with db.session() as s:
-        row = s.execute(
-            select(Lease.worker_id, Lease.outcome, Lease.expires_at, Trial.id, Trial.lease_id, Trial.lease_expires_at,
-                   Trial.state, Trial.study_id, Study.state)
-            .join(Trial, Trial.id == Lease.trial_id).join(Study, Study.id == Trial.study_id)
-            .where(Lease.id == lease_id).with_for_update(of=Trial)
-        ).one_or_none()
-        if row is None:
-            raise NotFound("lease", lease_id)
-        owner, outcome, expires_at, trial_id, current, trial_expiry, trial_state, study_id, study_state = row
-        if owner != worker.id:
-            raise Forbidden(f"lease {lease_id} belongs to another worker")
-        if outcome is not None or current != lease_id:
-            raise Conflict(f"lease {lease_id} is over ({outcome or 'replaced'}): abandon the run")
         now = utcnow()
-        if trial_expiry is not None and trial_expiry < now:
-            raise Conflict(f"lease {lease_id} is over (expired): abandon the run")
-        _touch(s, worker, now)
         progress = {**body.progress.model_dump(exclude_none=True),
                     **({"log_tail": body.log_tail} if body.log_tail else {}), "at": now.isoformat()}
-        stop = study_state in (StudyState.cancelled, StudyState.failed)
-        if not stop:
-            expires_at = now + timedelta(seconds=study_constants(s, study_id).lease_seconds)
-        s.execute(update(Lease).where(Lease.id == lease_id)
-                  .values(last_heartbeat_at=now, progress=progress, expires_at=expires_at))
-        s.execute(update(Trial).where(Trial.id == trial_id)
-                  .values(lease_expires_at=expires_at, state=TrialState.running))
+        route = _lease_route(s, lease_id)
+        renewed = None
+        if route is not None and route[2] == worker.id:
+            renewed = _renew(s, lease_id, route, now, progress)
+        if renewed is None:
+            renewed = _renew_checked(s, lease_id, worker, now, progress)
+        trial_id, expires_at, study_state = renewed
+        _touch(s, worker, now)
         _add_curve(s, trial_id, body)
-        if stop:
+        if study_state in _STOP:
             return HeartbeatAnswer(action="stop", expires_at=expires_at, reason=f"study {study_state.value}")
         return HeartbeatAnswer(action="continue", expires_at=expires_at)
 
 
+def _renew(s: Session, lease_id: str, route: tuple[int, int, int | None], now: datetime,
+           progress: dict) -> tuple[int, datetime, StudyState] | None:
+    """The fast path of :func:`heartbeat`: ``(trial id, expiry, study state)``, or ``None`` when the
+    lease is not the trial's live lease (nothing is written then)."""
+    trial_id, study_id, _ = route
+    study_state = select(Study.state).where(Study.id == study_id).scalar_subquery()
+    renew = (
+        update(Trial)
+        .where(Trial.id == trial_id, Trial.lease_id == lease_id,
+               or_(Trial.lease_expires_at.is_(None), Trial.lease_expires_at >= now))
+        .values(state=TrialState.running, updated_at=now,
+                lease_expires_at=case((study_state.in_(_STOP), Trial.lease_expires_at),
+                                      else_=literal(now + timedelta(seconds=study_constants(s, study_id).lease_seconds),
+                                                    Trial.lease_expires_at.type)))
+    )
+    lease_values = dict(last_heartbeat_at=now, progress=progress)
+    if s.get_bind().dialect.name == "postgresql":  # one statement: the lease's update reads the trial's
+        t = renew.returning(Trial.id, Trial.lease_expires_at, study_state.label("study_state")).cte("renewed")
+        row = s.execute(update(Lease).where(Lease.id == lease_id, Lease.trial_id == t.c.id)
+                        .values(expires_at=t.c.lease_expires_at, **lease_values)
+                        .returning(t.c.lease_expires_at, t.c.study_state),
+                        execution_options={"synchronize_session": False}).one_or_none()
+    else:
+        row = s.execute(renew.returning(Trial.lease_expires_at, study_state),
+                        execution_options={"synchronize_session": False}).one_or_none()
+        if row is not None:
+            s.execute(update(Lease).where(Lease.id == lease_id).values(expires_at=row[0], **lease_values))
+    if row is None:
+        return None
+    return trial_id, row[0], StudyState(row[1])
+
+
+def _renew_checked(s: Session, lease_id: str, worker: Worker, now: datetime,
+                   progress: dict) -> tuple[int, datetime, StudyState]:
+    """The slow path of :func:`heartbeat`: read the lease, its (locked) trial and its study's
+    state; 404, 403 or 409 for a lease that may not be renewed, else renew it."""
+    row = s.execute(
+        select(Lease.worker_id, Lease.outcome, Lease.expires_at, Trial.id, Trial.lease_id, Trial.lease_expires_at,
+               Trial.state, Trial.study_id, Study.state)
+        .join(Trial, Trial.id == Lease.trial_id).join(Study, Study.id == Trial.study_id)
+        .where(Lease.id == lease_id).with_for_update(of=Trial)
+    ).one_or_none()
+    if row is None:
+        raise NotFound("lease", lease_id)
+    owner, outcome, expires_at, trial_id, current, trial_expiry, trial_state, study_id, study_state = row
+    _remember_lease(s, lease_id, trial_id, study_id, owner)
+    if owner != worker.id:
+        raise Forbidden(f"lease {lease_id} belongs to another worker")
+    if outcome is not None or current != lease_id:
+        raise Conflict(f"lease {lease_id} is over ({outcome or 'replaced'}): abandon the run")
+    if trial_expiry is not None and trial_expiry < now:
+        raise Conflict(f"lease {lease_id} is over (expired): abandon the run")
+    if study_state not in _STOP:
+        expires_at = now + timedelta(seconds=study_constants(s, study_id).lease_seconds)
+    s.execute(update(Lease).where(Lease.id == lease_id)
+              .values(last_heartbeat_at=now, progress=progress, expires_at=expires_at))
+    s.execute(update(Trial).where(Trial.id == trial_id)
+              .values(lease_expires_at=expires_at, state=TrialState.running))
+    return trial_id, expires_at, study_state
+
+
 def complete_lease(db: Database, lease_id: str, worker: Worker, body: ResultCreate) -> LeaseOutcome:
     """Record the lease's final result, once: a repeat with the same payload is answered from the
-    stored row; a result from an expired or replaced lease is refused (409)."""
+    stored row; a result from an expired or replaced lease is refused (409). A lease this process
+    knows is completed without reading it first (:func:`record_live_result`); otherwise, or when
+    that does not take, the lease and its locked trial are read and checked."""
     with db.session() as s:
-        lease = _own_lease(s, lease_id, worker)
-        trial = get_trial(s, lease.trial_id, lock=True, light=True)
+        route = _lease_route(s, lease_id)
+        if route is not None and route[2] == worker.id and record_live_result(s, route[0], route[1], lease_id, body):
+            return LeaseOutcome(trial_id=route[0], study_id=route[1], state=TrialState.completed.value, duplicate=False)
+        lease, trial = _own_lease_and_trial(s, lease_id, worker)
+        _remember_lease(s, lease_id, trial.id, trial.study_id, lease.worker_id)
         if lease.outcome is None and trial.lease_id == lease.id and _expired(trial, utcnow()):
             raise Conflict(f"lease {lease_id} is over (expired): its result is not accepted")
         if lease.outcome not in (None, "completed"):
