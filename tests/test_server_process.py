@@ -44,10 +44,13 @@ def test_eight_concurrent_askers_on_postgres(postgres_url, server_factory):
                     return
                 for t in body["trials"]:
                     time.sleep(0.005)
-                    r = c.post(f"/api/v1/trials/{t['id']}/result",
-                               json={"losses": known_losses(t["mixture"]), "lease_id": t["lease_id"]})
+                    # uncounted before its report is sent: the trials counted are always a subset of
+                    # those the server holds (counting until the answer arrives would also count the
+                    # trial the server has completed and replaced meanwhile)
                     with lock:
                         held_now["n"] -= 1
+                    r = c.post(f"/api/v1/trials/{t['id']}/result",
+                               json={"losses": known_losses(t["mixture"]), "lease_id": t["lease_id"]})
                     if r.status_code != 200:
                         errors.append(r.text)
                 if not body["trials"]:
