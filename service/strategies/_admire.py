@@ -126,8 +126,13 @@ def build_model(X: torch.Tensor, Y: torch.Tensor, k: int, n_fidelities: int, tar
     # models that pending trials need
     noise_prior = LogNormalPrior(-4.0, 1.0)
     likelihood = GaussianLikelihood(noise_prior=noise_prior, noise_constraint=GreaterThan(1e-6, initial_value=noise_prior.mode))
-    return MultiTaskGP(X, Y, task_feature=k, covar_module=weights_kernel, likelihood=likelihood,
-                       all_tasks=list(range(n_fidelities)), output_tasks=[target_index])
+    model = MultiTaskGP(X, Y, task_feature=k, covar_module=weights_kernel, likelihood=likelihood,
+                        all_tasks=list(range(n_fidelities)), output_tasks=[target_index])
+    # The index kernel scales its covariance so that one task's variance is 1: BoTorch's default is
+    # task 0, the cheapest fidelity here, which left the target's variance free to fit to ~0 from a
+    # few target results (a flat target posterior: every mixture predicted the same). Pin the target.
+    model.covar_module.kernels[1].target_task_index = target_index
+    return model
 
 
 def fidelity_correlation(model, target_index: int) -> np.ndarray:
@@ -386,9 +391,10 @@ class AdmireStrategy(BaseStrategy):
                                        num_samples=64, num_fantasies=p.num_fantasies, X_pending=X_pending)
 
     def _target_ei(self, model, history: History, pending: list[torch.Tensor], X: torch.Tensor):
-        """q=1 log expected improvement of the target posterior (pending target trials, ``1 x (k +
-        1)`` each, as ``X_pending``) over the best target posterior mean among the target-run
+        """Log expected improvement of the target posterior (closed form; with pending target
+        trials, ``1 x (k + 1)`` each, the Monte Carlo q=1 version with them as ``X_pending``) over the best target posterior mean among the target-run
         mixtures (before any: among the candidates ``X``, ``c x (k + 1)`` at the target)."""
+        from botorch.acquisition.analytic import LogExpectedImprovement
         from botorch.acquisition.logei import qLogExpectedImprovement
 
         # a pending cheaper run is no candidate for the target's best (its input would be read at its own fidelity)
@@ -398,7 +404,12 @@ class AdmireStrategy(BaseStrategy):
         with torch.no_grad():
             ref = self._x(np.stack(seen), self.space.target.name) if seen else X
             best_f = float(model.posterior(ref).mean.max())
-        return qLogExpectedImprovement(model, best_f=best_f, X_pending=torch.cat(pending) if pending else None)
+        if not pending:
+            # closed form: exact far into the tail, where the Monte Carlo estimate is flat (once the
+            # model is sure no mixture beats its best, every candidate scored the same and the pick
+            # was the first row)
+            return LogExpectedImprovement(model, best_f=best_f)
+        return qLogExpectedImprovement(model, best_f=best_f, X_pending=torch.cat(pending))
 
     @staticmethod
     def _score(acq, X: torch.Tensor, chunk: int = 256) -> torch.Tensor:
