@@ -391,9 +391,10 @@ class AdmireStrategy(BaseStrategy):
                                        num_samples=64, num_fantasies=p.num_fantasies, X_pending=X_pending)
 
     def _target_ei(self, model, history: History, pending: list[torch.Tensor], X: torch.Tensor):
-        """Log expected improvement of the target posterior (closed form; with pending target
-        trials, ``1 x (k + 1)`` each, the Monte Carlo q=1 version with them as ``X_pending``) over the best target posterior mean among the target-run
-        mixtures (before any: among the candidates ``X``, ``c x (k + 1)`` at the target)."""
+        """Log expected improvement of the target posterior over the best target posterior mean
+        among the target-run mixtures (before any: among the candidates ``X``, ``c x (k + 1)`` at
+        the target). Closed form; with pending target trials (``1 x (k + 1)`` each), the Monte
+        Carlo q=1 version with them as ``X_pending``."""
         from botorch.acquisition.analytic import LogExpectedImprovement
         from botorch.acquisition.logei import qLogExpectedImprovement
 
@@ -504,15 +505,15 @@ class AdmireStrategy(BaseStrategy):
             free[j] = False
             i, f = pairs[j]
             if fid[j] == self.target_index and (probe := self._probe(history, out, budget, pool.weights[i], row=int(i))):
-                # the target pair stays reserved for this batch: its probe has to come back first
-                k = next((m for m, pair in enumerate(pairs) if pair == (i, probe)), None)
-                if k is not None:
-                    free[k] = False
-                    pending.append(X[k : k + 1])
-                    out.append(self._proposal(model, pool.weights[i], probe, float(score[j]), gp, budget,
-                                              pool_index=int(i), phase="probe"))
-                    budget = budget.add(probe)
-                    continue
+                # the target pair stays reserved for this batch: its probe has to come back first.
+                # _probe vouches that the row has no run at the probe's fidelity: the pair is free
+                k = pairs.index((i, probe))
+                free[k] = False
+                pending.append(X[k : k + 1])
+                out.append(self._proposal(model, pool.weights[i], probe, float(score[j]), gp, budget,
+                                          pool_index=int(i), phase="probe"))
+                budget = budget.add(probe)
+                continue
             pending.append(X[j : j + 1])
             out.append(self._proposal(model, pool.weights[i], f, float(score[j]), gp, budget, pool_index=int(i)))
             budget = budget.add(f)
