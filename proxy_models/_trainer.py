@@ -59,6 +59,9 @@ class _Runtime:
 
     def close(self) -> None:
         if self.owns_group:
+            # every rank reaches the teardown before any destroys the group: a rank that destroys
+            # it while its peer's gloo connection is still live can abort the peer at exit
+            dist.barrier()
             dist.destroy_process_group()
 
 
