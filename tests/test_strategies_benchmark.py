@@ -18,7 +18,16 @@ from service.benchmarking import (
     write_pool,
 )
 from service.benchmarking.pool import REGMIX_DIR
-from service.benchmarking.suite import REDUCED, acceptance, format_suite, run_suite, save_suite, suite_pools
+from service.benchmarking.suite import (
+    REDUCED,
+    acceptance,
+    format_suite,
+    load_suite,
+    merge_suites,
+    run_suite,
+    save_suite,
+    suite_pools,
+)
 
 needs_data = pytest.mark.skipif(not (REGMIX_DIR / "train_mixture_1m.csv").exists(),
                                 reason=f"the RegMix runs are not in {REGMIX_DIR}")
@@ -95,6 +104,52 @@ def test_suite_output_resumes_from_kept_traces(tmp_path):
     assert "| regmix/pile_cc | 0.99 |" in paths["short"].read_text()
     assert paths["png"].stat().st_size > 20_000
     assert set(json.loads(paths["json"].read_text())["acceptance"]) == set(REDUCED)
+
+
+def _without_time(results: dict) -> str:
+    """The suite's figures as JSON, without the strategies' compute time (it differs run to run)."""
+    def strip(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k != "strategy_seconds"}
+
+    return json.dumps({name: {**r, "strategies": {label: {**s, "summary": strip(s["summary"]), "traces": list(map(strip, s["traces"]))}
+                                                  for label, s in r["strategies"].items()}}
+                       for name, r in results.items()}, sort_keys=True)
+
+
+def test_suites_run_apart_merge_into_the_suite_run_at_once(tmp_path):
+    """Strategies run as separate suites merge into what one suite with all of them gives (through
+    the saved files and the CLI); runs that disagree on a pool's settings or a strategy's results
+    are refused."""
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    pools = suite_pools(["synthetic/k10-rho0.8"])
+    specs = {s.label: s for s in SUITE_STRATEGIES if s.label in ("random", "uniform")}
+    both = run_suite(pools, list(specs.values()), (0, 1), out=tmp_path / "both", max_cost=REDUCED_COST)
+    for label in ("uniform", "random"):  # the other order: the merge puts them back in the suite's order
+        save_suite(run_suite(pools, [specs[label]], (0, 1), out=tmp_path / label, max_cost=REDUCED_COST), tmp_path / label)
+    merged = merge_suites([load_suite(tmp_path / "uniform"), load_suite(tmp_path / "random" / "suite.json")])
+    assert list(merged["synthetic/k10-rho0.8"]["strategies"]) == ["random", "uniform"]
+    save_suite(both, tmp_path / "both")
+    assert _without_time(merged) == _without_time(load_suite(tmp_path / "both"))
+
+    r = CliRunner().invoke(app, ["bench", "merge-suites", str(tmp_path / "uniform"), str(tmp_path / "random"),
+                                 "--out", str(tmp_path / "merged")])
+    assert r.exit_code == 0, r.output
+    assert "| synthetic/k10-rho0.8 | 0.80, 0.80 |" in r.output and (tmp_path / "merged" / "suite.png").exists()
+
+    other = run_suite(pools, [specs["random"]], (0, 1, 2), out=tmp_path / "three", max_cost=REDUCED_COST)
+    with pytest.raises(ValueError, match="differ in their settings"):
+        merge_suites([load_suite(tmp_path / "uniform"), other])
+    changed = json.loads(json.dumps(load_suite(tmp_path / "random")))
+    changed["synthetic/k10-rho0.8"]["strategies"]["random"]["summary"]["cost_to_regret"]["0.05"]["median"] = 0.5
+    with pytest.raises(ValueError, match="'random' was measured twice"):
+        merge_suites([load_suite(tmp_path / "random"), changed])
+    (tmp_path / "nothing").mkdir()
+    r = CliRunner().invoke(app, ["bench", "merge-suites", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")],
+                           env={"COLUMNS": "400"})
+    assert r.exit_code == 2 and "no suite.json" in r.output
 
 
 def test_acceptance_needs_admire_within_1_2x_random_and_at_most_regmix():

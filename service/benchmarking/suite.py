@@ -12,6 +12,7 @@ describes each), and the suite's table, acceptance check and plot.
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -198,6 +199,61 @@ def format_compact(results: dict[str, dict], level: float = 0.05, budget: float 
     lines.append(f"each cell: median cost (target-fidelity runs) to normalised regret <= {level:g} / median regret of the "
                  f"recommendation after cost {budget:g}; check: admire's cost at most 1.2x random's and at most regmix's")
     return "\n".join(lines)
+
+
+def load_suite(path: str | Path) -> dict[str, dict]:
+    """The per-pool results of a saved suite: ``path`` is a ``suite.json``, a ``suite.json.gz``,
+    or a folder holding one."""
+    path = Path(path)
+    if path.is_dir():
+        found = [path / name for name in ("suite.json", "suite.json.gz") if (path / name).exists()]
+        if not found:
+            raise ValueError(f"{path}: no suite.json or suite.json.gz")
+        path = found[0]
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as f:
+        doc = json.load(f)
+    if not isinstance(doc, dict) or not isinstance(doc.get("pools"), dict):
+        raise ValueError(f"{path}: not a saved suite (no 'pools')")
+    return doc["pools"]
+
+
+def merge_suites(suites: Sequence[dict[str, dict]]) -> dict[str, dict]:
+    """One suite from several runs of it (say one run per strategy, or per group of pools): per
+    pool, the union of the runs' strategies, in the suite's strategy order. Pools keep the order in
+    which they first appear.
+
+    Raises:
+        ValueError: when two runs of one pool differ in their settings (seeds, budget,
+            parallelism, budgets, regret levels) or in the pool itself, or measured one
+            strategy with different parameters or results.
+    """
+    order = {spec.label: i for i, spec in enumerate(SUITE_STRATEGIES)}
+    merged: dict[str, dict] = {}
+    for suite in suites:
+        for name, result in suite.items():
+            if name not in merged:
+                merged[name] = {**result, "strategies": dict(result["strategies"])}
+                continue
+            have = merged[name]
+            for key in ("settings", "pool"):
+                if have[key] != result[key]:
+                    raise ValueError(f"pool {name!r}: the runs differ in their {key}; they cannot be merged")
+            for label, r in result["strategies"].items():
+                old = have["strategies"].get(label)
+                if old is not None and (old["params"] != r["params"] or _figures(old) != _figures(r)):
+                    raise ValueError(f"pool {name!r}: strategy {label!r} was measured twice with different "
+                                     "parameters or results (rerun one with the current code)")
+                have["strategies"][label] = r
+    for result in merged.values():
+        labels = sorted(result["strategies"], key=lambda label: (order.get(label, len(order)), label))
+        result["strategies"] = {label: result["strategies"][label] for label in labels}
+    return merged
+
+
+def _figures(result: dict) -> dict:
+    """A strategy's summary without its compute time (two runs of the same traces differ in it)."""
+    return {k: v for k, v in result["summary"].items() if k != "strategy_seconds"}
 
 
 def save_suite(results: dict[str, dict], out: Path, wall_s: float | None = None) -> dict[str, Path]:

@@ -105,6 +105,23 @@ def search(
     typer.echo(f"wrote {out / 'search.json'}, {out / 'search.md'}, {out / 'search.png'} ({result['wall_s']:.0f}s)")
 
 
+@app.command("merge-suites")
+def merge_suites_cmd(
+    sources: list[Path] = typer.Argument(..., help="Saved suites: folders holding suite.json(.gz), or the files."),
+    out: Path = typer.Option(..., help="Output folder (suite.json, suite.md, suite-short.md, suite.png)."),
+) -> None:
+    """Merge suites run separately (per strategy or per group of pools) into one table and plot."""
+    from ..benchmarking.suite import load_suite, merge_suites, save_suite
+
+    try:
+        results = merge_suites([load_suite(path) for path in sources])
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    paths = save_suite(results, out)
+    typer.echo(paths["short"].read_text())
+    typer.echo(f"wrote {', '.join(map(str, paths.values()))}")
+
+
 @app.command("latency")
 def latency(
     strategies: Optional[str] = typer.Option(None, help="Comma-separated labels (default: admire-mes, admire-kg, regmix, random, uniform)."),
