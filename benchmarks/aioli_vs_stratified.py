@@ -283,6 +283,24 @@ def run_one(bench: BenchConfig, corpus_dir: str, cache_dir: str, method: str, se
     return record
 
 
+def _resume_key(bench: BenchConfig, domains: Sequence[str]) -> str:
+    """The settings a kept run must share to be reused. The prior is left out: only the
+    ``aioli-restricted`` runs depend on it, and they carry it in their ``params``."""
+    shared = dataclasses.replace(bench, prior_mixture=None, prior_fraction=BenchConfig.prior_fraction)
+    return json.dumps({**dataclasses.asdict(shared), "domains": list(domains)}, sort_keys=True)
+
+
+def resumable_runs(lines: Sequence[str], bench: BenchConfig, domains: Sequence[str]) -> list[dict[str, Any]]:
+    """The kept runs of a partial file (its first line the settings' key, then one run per line)
+    that ``bench`` can reuse: none when the settings differ, and no ``aioli-restricted`` run made
+    with another prior. A method added to a finished benchmark thus runs alone."""
+    if not lines or lines[0] != _resume_key(bench, domains):
+        return []
+    restricted = json.loads(json.dumps(aioli_params(bench, "aioli-restricted", domains)))
+    runs = [json.loads(line) for line in lines[1:] if line.strip()]
+    return [r for r in runs if r["method"] != "aioli-restricted" or r.get("params") == restricted]
+
+
 def learnparams_diagnostics(run: dict[str, Any]) -> dict[str, Any] | None:
     """What an Aioli run measured in its LearnParams phases (steering-split losses only).
 
@@ -639,14 +657,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         corpus = subset_corpus(corpus_dir, args.cache_dir, domains)
         # Every finished run is appended to a partial file; --resume reuses those of the same settings.
         partial = args.out / f"aioli_vs_stratified.{name}.partial.jsonl"
-        key = json.dumps({**dataclasses.asdict(bench), "domains": domains}, sort_keys=True)
         done = []
         if args.resume and partial.exists():
-            lines = partial.read_text().splitlines()
-            if lines and lines[0] == key:
-                done = [json.loads(line) for line in lines[1:] if line.strip()]
+            done = resumable_runs(partial.read_text().splitlines(), bench, domains)
+        key = _resume_key(bench, domains)
         if not done:
             partial.write_text(key + "\n")
+        else:  # only the reusable runs stay (an aioli-restricted run with another prior goes)
+            partial.write_text("\n".join([key, *map(json.dumps, done)]) + "\n")
         with tqdm(total=len(seeds) * len(methods), desc=f"{name}: proxy runs") as bar:
             def progress(run: dict[str, Any]) -> None:
                 bar.update()

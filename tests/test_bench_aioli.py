@@ -156,3 +156,22 @@ def test_cli_command_forwards_to_the_script():
     assert "--prior-fraction" in r.output and "--test-fraction" in r.output
     r = CliRunner().invoke(app, ["bench", "aioli", "--methods", "doremi"])
     assert r.exit_code == 2 and "--methods: unknown ['doremi']" in r.output
+
+
+def test_resume_reuses_runs_of_the_same_settings_and_restricted_runs_of_the_same_prior(bench):
+    """A finished benchmark gains a method (or a restricted run with a new prior) without rerunning
+    the others; runs of other settings are never reused."""
+    domains = ["code", "dialogue"]
+    cfg = bench.BenchConfig(steps=STEPS, batch_size=BATCH, seq_len=SEQ)
+    prior_a = bench.dataclasses.replace(cfg, prior_mixture={"code": 0.8, "dialogue": 0.2})
+    prior_b = bench.dataclasses.replace(cfg, prior_mixture={"code": 0.3, "dialogue": 0.7})
+    kept = [{"method": "stratified", "seed": 0},
+            {"method": "aioli-restricted", "seed": 0, "params": bench.aioli_params(prior_a, "aioli-restricted", domains)}]
+    lines = [bench._resume_key(cfg, domains), *(json.dumps(r) for r in kept)]
+    assert [r["method"] for r in bench.resumable_runs(lines, prior_a, domains)] == ["stratified", "aioli-restricted"]
+    assert [r["method"] for r in bench.resumable_runs(lines, prior_b, domains)] == ["stratified"]
+    assert [r["method"] for r in bench.resumable_runs(lines, cfg, domains)] == ["stratified"]  # uniform prior
+    longer = bench.dataclasses.replace(prior_a, steps=STEPS + 1)
+    assert bench.resumable_runs(lines, longer, domains) == []
+    assert bench.resumable_runs(lines, prior_a, ["code", "prose"]) == []
+    assert bench.resumable_runs([], prior_a, domains) == []
