@@ -16,6 +16,9 @@ domain each example is drawn from. Methods:
 * ``aioli-eta0``        a control: Aioli's schedule with ``eta = 1e-9``, so its training segments
                         stay uniform; it differs from ``stratified`` only by the LearnParams
                         segments, and from ``aioli`` only by the mixture Aioli chose.
+* ``prior``             a control for ``aioli-restricted``: its prior mixture for the whole run
+                        (no Aioli), which tells the prior's share of the restricted variant's gain
+                        from Aioli's.
 
 **Settings** (``--settings``): ``k5`` all five demo domains; ``k3`` code, dialogue and prose;
 ``k2`` code and dialogue (the paper's 3- and 2-domain rows: arXiv, Books, StackExchange).
@@ -70,7 +73,7 @@ from service.strategies.aioli import (  # noqa: E402
     summarize_run,
 )
 
-METHODS = ("stratified", "aioli", "aioli-restricted", "aioli-eta0")
+METHODS = ("stratified", "aioli", "aioli-restricted", "aioli-eta0", "prior")
 ETA_OFF = 1e-9
 """``eta`` of the ``aioli-eta0`` control: ``exp(eta * c)`` is 1 up to 1e-9, the mixture stays uniform."""
 ROUNDS = 8
@@ -235,10 +238,13 @@ def run_one(bench: BenchConfig, corpus_dir: str, cache_dir: str, method: str, se
     domains = list(corpus.domains)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     record: dict[str, Any] = {"method": method, "seed": seed}
-    if method == "stratified":
+    if method in ("stratified", "prior"):
         aioli = AioliStrategy(search_space(bench, domains), aioli_params(bench, "aioli", domains))
         cfg = bench.train_config(seed, eval_every=aioli.settings.update_steps)  # the curve at Aioli's round length
-        result = train_proxy(cfg, corpus, mixture={d: 1.0 / len(domains) for d in domains})
+        mixture = restrict(bench.prior_mixture if method == "prior" else None, domains)
+        if method == "prior":
+            record["params"] = {"prior_mixture": mixture}
+        result = train_proxy(cfg, corpus, mixture=mixture)
     elif method in ("aioli", "aioli-restricted", "aioli-eta0"):
         params = aioli_params(bench, method, domains)
         strategy = AioliStrategy(search_space(bench, domains), params, seed=seed)
@@ -283,22 +289,31 @@ def run_one(bench: BenchConfig, corpus_dir: str, cache_dir: str, method: str, se
     return record
 
 
-def _resume_key(bench: BenchConfig, domains: Sequence[str]) -> str:
-    """The settings a kept run must share to be reused. The prior is left out: only the
-    ``aioli-restricted`` runs depend on it, and they carry it in their ``params``."""
+def _resume_key(bench: BenchConfig, setting: Sequence[str] | None) -> str:
+    """The settings a kept run must share to be reused (``setting``: the setting's domains,
+    ``None`` for all). The prior is left out: only the ``aioli-restricted`` and ``prior`` runs
+    depend on it, and they carry it in their ``params``."""
     shared = dataclasses.replace(bench, prior_mixture=None, prior_fraction=BenchConfig.prior_fraction)
-    return json.dumps({**dataclasses.asdict(shared), "domains": list(domains)}, sort_keys=True)
+    return json.dumps({**dataclasses.asdict(shared), "domains": setting}, sort_keys=True)
 
 
-def resumable_runs(lines: Sequence[str], bench: BenchConfig, domains: Sequence[str]) -> list[dict[str, Any]]:
+def resumable_runs(lines: Sequence[str], bench: BenchConfig, setting: Sequence[str] | None) -> list[dict[str, Any]]:
     """The kept runs of a partial file (its first line the settings' key, then one run per line)
-    that ``bench`` can reuse: none when the settings differ, and no ``aioli-restricted`` run made
-    with another prior. A method added to a finished benchmark thus runs alone."""
-    if not lines or lines[0] != _resume_key(bench, domains):
+    that ``bench`` can reuse: none when the settings differ, and no ``aioli-restricted`` or
+    ``prior`` run made with another prior. A method added to a finished benchmark thus runs alone."""
+    if not lines or lines[0] != _resume_key(bench, setting):
         return []
-    restricted = json.loads(json.dumps(aioli_params(bench, "aioli-restricted", domains)))
-    runs = [json.loads(line) for line in lines[1:] if line.strip()]
-    return [r for r in runs if r["method"] != "aioli-restricted" or r.get("params") == restricted]
+
+    def same_prior(run: dict[str, Any]) -> bool:
+        if run["method"] == "aioli-restricted":
+            wanted = aioli_params(bench, "aioli-restricted", run["domains"])
+        elif run["method"] == "prior":
+            wanted = {"prior_mixture": restrict(bench.prior_mixture, run["domains"])}
+        else:
+            return True
+        return run.get("params") == json.loads(json.dumps(wanted))
+
+    return [r for r in (json.loads(line) for line in lines[1:] if line.strip()) if same_prior(r)]
 
 
 def learnparams_diagnostics(run: dict[str, Any]) -> dict[str, Any] | None:
@@ -407,6 +422,8 @@ def summarize(runs: Sequence[dict[str, Any]], methods: Sequence[str], seeds: Seq
         out["paired"] = {m: paired(m, "stratified") for m in methods if m != "stratified"}
     if "aioli" in methods and "aioli-eta0" in methods:  # the re-weighting alone, LearnParams held equal
         out["reweighting"] = paired("aioli", "aioli-eta0")
+    if "aioli-restricted" in methods and "prior" in methods:  # Aioli's part of the restricted variant's result
+        out["over_prior"] = paired("aioli-restricted", "prior")
     return out
 
 
@@ -496,6 +513,10 @@ def format_table(result: dict[str, Any]) -> str:
         r = s["reweighting"]
         lines += ["", f"aioli − aioli-eta0 (the re-weighting alone, same LearnParams schedule; paired): "
                       f"{ci(r)} ppl, aioli better in {r['wins']}/{r['n']} seeds"]
+    if "over_prior" in s:
+        r = s["over_prior"]
+        lines += ["", f"aioli-restricted − prior (Aioli after the prior against the prior alone; paired): "
+                      f"{ci(r)} ppl ({ci(r['pct'], '%')}), aioli-restricted better in {r['wins']}/{r['n']} seeds"]
     lines += ["", "| method | " + " | ".join(domains) + " | steering-split avg ppl |",
               "|---|" + "---|" * len(domains) + "---|"]
     for m, e in s["methods"].items():

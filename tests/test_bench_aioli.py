@@ -78,7 +78,7 @@ def test_benchmark_end_to_end(bench, corpus, tmp_path):
     out = tmp_path / "out"
     result = bench.main([
         "--steps", str(STEPS), "--batch-size", str(BATCH), "--seq-len", str(SEQ), "--eval-tokens", "256",
-        "--vocab-size", "1024", "--seeds", "2", "--jobs", "1", "--methods", "stratified,aioli,aioli-restricted,aioli-eta0",
+        "--vocab-size", "1024", "--seeds", "2", "--jobs", "1", "--methods", "stratified,aioli,aioli-restricted,aioli-eta0,prior",
         "--settings", "k5,k2", "--prior-mixture", '{"code": 0.6, "dialogue": 0.2, "news": 0.2}',
         "--corpus", str(corpus), "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
     ])
@@ -98,10 +98,10 @@ def test_benchmark_end_to_end(bench, corpus, tmp_path):
     lo, hi = ci["ci"]
     assert lo < ci["mean"] < hi and ci["n"] == 2 and ci["pct"]["ci"][0] < ci["pct"]["mean"] < ci["pct"]["ci"][1]
     table = (out / "aioli_vs_stratified.md").read_text()
-    assert all(f"| {m} |" in table for m in ("stratified", "aioli", "aioli-restricted", "aioli-eta0"))
+    assert all(f"| {m} |" in table for m in ("stratified", "aioli", "aioli-restricted", "aioli-eta0", "prior"))
 
     runs = {r["method"]: r for r in saved["runs"]}
-    assert set(runs) == {"stratified", "aioli", "aioli-restricted", "aioli-eta0"} and all(r["seed"] == 0 for r in runs.values())
+    assert set(runs) == {"stratified", "aioli", "aioli-restricted", "aioli-eta0", "prior"} and all(r["seed"] == 0 for r in runs.values())
     domains = {"code", "dialogue", "legal", "news", "prose"}
     for r in runs.values():
         assert r["tokens"] == STEPS * BATCH * SEQ and r["steps"] == STEPS  # equal budgets, LearnParams included
@@ -139,6 +139,12 @@ def test_benchmark_end_to_end(bench, corpus, tmp_path):
     assert "learnparams" not in summary["methods"]["stratified"]
     assert summary["reweighting"]["diff"][0] == pytest.approx(
         runs["aioli"]["test_avg_ppl"] - runs["aioli-eta0"]["test_avg_ppl"])
+    # the prior control trains on the restricted variant's prior for the whole run
+    shares = runs["prior"]["token_shares"]
+    assert [shares[d] for d in ("code", "dialogue", "legal", "news", "prose")] == pytest.approx([0.6, 0.2, 0, 0.2, 0], abs=0.02)
+    assert summary["over_prior"]["diff"][0] == pytest.approx(
+        runs["aioli-restricted"]["test_avg_ppl"] - runs["prior"]["test_avg_ppl"])
+    assert "aioli-restricted − prior" in table
 
 
 def test_unknown_method_is_named(bench, corpus, tmp_path):
@@ -165,13 +171,17 @@ def test_resume_reuses_runs_of_the_same_settings_and_restricted_runs_of_the_same
     cfg = bench.BenchConfig(steps=STEPS, batch_size=BATCH, seq_len=SEQ)
     prior_a = bench.dataclasses.replace(cfg, prior_mixture={"code": 0.8, "dialogue": 0.2})
     prior_b = bench.dataclasses.replace(cfg, prior_mixture={"code": 0.3, "dialogue": 0.7})
-    kept = [{"method": "stratified", "seed": 0},
-            {"method": "aioli-restricted", "seed": 0, "params": bench.aioli_params(prior_a, "aioli-restricted", domains)}]
+    kept = [{"method": "stratified", "seed": 0, "domains": domains},
+            {"method": "aioli-restricted", "seed": 0, "domains": domains,
+             "params": bench.aioli_params(prior_a, "aioli-restricted", domains)},
+            {"method": "prior", "seed": 0, "domains": domains,
+             "params": {"prior_mixture": bench.restrict(prior_a.prior_mixture, domains)}}]
     lines = [bench._resume_key(cfg, domains), *(json.dumps(r) for r in kept)]
-    assert [r["method"] for r in bench.resumable_runs(lines, prior_a, domains)] == ["stratified", "aioli-restricted"]
+    assert [r["method"] for r in bench.resumable_runs(lines, prior_a, domains)] == ["stratified", "aioli-restricted", "prior"]
     assert [r["method"] for r in bench.resumable_runs(lines, prior_b, domains)] == ["stratified"]
     assert [r["method"] for r in bench.resumable_runs(lines, cfg, domains)] == ["stratified"]  # uniform prior
     longer = bench.dataclasses.replace(prior_a, steps=STEPS + 1)
     assert bench.resumable_runs(lines, longer, domains) == []
     assert bench.resumable_runs(lines, prior_a, ["code", "prose"]) == []
+    assert bench.resumable_runs(lines, prior_a, None) == []  # another setting (all domains)
     assert bench.resumable_runs([], prior_a, domains) == []
