@@ -485,6 +485,35 @@ def run_benchmark(
     }
 
 
+NO_HARM_PCT = 0.5
+"""The no-harm bar: the upper end of the 95% interval of a method's paired difference to
+stratified, in % of stratified's perplexity, is at most this."""
+
+
+def format_overview(results: dict[str, dict[str, Any]]) -> str:
+    """Markdown, one row per setting and method: the paired difference to stratified in % with its
+    95% interval, whether it clears the no-harm bar, whether it wins (upper end below 0), and the
+    paired differences that isolate Aioli's own part (``aioli − aioli-eta0``: the re-weighting;
+    ``aioli-restricted − prior``: Aioli after the prior against the prior alone)."""
+    def pct(x: dict[str, Any]) -> str:
+        lo, hi = x["ci"] or (float("nan"), float("nan"))
+        return f"{x['mean']:+.2f}% [{lo:+.2f}, {hi:+.2f}]"
+
+    lines = ["| setting | comparison | Δ, % of the baseline's ppl [95% CI] | no harm (upper ≤ +" f"{NO_HARM_PCT:g}%) "
+             "| wins (upper < 0) | better in |", "|---|---|---|---|---|---|"]
+    for name, result in results.items():
+        s = result["summary"]
+        rows = [(f"{m} − stratified", p) for m, p in s["paired"].items()]
+        rows += [("aioli − aioli-eta0", s["reweighting"])] if "reweighting" in s else []
+        rows += [("aioli-restricted − prior", s["over_prior"])] if "over_prior" in s else []
+        for label, p in rows:
+            hi = (p["pct"]["ci"] or [None, None])[1]
+            harm = "–" if hi is None else ("yes" if hi <= NO_HARM_PCT else "**no**")
+            wins = "–" if hi is None else ("**yes**" if hi < 0 else "no")
+            lines.append(f"| {name} | {label} | {pct(p['pct'])} | {harm} | {wins} | {p['wins']}/{p['n']} |")
+    return "\n".join(lines)
+
+
 def format_table(result: dict[str, Any]) -> str:
     """Markdown: the score per seed, mean ± std and the paired difference; then per-domain test
     perplexities and the mixtures."""
@@ -700,7 +729,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = {"settings": results, "wall_s": time.perf_counter() - t0,
               "corpus": read_demo_manifest(corpus_dir),  # the demo corpus's fingerprint; None for another corpus
               "command": "mixopt bench aioli " + " ".join(argv if argv is not None else sys.argv[1:])}
-    table = "\n\n".join(f"### {name}: {', '.join(r['runs'][0]['domains'])}\n\n{format_table(r)}" for name, r in results.items())
+    table = "\n\n".join([format_overview(results), *(f"### {name}: {', '.join(r['runs'][0]['domains'])}\n\n{format_table(r)}"
+                                                     for name, r in results.items())])
     print(table)
     (args.out / "aioli_vs_stratified.json").write_text(json.dumps(result, indent=1))
     (args.out / "aioli_vs_stratified.md").write_text(table + "\n")

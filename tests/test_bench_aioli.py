@@ -145,6 +145,9 @@ def test_benchmark_end_to_end(bench, corpus, tmp_path):
     assert summary["over_prior"]["diff"][0] == pytest.approx(
         runs["aioli-restricted"]["test_avg_ppl"] - runs["prior"]["test_avg_ppl"])
     assert "aioli-restricted − prior" in table
+    overview = [line for line in table.splitlines() if line.startswith("| k5 | aioli − stratified |")]
+    hi = ci["pct"]["ci"][1]
+    assert len(overview) == 1 and ("| yes |" if hi <= bench.NO_HARM_PCT else "| **no** |") in overview[0]
 
 
 def test_unknown_method_is_named(bench, corpus, tmp_path):
