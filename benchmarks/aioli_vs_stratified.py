@@ -710,11 +710,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         done = []
         if args.resume and partial.exists():
             done = resumable_runs(partial.read_text().splitlines(), bench, domains)
-        key = _resume_key(bench, domains)
-        if not done:
-            partial.write_text(key + "\n")
-        else:  # only the reusable runs stay (an aioli-restricted run with another prior goes)
-            partial.write_text("\n".join([key, *map(json.dumps, done)]) + "\n")
+        # the file restarts with the reusable runs only (none, or no run of another prior)
+        partial.write_text("\n".join([_resume_key(bench, domains), *map(json.dumps, done)]) + "\n")
         with tqdm(total=len(seeds) * len(methods), desc=f"{name}: proxy runs") as bar:
             def progress(run: dict[str, Any]) -> None:
                 bar.update()
