@@ -202,7 +202,9 @@ def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threadin
 
     The strategy runs outside any transaction (it may take seconds). Its proposals are committed
     only if no trial was created meanwhile, and trimmed to the slots and budget that are free at
-    commit time; completions in between only free more room, so they need no retry. Once
+    commit time; completions in between only free more room, so they need no retry, except when
+    the strategy proposed nothing: it may have been waiting for exactly those results, so the
+    study completes only if nothing was in flight when the strategy read the history. Once
     ``abandon`` is set (the compute ran past its time limit, or the server stops), nothing is
     committed. Returns whether the study changed.
     """
@@ -245,6 +247,8 @@ def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threadin
                 _enqueue(s, study, admitted, space)
                 return True
             if now.in_flight == 0:
+                if before.in_flight:  # results arrived while the strategy computed: ask it again
+                    continue
                 _complete(s, study, strategy, space)
                 return True
             return False
