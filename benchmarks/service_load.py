@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -145,21 +146,76 @@ def mixopt_client(url: str, idx: int, start_at: float, measure_from: float, end_
 
 
 
-async def _async_worker(c, idx: int, measure_from: float, end_at: float, fleet: dict | None, rec: dict) -> None:
+@dataclass
+class _Reply:
+    status_code: int
+    content: bytes
+
+    def json(self):
+        return json.loads(self.content)
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(errors="replace")
+
+
+class _KeepAliveConnection:
+    """HTTP/1.1 POSTs of JSON over one kept-alive asyncio connection: the load generator's
+    client. httpx's AsyncClient cost ~5 ms of CPU per request here, as much as the server, so
+    the generator measured itself; this costs a few tens of microseconds. It speaks only what
+    `mixopt server` answers (a Content-Length body, or none for 204)."""
+
+    def __init__(self, url: str):
+        u = httpx.URL(url)
+        self.host, self.port = u.host, u.port or 80
+        self.reader = self.writer = None
+
+    async def post(self, path: str, payload: dict, headers: dict | None = None) -> _Reply:
+        import asyncio
+
+        body = json.dumps(payload).encode()
+        head = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        request = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                   f"Content-Length: {len(body)}\r\n{head}\r\n").encode() + body
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        try:
+            self.writer.write(request)
+            status_line, _, rest = (await self.reader.readuntil(b"\r\n\r\n")).partition(b"\r\n")
+            length = 0
+            for line in rest.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            content = await self.reader.readexactly(length) if length else b""
+            return _Reply(int(status_line.split()[1]), content)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def _async_worker(url: str, idx: int, measure_from: float, end_at: float, fleet: dict | None,
+                        rec: dict) -> None:
     """One simulated worker as a coroutine: lease -> heartbeat(s) -> complete until ``end_at``;
     paced like a real one when ``fleet`` gives ``start``, ``trial_s`` and ``heartbeat_s``."""
     import asyncio
     import random
 
     rng = random.Random(idx)
-    r = await c.post("/api/v1/workers", json={"name": f"load-{idx}", "join_secret": JOIN_SECRET,
-                                              "capabilities": {"executor": "synthetic", "dynamic": False}})
+    c = _KeepAliveConnection(url)
+    r = await c.post("/api/v1/workers", {"name": f"load-{idx}", "join_secret": JOIN_SECRET,
+                                         "capabilities": {"executor": "synthetic", "dynamic": False}})
     headers = {"Authorization": f"Bearer {r.json()['token']}"}
 
     async def call(name: str, path: str, body: dict):
         t0, begun = time.perf_counter(), time.time()
         try:
-            resp = await c.post(path, json=body, headers=headers)
+            resp = await c.post(path, body, headers)
         except Exception as e:  # noqa: BLE001 (counted, and the run goes on)
             rec["errors"].append(f"{name}: {type(e).__name__}: {e}")
             return None
@@ -196,6 +252,7 @@ async def _async_worker(c, idx: int, measure_from: float, end_at: float, fleet: 
         rec["completed"].append((trial["id"], lid))
         if measure_from <= begun and time.time() <= end_at:
             rec["cycles"] += 1
+    c.close()
 
 
 def server_cpu_s(pgid: int) -> float:
@@ -214,32 +271,35 @@ def server_cpu_s(pgid: int) -> float:
     return total
 
 
-def run_async(url: str, n: int, args, pgid: int, fleet: bool) -> tuple[list[dict], float, dict]:
-    """All simulated workers as coroutines of one event loop. Returns their reports, the server's
-    CPU seconds in the measured window, and the requests counted."""
+def run_async(url: str, n: int, args, pgid: int, fleet: bool) -> tuple[list[dict], tuple[float, float]]:
+    """All simulated workers as coroutines of one event loop. Returns their reports, and the
+    server's and the generator's own CPU seconds in the measured window."""
     import asyncio
 
     async def main() -> tuple[list[dict], float]:
-        limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
-        async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as c:
-            now = time.time()
-            measure_from = now + args.ramp + args.warmup
-            end_at = measure_from + args.duration
-            pace = None
-            if fleet:  # starts spread over the ramp and warm-up, like a fleet coming up
-                pace = {"trial_s": args.trial_s, "heartbeat_s": args.heartbeat_s,
-                        "start": [now + args.ramp + args.warmup * i / n for i in range(n)]}
-            recs = [{"lat": {}, "completed": [], "cycles": 0, "empty": 0, "errors": [], "requests": 0}
-                    for _ in range(n)]
-            tasks = [asyncio.create_task(_async_worker(c, i, measure_from, end_at, pace, recs[i])) for i in range(n)]
-            await asyncio.sleep(max(measure_from - time.time(), 0))
-            cpu0 = server_cpu_s(pgid)
-            await asyncio.sleep(max(end_at - time.time(), 0))
-            cpu1 = server_cpu_s(pgid)
-            await asyncio.gather(*tasks)
-            return recs, cpu1 - cpu0
+        now = time.time()
+        measure_from = now + args.ramp + args.warmup
+        end_at = measure_from + args.duration
+        pace = None
+        if fleet:  # starts spread over the ramp and warm-up, like a fleet coming up
+            pace = {"trial_s": args.trial_s, "heartbeat_s": args.heartbeat_s,
+                    "start": [now + args.ramp + args.warmup * i / n for i in range(n)]}
+        recs = [{"lat": {}, "completed": [], "cycles": 0, "empty": 0, "errors": [], "requests": 0}
+                for _ in range(n)]
+        tasks = [asyncio.create_task(_async_worker(url, i, measure_from, end_at, pace, recs[i])) for i in range(n)]
+        await asyncio.sleep(max(measure_from - time.time(), 0))
+        cpu0, own0 = server_cpu_s(pgid), time.process_time()
+        await asyncio.sleep(max(end_at - time.time(), 0))
+        cpu1, own1 = server_cpu_s(pgid), time.process_time()
+        await asyncio.gather(*tasks)
+        return recs, (cpu1 - cpu0, own1 - own0)
 
-    recs, cpu = asyncio.run(main())
+    try:
+        import uvloop
+    except ImportError:
+        recs, cpu = asyncio.run(main())
+    else:  # the generator's own CPU is part of the machine's budget: the faster loop
+        recs, cpu = uvloop.run(main())
     reports = [{"idx": i, "cycles": r["cycles"], "lat": r["lat"], "completed": r["completed"], "empty": r["empty"],
                 "errors": len(r["errors"]), "error_samples": r["errors"][:3], "requests": r["requests"]}
                for i, r in enumerate(recs)]
@@ -270,13 +330,17 @@ def exactly_once_mixopt(url: str, study_id: int, completed: list[tuple[int, str]
             "completed_leases": len(done_leases), "left_leased": held, "exactly_once": bool(ok)}
 
 
-def _profile(server, args, workdir: Path, n: int, delay: float) -> subprocess.Popen:
-    """py-spy the server for the measured window (raw folded stacks)."""
+def _profile(server, args, workdir: Path, n: int, delay: float, background: bool = False) -> subprocess.Popen:
+    """py-spy the server for the measured window (raw folded stacks); ``background``: the
+    profiler itself sleeps through ``delay`` (the caller's generator runs in this thread)."""
+    cmd = [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record",
+           "--nonblocking", "-d", str(int(args.duration)), "-r", "50", "-f", "raw",
+           "-o", str(workdir / f"profile-mixopt-{n}.txt"), "--subprocesses", "-p", str(server.proc.pid)]
+    if background:
+        return subprocess.Popen(["sh", "-c", f'sleep {delay:.1f} && exec "$@"', "profile", *cmd],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(delay)
-    return subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record",
-                             "--nonblocking", "-d", str(int(args.duration)), "-r", "50", "-f", "raw",
-                             "-o", str(workdir / f"profile-mixopt-{n}.txt"), "--subprocesses",
-                             "-p", str(server.proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def run_mixopt(admin_url: str, n: int, args, workdir: Path, fleet: bool = False) -> dict:
@@ -290,11 +354,17 @@ def run_mixopt(admin_url: str, n: int, args, workdir: Path, fleet: bool = False)
         server.start(timeout=240)
         sid = httpx.post(f"{server.url}/api/v1/studies", json=study_body(n), timeout=60).json()["id"]
         if args.generator == "async" or fleet:
-            reports, cpu = run_async(server.url, n, args, server.proc.pid, fleet)
+            if args.profile:
+                profiler = _profile(server, args, workdir / f"mixopt-{n}", n, delay=args.ramp + args.warmup,
+                                    background=True)
+            reports, (cpu, own_cpu) = run_async(server.url, n, args, server.proc.pid, fleet)
+            if profiler is not None:
+                profiler.wait(60)
             extra = {"server_cpu_s": round(cpu, 2)}
             requests = sum(r["requests"] for r in reports)
             if requests:
                 extra["server_cpu_ms_per_request"] = round(1000 * cpu / requests, 2)
+                extra["generator_cpu_ms_per_request"] = round(1000 * own_cpu / requests, 3)
                 extra["requests_per_s"] = round(requests / args.duration, 1)
             extra["error_samples"] = [e for r in reports for e in r["error_samples"]][:5]
             check = exactly_once_mixopt(url, sid, [tuple(x) for r in reports for x in r["completed"]])
@@ -439,7 +509,7 @@ def main() -> None:
     ap.add_argument("--access-log", action="store_true", help="keep the server's access log on (INFO)")
     ap.add_argument("--systems", nargs="+", default=["mixopt"], choices=["mixopt", "optuna"],
                     help="optuna: the side-by-side reference (needs the bench extra and --generator processes)")
-    ap.add_argument("--profile", action="store_true", help="py-spy the server during the measured window (processes)")
+    ap.add_argument("--profile", action="store_true", help="py-spy the server during the measured window (raw folded stacks in the run's folder)")
     ap.add_argument("--out", type=Path, default=ROOT / "artifacts" / "service_load.json")
     args = ap.parse_args()
 
@@ -465,7 +535,7 @@ def main() -> None:
             r = rows[-1]
             tqdm.write(f"{system:7s} {'fleet' if fleet else 'N'}={n:4d}: {r['cycles_per_s']:8.1f} cycles/s  "
                        + "  ".join(f"{k} p50 {v['p50_ms']:.1f} p99 {v['p99_ms']:.1f} ms" for k, v in r["latency"].items())
-                       + f"  server CPU {r.get('server_cpu_ms_per_request', '-')} ms/request  errors {r['errors']}"
+                       + f"  server CPU {r.get('server_cpu_ms_per_request', '-')} ms/request (generator {r.get('generator_cpu_ms_per_request', '-')})  errors {r['errors']}"
                        + f"  exactly-once {r['exactly_once']}  load avg {os.getloadavg()[0]:.1f}")
     finally:
         if private is not None:

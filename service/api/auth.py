@@ -10,7 +10,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..auth import authorize
 from ..db import Worker
-from ..engine import authenticate_worker
+from starlette.concurrency import run_in_threadpool
+
+from ..engine import authenticate_worker, known_worker
 from ..settings import resolve_join_secret
 from .deps import DbDep, SettingsDep
 
@@ -40,8 +42,11 @@ write_access = require("write")
 admin_access = require("admin")
 
 
-def current_worker(db: DbDep, settings: SettingsDep, credentials: Credentials, request: Request) -> Worker:
-    worker = authenticate_worker(db, _token(credentials), resolve_join_secret(settings), settings.worker_token_ttl_s)
+async def current_worker(db: DbDep, settings: SettingsDep, credentials: Credentials, request: Request) -> Worker:
+    """The calling worker: from this process's cache without a thread hop (every worker request
+    passes here), else looked up in the database in the thread pool."""
+    token, secret, ttl = _token(credentials), resolve_join_secret(settings), settings.worker_token_ttl_s
+    worker = known_worker(token, secret, ttl) or await run_in_threadpool(authenticate_worker, db, token, secret, ttl)
     request.state.worker_id = worker.id
     return worker
 

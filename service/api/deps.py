@@ -1,4 +1,8 @@
-"""Typed dependencies of the routes."""
+"""Typed dependencies of the routes.
+
+The getters are ``async``: FastAPI runs a plain ``def`` dependency in the thread pool, and a
+thread hop costs more CPU than these attribute reads (on the worker endpoints' hot path, 3-4
+hops per request)."""
 
 from __future__ import annotations
 
@@ -19,19 +23,19 @@ WorkerId = Annotated[int, Path(ge=0, le=MAX_ID, description="the worker's id")]
 LeaseId = Annotated[str, Path(min_length=1, max_length=36, pattern=LEASE_ID_PATTERN, description="the lease's id")]
 
 
-def get_db(request: Request) -> Database:
+async def get_db(request: Request) -> Database:
     return request.app.state.db
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_runner(request: Request) -> EngineRunner:
+async def get_runner(request: Request) -> EngineRunner:
     return request.app.state.runner
 
 
-def get_wakeup(request: Request) -> Wakeup:
+async def get_wakeup(request: Request) -> Wakeup:
     return request.app.state.wakeup
 
 

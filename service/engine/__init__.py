@@ -47,6 +47,7 @@ from ._trials import (
 from ._segments import list_segments, report_segment
 from ._workers import (
     authenticate_worker,
+    known_worker,
     join_fingerprint,
     complete_lease,
     extend_held_leases,
@@ -78,6 +79,7 @@ __all__ = [
     "list_segments",
     "report_segment",
     "authenticate_worker",
+    "known_worker",
     "join_fingerprint",
     "complete_lease",
     "fail_lease",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import weakref
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, joinedload
 
 from ..db import Study, Trial, TrialSegment, TrialState
@@ -46,6 +47,83 @@ def load_history(session: Session, space: SearchSpace, trials: list[Trial]) -> H
     return history_for(space, trials, load_segments(session, trials, space.mixture.names))
 
 
+_TERMINAL = (TrialState.completed, TrialState.failed, TrialState.cancelled)
+"""States a trial never leaves, with a result that never changes: such trials are read once."""
+
+
+@dataclass(frozen=True)
+class BudgetRow:
+    """What the admission policy reads of a trial (:func:`._studies._budget`)."""
+
+    state: TrialState
+    cost: float
+    number: int
+    strategy_meta: dict | None
+
+
+@dataclass(frozen=True)
+class _Known:
+    """A study's terminal trials as read so far, and the frontier of what is still to read."""
+
+    done: dict[int, tuple[BudgetRow, TrialRecord | None]]
+    """By trial id: its budget row and its record (None: cancelled, so not in the history)."""
+    open_ids: frozenset[int]
+    """Trials that were not terminal at the last read: they may have changed since."""
+    max_number: int
+
+
+_known: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per database engine: an LRU of study id -> :class:`_Known`."""
+_known_lock = threading.Lock()
+KNOWN_STUDIES = 256
+
+
+def read_study_trials(session: Session, study_id: int, space: SearchSpace) -> tuple[History, list[BudgetRow]]:
+    """The study's history and budget rows, read incrementally.
+
+    ``advance`` runs after every completion; reading every trial each time made its cost grow
+    with the study (thousands of rows per completion in a long study). Terminal trials never
+    change, so only trials that were open at the previous read, and new ones, are read again; a
+    trial count checks the cache, and any mismatch (a trial deleted, say) reads everything.
+    """
+    with _known_lock:
+        cache = _known.setdefault(session.get_bind(), OrderedDict())
+        known = cache.get(study_id)
+    q = select(Trial).where(Trial.study_id == study_id).options(joinedload(Trial.result))
+    if known is not None:
+        q = q.where(or_(Trial.number > known.max_number, Trial.id.in_(known.open_ids)))
+    fresh = list(session.scalars(q).unique())
+    segments = load_segments(session, fresh, space.mixture.names)
+    done = dict(known.done) if known is not None else {}
+    open_rows: list[tuple[BudgetRow, TrialRecord | None]] = []
+    for t in fresh:
+        row = BudgetRow(t.state, t.cost, t.number, t.strategy_meta)
+        record = None if t.state == TrialState.cancelled else _record(space.mixture.names, t, segments.get(t.id, ()))
+        if t.state in _TERMINAL:
+            done[t.id] = (row, record)
+        else:
+            open_rows.append((row, record))
+    total = session.scalar(select(func.count()).select_from(Trial).where(Trial.study_id == study_id))
+    if known is not None and total != len(done) + len(open_rows):
+        with _known_lock:
+            cache.pop(study_id, None)
+        return read_study_trials(session, study_id, space)
+    rows = sorted([*done.values(), *open_rows], key=lambda r: r[0].number)
+    with _known_lock:
+        cache[study_id] = _Known(done, frozenset(t.id for t in fresh if t.state not in _TERMINAL),
+                                 max((r.number for r, _ in rows), default=-1))
+        cache.move_to_end(study_id)
+        while len(cache) > KNOWN_STUDIES:
+            cache.popitem(last=False)
+    return History(tuple(rec for _, rec in rows if rec is not None)), [r for r, _ in rows]
+
+
+def forget_study_trials(session: Session, study_id: int) -> None:
+    """Drop what :func:`read_study_trials` keeps of a study (it is over)."""
+    with _known_lock:
+        _known.get(session.get_bind(), {}).pop(study_id, None)
+
+
 def segment_record(row: TrialSegment, names: tuple[str, ...]) -> SegmentRecord:
     weights = np.array([float(row.mixture.get(n, 0.0)) for n in names])
     seg = Segment(weights, row.steps, row.evaluate_after, row.kind, dict(row.meta or {}))
@@ -70,26 +148,25 @@ def history_for(space: SearchSpace, trials: list[Trial], segments: dict | None =
     ``segments`` maps online trials' ids to their current attempt's segment records."""
     segments = segments or {}
     names = space.mixture.names
-    records = []
-    for t in trials:
-        if t.state == TrialState.cancelled:
-            continue
-        weights = np.array([float(t.mixture.get(n, 0.0)) for n in names])
-        done = t.state == TrialState.completed and t.result is not None
-        records.append(
-            TrialRecord(
-                trial_id=t.id,
-                weights=weights,
-                fidelity=t.fidelity.name,
-                state=_STATE[t.state],
-                objective=t.objective if done else None,
-                losses=dict(t.result.losses) if done else {},
-                pool_index=t.pool_index,
-                meta=dict(t.strategy_meta or {}),
-                segments=segments.get(t.id, ()),
-            )
-        )
-    return History(tuple(records))
+    return History(tuple(_record(names, t, segments.get(t.id, ())) for t in trials
+                         if t.state != TrialState.cancelled))
+
+
+def _record(names: tuple[str, ...], t: Trial, segments: tuple[SegmentRecord, ...]) -> TrialRecord:
+    done = t.state == TrialState.completed and t.result is not None
+    weights = np.array([float(t.mixture.get(n, 0.0)) for n in names])
+    weights.flags.writeable = False  # kept across calls (read_study_trials): no strategy may change it
+    return TrialRecord(
+        trial_id=t.id,
+        weights=weights,
+        fidelity=t.fidelity.name,
+        state=_STATE[t.state],
+        objective=t.objective if done else None,
+        losses=dict(t.result.losses) if done else {},
+        pool_index=t.pool_index,
+        meta=dict(t.strategy_meta or {}),
+        segments=segments,
+    )
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from ..schemas.studies import StudyCreate
 from ..strategies import Proposal, get_strategy_class
 from ..strategies._admission import Room, admit, room
 from ._costs import fill_costs
-from ._spec import load_history, load_trials, space_for, strategy_for
+from ._spec import forget_study_trials, load_history, load_trials, read_study_trials, space_for, strategy_for
 
 log = logging.getLogger(__name__)
 
@@ -213,11 +213,10 @@ def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threadin
             study = s.get(Study, study_id)
             if study is None or study.state != StudyState.running:
                 return False
-            trials = load_trials(s, study_id)
-            before = _budget(study, trials)
             space = space_for(study)
+            history, rows = read_study_trials(s, study_id, space)
+            before = _budget(study, rows)
             strategy = strategy_for(study, space)
-            history = load_history(s, space, trials)
         proposals: list[Proposal] = []
         if before.room.free > 0:
             try:
@@ -239,7 +238,7 @@ def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threadin
             study = get_study(s, study_id, lock=True)
             if study.state != StudyState.running:
                 return False
-            now = _budget(study, _budget_rows(s, study_id))
+            now = _budget(study, read_study_trials(s, study_id, space)[1])
             if now.last_number != before.last_number:
                 continue
             admitted = admit(proposals, {f.name: f.cost for f in space.fidelities}, now.room)
@@ -253,12 +252,6 @@ def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threadin
                 return True
             return False
     return False
-
-
-def _budget_rows(s: Session, study_id: int) -> list:
-    """The columns :func:`_budget` reads, without loading whole trials and their results."""
-    q = select(Trial.state, Trial.cost, Trial.number, Trial.strategy_meta).where(Trial.study_id == study_id)
-    return list(s.execute(q))
 
 
 def _budget(study: Study, trials: list) -> _Budget:
@@ -304,6 +297,7 @@ def _complete(s: Session, study: Study, strategy, space) -> None:
     if rec is not None:
         s.add(_recommendation_row(study.id, space, rec, final=True))
     study.state = StudyState.completed
+    forget_study_trials(s, study.id)
     study.finished_at = utcnow()
     study.revision += 1
     log.info("study %s completed", study.id, extra={"study_id": study.id})

@@ -7,13 +7,14 @@ does not come from the trial's current, unexpired lease is refused.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, insert, literal, or_, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, lazyload
 
@@ -195,36 +196,58 @@ def record_live_result(s: Session, trial_id: int, study_id: int, lease_id: str, 
         return False
     objective = objective_value(const.objective, body.losses, body.metrics)
     now = utcnow()
-    done = (
-        update(Trial)
-        .where(Trial.id == trial_id, Trial.lease_id == lease_id, Trial.state.in_(HELD),
-               or_(Trial.lease_expires_at.is_(None), Trial.lease_expires_at >= now))
-        .values(state=TrialState.completed, objective=objective, finished_at=now, lease_id=None, lease_owner=None,
-                lease_expires_at=None, updated_at=now)  # explicit: in a CTE the column's onupdate is not applied
-        .returning(Trial.id)
-    )
-    ended = (update(Lease).where(Lease.id == lease_id, Lease.outcome.is_(None))
-             .values(outcome="completed", ended_at=now))
     result = dict(trial_id=trial_id, lease_id=lease_id, losses=body.losses, metrics=body.metrics, objective=objective,
                   tokens=body.tokens, wall_s=body.wall_s, payload_hash=payload_hash(body), created_at=now)
-    raw = {"synchronize_session": False}
     if s.get_bind().dialect.name == "postgresql":
-        done = done.cte("done")
-        ended = ended.where(Lease.trial_id == done.c.id).returning(Lease.id).cte("ended")
-        columns = [c for c in result if c != "trial_id"]
-        stored = (insert(Result)
-                  .from_select(["trial_id", *columns],
-                               select(done.c.id, *(literal(result[c], Result.__table__.c[c].type) for c in columns)))
-                  .returning(Result.id).cte("stored"))
-        if s.execute(select(done.c.id).add_cte(ended, stored), execution_options=raw).first() is None:
+        params = {f"p_{k}": v for k, v in result.items()}
+        if s.connection().execute(_complete_postgres(), params).first() is None:
             return False
     else:
-        if s.execute(done, execution_options=raw).first() is None:
+        raw = {"synchronize_session": False}
+        if s.execute(_complete_trial(), {"p_trial_id": trial_id, "p_lease_id": lease_id, "p_objective": objective,
+                                         "p_created_at": now}, execution_options=raw).first() is None:
             return False
-        s.execute(ended, execution_options=raw)
+        s.execute(update(Lease).where(Lease.id == lease_id, Lease.outcome.is_(None))
+                  .values(outcome="completed", ended_at=now), execution_options=raw)
         s.execute(insert(Result).values(**result))
     _add_curve(s, trial_id, body)
     return True
+
+
+@functools.cache
+def _complete_trial():
+    """The trial's side of :func:`record_live_result`: completed only while ``p_lease_id`` is its
+    live lease. Parameters ``p_trial_id``, ``p_lease_id``, ``p_objective``, ``p_created_at`` (now)."""
+    trials, when = Trial.__table__, Trial.lease_expires_at.type
+    now = bindparam("p_created_at", type_=when)
+    return (
+        update(trials)
+        .where(trials.c.id == bindparam("p_trial_id"), trials.c.lease_id == bindparam("p_lease_id"),
+               trials.c.state.in_(HELD), or_(trials.c.lease_expires_at.is_(None), trials.c.lease_expires_at >= now))
+        .values(state=TrialState.completed, objective=bindparam("p_objective", type_=trials.c.objective.type),
+                finished_at=now, lease_id=None, lease_owner=None, lease_expires_at=None,
+                updated_at=now)  # explicit: in a CTE the column's onupdate is not applied
+        .returning(trials.c.id)
+    )
+
+
+@functools.cache
+def _complete_postgres():
+    """:func:`record_live_result` on Postgres in one statement, built once: the trial's update
+    (:func:`_complete_trial`), the lease's and the result's insert as CTEs. Parameters: ``p_`` and
+    each column of the result row."""
+    leases, results = Lease.__table__, Result.__table__
+    done = _complete_trial().cte("done")
+    ended = (update(leases).where(leases.c.id == bindparam("p_lease_id"), leases.c.outcome.is_(None),
+                                  leases.c.trial_id == done.c.id)
+             .values(outcome="completed", ended_at=bindparam("p_created_at", type_=leases.c.ended_at.type))
+             .returning(leases.c.id).cte("ended"))
+    columns = ["lease_id", "losses", "metrics", "objective", "tokens", "wall_s", "payload_hash", "created_at"]
+    stored = (insert(results)
+              .from_select(["trial_id", *columns],
+                           select(done.c.id, *(bindparam(f"p_{c}", type_=results.c[c].type) for c in columns)))
+              .returning(results.c.id).cte("stored"))
+    return select(done.c.id).add_cte(ended, stored)
 
 
 def _add_curve(s: Session, trial_id: int, body: ResultCreate) -> None:

@@ -13,7 +13,8 @@ import uuid
 import weakref
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, case, func, insert, literal, literal_column, or_, select, true, type_coerce, update
+from sqlalchemy import (Select, Update, bindparam, case, func, insert, literal, literal_column, or_, select, true,
+                        type_coerce, update)
 from sqlalchemy.orm import Session, lazyload
 
 from ..db import HELD, Database, Fidelity, Lease, Study, StudyState, Trial, TrialState, Worker, utcnow
@@ -122,6 +123,20 @@ def forget_worker(worker_id: int) -> None:
     for digest, (_, w) in list(_known_workers.items()):
         if w.id == worker_id:
             _known_workers.pop(digest, None)
+
+
+def known_worker(token: str | None, join_secret: str, ttl_s: float | None = None) -> Worker | None:
+    """:func:`authenticate_worker` without the database: the worker of ``token`` when this process
+    read it less than ``WORKER_CACHE_S`` ago and it is still active; ``None`` otherwise (ask
+    :func:`authenticate_worker`, which also says why a token is refused)."""
+    if not token:
+        return None
+    hit = _known_workers.get(hash_token(token))
+    if hit is None or time.monotonic() - hit[0] >= WORKER_CACHE_S:
+        return None
+    if token_state(hit[1], join_fingerprint(join_secret), ttl_s, utcnow()) != "active":
+        return None
+    return hit[1]
 
 
 def authenticate_worker(db: Database, token: str | None, join_secret: str, ttl_s: float | None = None) -> Worker:
@@ -248,38 +263,16 @@ def _lease_one(s: Session, worker: Worker, model: str | None, max_held: int | No
     worker's row is locked (see :func:`_room`), one statement counts its leases, picks the oldest
     fitting queued trial (``SKIP LOCKED``), leases it (the trial's UPDATE and the lease's INSERT)
     and returns it with the count."""
+    caps = worker.capabilities or {}
+    conn = s.connection()
     if max_held is not None:
-        s.execute(select(Worker.id).where(Worker.id == worker.id).with_for_update())
-    held = (select(func.count()).select_from(Trial).join(Lease, Lease.id == Trial.lease_id)
-            .where(Lease.worker_id == worker.id, Trial.state.in_(HELD), Trial.lease_expires_at >= now)
-            .cte("held"))
-    pick = _queued(select(Trial.id, Study.lease_seconds), worker, model, None)
-    if max_held is not None:
-        pick = pick.where(select(held.c.count).scalar_subquery() < max_held)
-    pick = pick.order_by(Trial.id).limit(1).with_for_update(of=Trial, skip_locked=True).cte("pick")
-    when = Trial.lease_expires_at.type
+        conn.execute(_lock_worker(), {"p_worker": worker.id})
     lease_id = str(uuid.uuid4())
-    granted = (
-        update(Trial).where(Trial.id == pick.c.id)
-        .values(state=TrialState.leased, attempts=Trial.attempts + 1, lease_id=lease_id,
-                lease_owner=f"worker:{worker.id}",
-                lease_expires_at=type_coerce(literal(now, when) + pick.c.lease_seconds
-                                             * literal_column("interval '1 second'"), when),
-                started_at=func.coalesce(Trial.started_at, literal(now, when)), updated_at=now)
-        .returning(Trial.id, Trial.study_id, Trial.number, Trial.fidelity_id, Trial.mixture, Trial.dynamic,
-                   Trial.strategy_meta, Trial.attempts, Trial.lease_expires_at)
-        .cte("granted")
-    )
-    leased = (
-        insert(Lease)
-        .from_select(["id", "trial_id", "worker_id", "attempt", "created_at", "expires_at"],
-                     select(literal(lease_id), granted.c.id, literal(worker.id), granted.c.attempts,
-                            literal(now, when), granted.c.lease_expires_at))
-        .returning(Lease.id)
-        .cte("leased")
-    )
-    trial = s.execute(select(held.c.count.label("held"), granted).select_from(held.outerjoin(granted, true()))
-                      .add_cte(leased)).one()
+    statement = _lease_one_postgres(max_held is not None, not caps.get("dynamic", True),
+                                    caps.get("models") is not None, model is not None)
+    params = {"p_worker": worker.id, "p_now": now, "p_lease": lease_id, "p_owner": f"worker:{worker.id}",
+              "p_max_held": max_held, "p_models": list(caps.get("models") or []), "p_model": model}
+    trial = conn.execute(statement, params).one()
     if trial.id is None:
         if max_held is not None and trial.held >= max_held:
             raise Conflict(f"worker {worker.id} holds {trial.held} leases, the most one worker may hold "
@@ -288,6 +281,58 @@ def _lease_one(s: Session, worker: Worker, model: str | None, max_held: int | No
     const = study_constants(s, trial.study_id)
     _remember_lease(s, lease_id, trial.id, trial.study_id, worker.id)
     return [_lease_item(const, lease_id, trial.lease_expires_at, trial)]
+
+
+@functools.cache
+def _lock_worker() -> Select:
+    workers = Worker.__table__
+    return select(workers.c.id).where(workers.c.id == bindparam("p_worker")).with_for_update()
+
+
+@functools.lru_cache(maxsize=32)
+def _lease_one_postgres(limit_held: bool, static_only: bool, by_models: bool, by_model: bool) -> Select:
+    """:func:`_lease_one`'s statement, built once per shape (the conditions of :func:`_queued`, as
+    parameters): ``p_worker``, ``p_now``, ``p_lease`` (the new lease's id), ``p_owner``, and as the
+    shape needs them ``p_max_held``, ``p_models``, ``p_model``."""
+    trials, studies, leases, fidelities = Trial.__table__, Study.__table__, Lease.__table__, Fidelity.__table__
+    when = Trial.lease_expires_at.type
+    now, worker_id, lease_id = bindparam("p_now", type_=when), bindparam("p_worker"), bindparam("p_lease")
+    held = (select(func.count().label("count")).select_from(trials.join(leases, leases.c.id == trials.c.lease_id))
+            .where(leases.c.worker_id == worker_id, trials.c.state.in_(HELD), trials.c.lease_expires_at >= now)
+            .cte("held"))
+    source = trials.join(studies, studies.c.id == trials.c.study_id)
+    if by_models or by_model:
+        source = source.join(fidelities, fidelities.c.id == trials.c.fidelity_id)
+    pick = (select(trials.c.id, studies.c.lease_seconds).select_from(source)
+            .where(studies.c.state == StudyState.running, studies.c.dispatch == "workers",
+                   trials.c.state == TrialState.queued))
+    if by_models:
+        pick = pick.where(fidelities.c.model.in_(bindparam("p_models", expanding=True)))
+    if by_model:
+        pick = pick.where(fidelities.c.model == bindparam("p_model"))
+    if static_only:
+        pick = pick.where(trials.c.dynamic.is_(False))
+    if limit_held:
+        pick = pick.where(select(held.c.count).scalar_subquery() < bindparam("p_max_held"))
+    pick = pick.order_by(trials.c.id).limit(1).with_for_update(of=trials, skip_locked=True).cte("pick")
+    granted = (
+        update(trials).where(trials.c.id == pick.c.id)
+        .values(state=TrialState.leased, attempts=trials.c.attempts + 1, lease_id=lease_id,
+                lease_owner=bindparam("p_owner"),
+                lease_expires_at=type_coerce(now + pick.c.lease_seconds * literal_column("interval '1 second'"), when),
+                started_at=func.coalesce(trials.c.started_at, now), updated_at=now)
+        .returning(trials.c.id, trials.c.study_id, trials.c.number, trials.c.fidelity_id, trials.c.mixture,
+                   trials.c.dynamic, trials.c.strategy_meta, trials.c.attempts, trials.c.lease_expires_at)
+        .cte("granted")
+    )
+    leased = (
+        insert(leases)
+        .from_select(["id", "trial_id", "worker_id", "attempt", "created_at", "expires_at"],
+                     select(lease_id, granted.c.id, worker_id, granted.c.attempts, now, granted.c.lease_expires_at))
+        .returning(leases.c.id)
+        .cte("leased")
+    )
+    return select(held.c.count.label("held"), granted).select_from(held.outerjoin(granted, true())).add_cte(leased)
 
 
 def _fitting(s: Session, worker: Worker, model: str | None) -> dict[int, Fidelity]:
@@ -418,31 +463,54 @@ def _renew(s: Session, lease_id: str, route: tuple[int, int, int | None], now: d
     """The fast path of :func:`heartbeat`: ``(trial id, expiry, study state)``, or ``None`` when the
     lease is not the trial's live lease (nothing is written then)."""
     trial_id, study_id, _ = route
-    study_state = select(Study.state).where(Study.id == study_id).scalar_subquery()
-    renew = (
-        update(Trial)
-        .where(Trial.id == trial_id, Trial.lease_id == lease_id,
-               or_(Trial.lease_expires_at.is_(None), Trial.lease_expires_at >= now))
-        .values(state=TrialState.running, updated_at=now,
-                lease_expires_at=case((study_state.in_(_STOP), Trial.lease_expires_at),
-                                      else_=literal(now + timedelta(seconds=study_constants(s, study_id).lease_seconds),
-                                                    Trial.lease_expires_at.type)))
-    )
-    lease_values = dict(last_heartbeat_at=now, progress=progress)
+    expires = now + timedelta(seconds=study_constants(s, study_id).lease_seconds)
     if s.get_bind().dialect.name == "postgresql":  # one statement: the lease's update reads the trial's
-        t = renew.returning(Trial.id, Trial.lease_expires_at, study_state.label("study_state")).cte("renewed")
-        row = s.execute(update(Lease).where(Lease.id == lease_id, Lease.trial_id == t.c.id)
-                        .values(expires_at=t.c.lease_expires_at, **lease_values)
-                        .returning(t.c.lease_expires_at, t.c.study_state),
-                        execution_options={"synchronize_session": False}).one_or_none()
+        row = s.connection().execute(_renew_postgres(), dict(
+            p_trial=trial_id, p_study=study_id, p_lease=lease_id, p_now=now, p_expires=expires,
+            p_progress=progress)).one_or_none()
     else:
-        row = s.execute(renew.returning(Trial.lease_expires_at, study_state),
-                        execution_options={"synchronize_session": False}).one_or_none()
+        study_state = select(Study.state).where(Study.id == study_id).scalar_subquery()
+        renew = (
+            update(Trial)
+            .where(Trial.id == trial_id, Trial.lease_id == lease_id,
+                   or_(Trial.lease_expires_at.is_(None), Trial.lease_expires_at >= now))
+            .values(state=TrialState.running, updated_at=now,
+                    lease_expires_at=case((study_state.in_(_STOP), Trial.lease_expires_at),
+                                          else_=literal(expires, Trial.lease_expires_at.type)))
+            .returning(Trial.lease_expires_at, study_state)
+        )
+        row = s.execute(renew, execution_options={"synchronize_session": False}).one_or_none()
         if row is not None:
-            s.execute(update(Lease).where(Lease.id == lease_id).values(expires_at=row[0], **lease_values))
+            s.execute(update(Lease).where(Lease.id == lease_id)
+                      .values(expires_at=row[0], last_heartbeat_at=now, progress=progress))
     if row is None:
         return None
     return trial_id, row[0], StudyState(row[1])
+
+
+@functools.cache
+def _renew_postgres() -> Update:
+    """:func:`_renew`'s statement on Postgres, built once (building and keying a statement of this
+    size costs more CPU than running it): the trial's renewal as a CTE that the lease's update
+    reads. Parameters (``p_``: not column names): ``p_trial``, ``p_study``, ``p_lease``, ``p_now``,
+    ``p_expires``, ``p_progress``."""
+    trials, leases, when = Trial.__table__, Lease.__table__, Trial.lease_expires_at.type
+    now, lease_id = bindparam("p_now", type_=when), bindparam("p_lease", type_=leases.c.id.type)
+    study_state = select(Study.__table__.c.state).where(Study.__table__.c.id == bindparam("p_study")).scalar_subquery()
+    renewed = (
+        update(trials)
+        .where(trials.c.id == bindparam("p_trial"), trials.c.lease_id == lease_id,
+               or_(trials.c.lease_expires_at.is_(None), trials.c.lease_expires_at >= now))
+        .values(state=TrialState.running, updated_at=now,
+                lease_expires_at=case((study_state.in_(_STOP), trials.c.lease_expires_at),
+                                      else_=bindparam("p_expires", type_=when)))
+        .returning(trials.c.id, trials.c.lease_expires_at, study_state.label("study_state"))
+        .cte("renewed")
+    )
+    return (update(leases).where(leases.c.id == lease_id, leases.c.trial_id == renewed.c.id)
+            .values(expires_at=renewed.c.lease_expires_at, last_heartbeat_at=now,
+                    progress=bindparam("p_progress", type_=leases.c.progress.type))
+            .returning(renewed.c.lease_expires_at, renewed.c.study_state))
 
 
 def _renew_checked(s: Session, lease_id: str, worker: Worker, now: datetime,

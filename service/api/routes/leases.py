@@ -1,5 +1,9 @@
 """``/api/v1/leases``: the worker protocol. Every call needs the worker's token, and a worker
-may act only on its own leases (403 otherwise)."""
+may act only on its own leases (403 otherwise).
+
+The routes are ``async`` and hand the engine call to the thread pool themselves: FastAPI runs a
+plain ``def`` route's response validation in the pool too, a second thread hop per request on the
+hottest path of the server."""
 
 from __future__ import annotations
 
@@ -78,39 +82,40 @@ async def lease(request: Request, worker: WorkerDep, db: DbDep, settings: Settin
 
 @router.post("/{lease_id}/heartbeat", response_model=HeartbeatAnswer,
              responses={409: {"description": "the lease is over: abandon the run"}})
-def heartbeat(lease_id: LeaseId, worker: WorkerDep, db: DbDep, body: Heartbeat | None = None) -> HeartbeatAnswer:
+async def heartbeat(lease_id: LeaseId, worker: WorkerDep, db: DbDep, body: Heartbeat | None = None) -> HeartbeatAnswer:
     """Renew the lease and report progress; the answer says `stop` when the study was cancelled."""
-    return engine.heartbeat(db, lease_id, worker, body or Heartbeat())
+    return await run_in_threadpool(engine.heartbeat, db, lease_id, worker, body or Heartbeat())
 
 
 @router.post("/{lease_id}/segment", response_model=SegmentAnswer,
              responses={409: {"description": "the report does not fit the recorded segments, or the lease is over"}})
-def segment(lease_id: LeaseId, body: SegmentReport, worker: WorkerDep, db: DbDep) -> SegmentAnswer:
+async def segment(lease_id: LeaseId, body: SegmentReport, worker: WorkerDep, db: DbDep) -> SegmentAnswer:
     """Online trials: report the losses at a segment's end, get the next segment (or `done`)."""
-    return engine.report_segment(db, lease_id, worker, body)
+    return await run_in_threadpool(engine.report_segment, db, lease_id, worker, body)
 
 
 @router.post("/{lease_id}/complete", response_model=LeaseOutcome,
              responses={409: {"description": "the lease expired or the trial has another result"}})
-def complete(lease_id: LeaseId, body: ResultCreate, worker: WorkerDep, db: DbDep, runner: RunnerDep) -> LeaseOutcome:
+async def complete(lease_id: LeaseId, body: ResultCreate, worker: WorkerDep, db: DbDep,
+                   runner: RunnerDep) -> LeaseOutcome:
     """Final results of the leased trial; repeating the same call is harmless (`duplicate`)."""
-    out = engine.complete_lease(db, lease_id, worker, body)
+    out = await run_in_threadpool(engine.complete_lease, db, lease_id, worker, body)
     if not out.duplicate:
         runner.notify(out.study_id)
     return out
 
 
 @router.post("/{lease_id}/fail", response_model=LeaseOutcome)
-def fail(lease_id: LeaseId, body: LeaseFail, worker: WorkerDep, db: DbDep, runner: RunnerDep) -> LeaseOutcome:
+async def fail(lease_id: LeaseId, body: LeaseFail, worker: WorkerDep, db: DbDep, runner: RunnerDep) -> LeaseOutcome:
     """The run failed: requeued when `retryable` and attempts remain, else the trial fails."""
-    out = engine.fail_lease(db, lease_id, worker, body)
+    out = await run_in_threadpool(engine.fail_lease, db, lease_id, worker, body)
     runner.notify(out.study_id)
     return out
 
 
 @router.post("/{lease_id}/release", response_model=LeaseOutcome)
-def release(lease_id: LeaseId, worker: WorkerDep, db: DbDep, runner: RunnerDep) -> LeaseOutcome:
+async def release(lease_id: LeaseId, worker: WorkerDep, db: DbDep, runner: RunnerDep) -> LeaseOutcome:
     """Give the trial back without counting an attempt (e.g. the worker is shutting down)."""
-    out = engine.release_lease(db, lease_id, worker)
+    out = await run_in_threadpool(engine.release_lease, db, lease_id, worker)
     runner.notify(out.study_id, results_changed=False)
     return out
