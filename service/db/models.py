@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, Enum, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Enum, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from ._types import JSONType, UTCDateTime, utcnow
@@ -175,6 +175,13 @@ class Lease(Base):
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     ended_at: Mapped[datetime | None]
     outcome: Mapped[str | None] = mapped_column(String(16))
+
+    # A worker's live leases (its MIXOPT_MAX_LEASES_PER_WORKER count, on every lease call): by
+    # worker_id alone the count read every lease the worker ever held.
+    __table_args__ = (
+        Index("ix_leases_live_worker", "worker_id", postgresql_where=text("outcome IS NULL"),
+              sqlite_where=text("outcome IS NULL")),
+    )
 
 
 class Result(Base):

@@ -13,7 +13,7 @@ import uuid
 import weakref
 from datetime import datetime, timedelta
 
-from sqlalchemy import (Select, Update, bindparam, case, func, insert, literal, literal_column, or_, select, true,
+from sqlalchemy import (Select, Update, and_, bindparam, case, func, insert, literal, literal_column, or_, select, true,
                         type_coerce, update)
 from sqlalchemy.orm import Session, lazyload
 
@@ -297,8 +297,10 @@ def _lease_one_postgres(limit_held: bool, static_only: bool, by_models: bool, by
     trials, studies, leases, fidelities = Trial.__table__, Study.__table__, Lease.__table__, Fidelity.__table__
     when = Trial.lease_expires_at.type
     now, worker_id, lease_id = bindparam("p_now", type_=when), bindparam("p_worker"), bindparam("p_lease")
-    held = (select(func.count().label("count")).select_from(trials.join(leases, leases.c.id == trials.c.lease_id))
-            .where(leases.c.worker_id == worker_id, trials.c.state.in_(HELD), trials.c.lease_expires_at >= now)
+    live = and_(trials.c.id == leases.c.trial_id, trials.c.lease_id == leases.c.id)  # by the trial's key
+    held = (select(func.count().label("count")).select_from(leases.join(trials, live))
+            .where(leases.c.worker_id == worker_id, leases.c.outcome.is_(None),  # ix_leases_live_worker
+                   trials.c.state.in_(HELD), trials.c.lease_expires_at >= now)
             .cte("held"))
     source = trials.join(studies, studies.c.id == trials.c.study_id)
     if by_models or by_model:
@@ -353,8 +355,9 @@ def _room(s: Session, worker: Worker, max_held: int, now: datetime) -> int:
     the count is a statement of its own, after the lock: in one statement it would read the
     snapshot taken before the lock was granted, and miss the leases of the call it waited for.
     SQLite serialises transactions (``BEGIN IMMEDIATE``): no lock to take there."""
-    held = (select(func.count()).select_from(Trial).join(Lease, Lease.id == Trial.lease_id)
-            .where(Lease.worker_id == worker.id, Trial.state.in_(HELD), Trial.lease_expires_at >= now))
+    held = (select(func.count()).select_from(Lease).join(Trial, and_(Trial.id == Lease.trial_id, Trial.lease_id == Lease.id))
+            .where(Lease.worker_id == worker.id, Lease.outcome.is_(None),  # ix_leases_live_worker
+                   Trial.state.in_(HELD), Trial.lease_expires_at >= now))
     if s.get_bind().dialect.name == "postgresql":
         s.execute(select(Worker.id).where(Worker.id == worker.id).with_for_update())
     held = s.scalar(held)

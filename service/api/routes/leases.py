@@ -30,18 +30,19 @@ RECHECK_S = 1.0
 another server process does not wake it (on Postgres, NOTIFY does)."""
 
 
-LEASE_CONCURRENCY = 4
-"""Lease attempts running at once per server process: a wake-up of a thousand waiting workers
-must not take every thread and database connection from heartbeats and completions."""
-
-
 class LeaseGate:
     """Per app: the lease attempts' semaphore, and per worker capabilities the wake-up generation
     at which an attempt found no work; until the next wake-up (trials queued), other waiting
-    workers with those capabilities need not look."""
+    workers with those capabilities need not look.
 
-    def __init__(self) -> None:
-        self.attempts = asyncio.Semaphore(LEASE_CONCURRENCY)
+    At most ``MIXOPT_DB_POOL_SIZE`` lease attempts run at once: a wake-up of a thousand waiting
+    workers must not take every thread and database connection (the pool holds twice that with
+    its overflow) from heartbeats and completions. Fewer starve a busy fleet instead: with 4, a
+    lease waited ~400 ms for its turn at 50 saturating workers, and throughput stopped at ~95
+    cycles/s; with 8-16 it reached 130-140 (benchmarks/service_load.py)."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.attempts = asyncio.Semaphore(concurrency)
         self.found_nothing: dict[str, int] = {}
 
 
@@ -60,7 +61,7 @@ async def lease(request: Request, worker: WorkerDep, db: DbDep, settings: Settin
     deadline = time.monotonic() + wait
     recheck = wait if db.is_postgres else RECHECK_S
     kind = json.dumps([worker.capabilities or {}, body.model], sort_keys=True)
-    gate = getattr(request.app.state, "lease_gate", None) or LeaseGate()
+    gate = getattr(request.app.state, "lease_gate", None) or LeaseGate(settings.db_pool_size)
     request.app.state.lease_gate = gate
     first = True
     while True:
