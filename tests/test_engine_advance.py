@@ -5,7 +5,7 @@ runs: the last design result landed while ``propose`` was returning "wait")."""
 
 from __future__ import annotations
 
-from service.db import Database, Study, StudyState
+from service.db import Database, Study, StudyState, TrialState
 from service.engine import _studies, advance, change_state, create_study, load_trials, report_result
 from service.engine._trials import grant_lease
 from service.schemas.studies import StudyCreate
@@ -68,3 +68,56 @@ def test_a_result_that_lands_while_the_strategy_waits_for_it_does_not_end_the_st
     assert state == StudyState.running, "the study completed without asking the strategy with the new result"
     after = [t.strategy_meta.get("phase") for t in trials[4:]]
     assert after and set(after) == {"verify"}, after
+
+
+def _same(a, b) -> bool:
+    return (a.trial_id, a.fidelity, a.state, a.objective, a.losses, a.pool_index, a.meta, a.segments) == (
+        b.trial_id, b.fidelity, b.state, b.objective, b.losses, b.pool_index, b.meta, b.segments) and (
+        a.weights.tolist() == b.weights.tolist())
+
+
+def test_the_incremental_read_of_a_study_equals_a_full_read(migrated_url):
+    """``read_study_trials`` keeps what it read (terminal trials, and open ones until they end):
+    after each kind of change (new trials, leases, completions, failures, a requeue, a cancel) its
+    history and budget rows equal a fresh read of every trial."""
+    from service.engine import fail_lease, lease_next, register_worker, space_for
+    from service.engine._spec import history_for, read_study_trials
+    from service.schemas.leases import LeaseFail
+    from service.schemas.workers import WorkerCreate
+    from tests.conftest import JOIN_SECRET
+
+    db = Database(migrated_url)
+    body = StudyCreate.model_validate(study_body(parallelism=6, budget={"max_trials": 40}, max_attempts=2))
+    with db.session() as s:
+        sid = create_study(s, body).id
+    change_state(db, sid, "start")
+    worker, _ = register_worker(db, WorkerCreate(name="w", join_secret=JOIN_SECRET), JOIN_SECRET)
+
+    def check() -> None:
+        with db.session() as s:
+            study = s.get(Study, sid)
+            space = space_for(study)
+            history, rows = read_study_trials(s, sid, space)
+            trials = load_trials(s, sid)
+            full = history_for(space, trials)
+        assert len(history.trials) == len(full.trials)
+        assert all(_same(a, b) for a, b in zip(history.trials, full.trials))
+        assert [(r.number, r.state in (TrialState.completed, TrialState.failed, TrialState.cancelled))
+                for r in rows] == [(t.number, t.state in (TrialState.completed, TrialState.failed,
+                                                          TrialState.cancelled)) for t in trials]
+
+    for round_ in range(4):
+        advance(db, sid)
+        check()
+        grants = [g for _ in range(4) for g in lease_next(db, worker)]
+        check()
+        for i, g in enumerate(grants):
+            if i == 0:  # retryable: queued again (open -> open), then failed for good on the next round
+                fail_lease(db, g.lease_id, worker, LeaseFail(reason="oom", retryable=True))
+            else:
+                report_result(db, g.trial.id, ResultCreate(losses=known_losses(g.trial.mixture, g.trial.fidelity.name),
+                                                           lease_id=g.lease_id))
+            check()
+    change_state(db, sid, "cancel")  # the queued ones are cancelled
+    check()
+    db.dispose()
