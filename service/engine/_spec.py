@@ -8,7 +8,7 @@ from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import func, or_, select
+from sqlalchemy import ARRAY, Integer, any_, bindparam, func, or_, select
 from sqlalchemy.orm import Session, joinedload
 
 from ..db import Study, Trial, TrialSegment, TrialState
@@ -95,8 +95,8 @@ def read_study_trials(session: Session, study_id: int, space: SearchSpace) -> tu
     if known is not None:
         recheck = [i for i, (_, _, dynamic) in known.open.items() if not dynamic]
         dynamic = [i for i, (_, _, d) in known.open.items() if d]
-        q = q.where(or_(Trial.number > known.max_number, Trial.id.in_(dynamic),
-                        Trial.id.in_(recheck) & Trial.state.in_(_TERMINAL)))
+        q = q.where(or_(Trial.number > known.max_number, _id_in(session, dynamic),
+                        _id_in(session, recheck) & Trial.state.in_(_TERMINAL)))
     fresh = list(session.scalars(q).unique())
     segments = load_segments(session, fresh, space.mixture.names)
     done = dict(known.done) if known is not None else {}
@@ -121,6 +121,14 @@ def read_study_trials(session: Session, study_id: int, space: SearchSpace) -> tu
         while len(cache) > KNOWN_STUDIES:
             cache.popitem(last=False)
     return History(tuple(rec for _, rec in rows if rec is not None)), [r for r, _ in rows]
+
+
+def _id_in(session: Session, ids: list[int]):
+    """``Trial.id IN ids``; on Postgres as ``= ANY(array)``, one parameter: thousands of ids
+    rendered one by one cost more CPU to compile than the whole read."""
+    if session.get_bind().dialect.name == "postgresql":
+        return Trial.id == any_(bindparam("ids", ids, type_=ARRAY(Integer), unique=True))
+    return Trial.id.in_(ids)
 
 
 def forget_study_trials(session: Session, study_id: int) -> None:

@@ -346,7 +346,7 @@ def refresh_recommendation(db: Database, study_id: int) -> bool:
         if study is None or study.state in (StudyState.draft,):
             return False
         space = space_for(study)
-        history = load_history(s, space, load_trials(s, study_id))
+        history = read_study_trials(s, study_id, space)[0]
         strategy = strategy_for(study, space)
         last = latest_recommendation(s, study_id)
     if not history.completed:

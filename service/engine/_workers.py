@@ -183,8 +183,15 @@ def _fits(worker: Worker, model: str | None) -> bool:
 
 def _touch(s: Session, worker: Worker, now: datetime) -> None:
     if worker.last_seen_at is None or (now - worker.last_seen_at).total_seconds() >= LAST_SEEN_RESOLUTION_S:
-        s.execute(update(Worker).where(Worker.id == worker.id).values(last_seen_at=now))
+        s.connection().execute(_touch_statement(), {"p_worker": worker.id, "p_now": now})
         worker.last_seen_at = now  # the cached worker: the next calls within the resolution write nothing
+
+
+@functools.cache
+def _touch_statement() -> Update:
+    workers = Worker.__table__
+    return (update(workers).where(workers.c.id == bindparam("p_worker"))
+            .values(last_seen_at=bindparam("p_now", type_=workers.c.last_seen_at.type)))
 
 
 def _lazy_sweep(db: Database) -> None:
