@@ -5,6 +5,8 @@ runs: the last design result landed while ``propose`` was returning "wait")."""
 
 from __future__ import annotations
 
+import pytest
+
 from service.db import Database, Study, StudyState, TrialState
 from service.engine import _studies, advance, change_state, create_study, load_trials, report_result
 from service.engine._trials import grant_lease
@@ -76,11 +78,15 @@ def _same(a, b) -> bool:
         a.weights.tolist() == b.weights.tolist())
 
 
-def test_the_incremental_read_of_a_study_equals_a_full_read(migrated_url):
+@pytest.mark.parametrize("sqlite_max_open", [500, 2])
+def test_the_incremental_read_of_a_study_equals_a_full_read(migrated_url, sqlite_max_open, monkeypatch):
     """``read_study_trials`` keeps what it read (terminal trials, and open ones until they end):
     after each kind of change (new trials, leases, completions, failures, a requeue, a cancel) its
-    history and budget rows equal a fresh read of every trial."""
-    from service.engine import fail_lease, lease_next, register_worker, space_for
+    history and budget rows equal a fresh read of every trial (also where SQLite, with more open
+    trials than it takes ids in one statement, reads everything)."""
+    from service.engine import _spec, fail_lease, lease_next, register_worker, space_for
+
+    monkeypatch.setattr(_spec, "SQLITE_MAX_OPEN", sqlite_max_open)
     from service.engine._spec import history_for, read_study_trials
     from service.schemas.leases import LeaseFail
     from service.schemas.workers import WorkerCreate

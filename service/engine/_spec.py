@@ -77,6 +77,7 @@ _known: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 """Per database engine: an LRU of study id -> :class:`_Known`."""
 _known_lock = threading.Lock()
 KNOWN_STUDIES = 256
+SQLITE_MAX_OPEN = 500
 
 
 def read_study_trials(session: Session, study_id: int, space: SearchSpace) -> tuple[History, list[BudgetRow]]:
@@ -92,6 +93,8 @@ def read_study_trials(session: Session, study_id: int, space: SearchSpace) -> tu
         cache = _known.setdefault(session.get_bind(), OrderedDict())
         known = cache.get(study_id)
     q = select(Trial).where(Trial.study_id == study_id).options(joinedload(Trial.result))
+    if known is not None and len(known.open) > SQLITE_MAX_OPEN and session.get_bind().dialect.name == "sqlite":
+        known = None  # each id is one SQL variable there (an old SQLite allows 999): read everything
     if known is not None:
         recheck = [i for i, (_, _, dynamic) in known.open.items() if not dynamic]
         dynamic = [i for i, (_, _, d) in known.open.items() if d]
