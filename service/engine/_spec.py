@@ -52,24 +52,38 @@ _TERMINAL = (TrialState.completed, TrialState.failed, TrialState.cancelled)
 
 
 @dataclass(frozen=True)
-class BudgetRow:
-    """What the admission policy reads of a trial (:func:`._studies._budget`)."""
+class TrialTally:
+    """What the admission policy (:func:`._studies._budget`) reads of a study's trials: imported
+    and cancelled trials use no budget; every open trial (queued, leased, running) is in flight."""
 
-    state: TrialState
+    in_flight: int
+    live: int
+    """Trials that count against the budget (not cancelled, not imported)."""
     cost: float
-    number: int
-    strategy_meta: dict | None
+    """Their committed cost."""
+    last_number: int
+    """The highest trial number (-1: none); a change means trials were created."""
+
+
+def _counts(t: Trial) -> bool:
+    return t.state != TrialState.cancelled and not (t.strategy_meta or {}).get("imported")
 
 
 @dataclass(frozen=True)
 class _Known:
-    """A study's trials as read so far: terminal ones are final; open ones (queued, leased,
-    running) look the same to a strategy ("pending") and to the budget (in flight) until they end."""
+    """A study's trials as read so far, in number order. Terminal ones are final; open ones
+    (queued, leased, running) look the same to a strategy ("pending") and to the budget (in
+    flight) until they end, so they are read again only then (dynamic ones always: segments)."""
 
-    done: dict[int, tuple[BudgetRow, TrialRecord | None]]
-    """By trial id: its budget row and its record (None: cancelled, so not in the history)."""
-    open: dict[int, tuple[BudgetRow, TrialRecord, bool]]
-    """By trial id: budget row, record, and whether it is dynamic (its segments change: re-read)."""
+    records: list[TrialRecord | None]
+    """In trial-number order; None for a cancelled trial (not in the history)."""
+    position: dict[int, int]
+    """Trial id -> index in ``records``."""
+    open: dict[int, tuple[float, bool]]
+    """Open trial id -> (cost, dynamic)."""
+    done_live: int
+    done_cost: float
+    """Count and cost of the terminal trials that use budget."""
     max_number: int
 
 
@@ -80,50 +94,63 @@ KNOWN_STUDIES = 256
 SQLITE_MAX_OPEN = 500
 
 
-def read_study_trials(session: Session, study_id: int, space: SearchSpace) -> tuple[History, list[BudgetRow]]:
-    """The study's history and budget rows, read incrementally.
+def read_study_trials(session: Session, study_id: int, space: SearchSpace) -> tuple[History, TrialTally]:
+    """The study's history and budget tally, read incrementally.
 
     ``advance`` runs after completions; reading every trial each time made its cost grow with
     the study (thousands of rows per completion in a long study), and re-reading every open one
     with its parallelism (2,000 rows ten times a second for a 1,000-GPU fleet). Only new trials,
-    open ones that ended, and open dynamic ones (their segments) are read; a trial count checks
-    the cache, and any mismatch (a trial deleted, say) reads everything.
+    open ones that ended, and open dynamic ones (their segments) are read, and the work per call
+    is that of those rows plus copying the list of records; a trial count checks the cache, and
+    any mismatch (a trial deleted, say) reads everything.
     """
     with _known_lock:
         cache = _known.setdefault(session.get_bind(), OrderedDict())
         known = cache.get(study_id)
-    q = select(Trial).where(Trial.study_id == study_id).options(joinedload(Trial.result))
     if known is not None and len(known.open) > SQLITE_MAX_OPEN and session.get_bind().dialect.name == "sqlite":
         known = None  # each id is one SQL variable there (an old SQLite allows 999): read everything
-    if known is not None:
-        recheck = [i for i, (_, _, dynamic) in known.open.items() if not dynamic]
-        dynamic = [i for i, (_, _, d) in known.open.items() if d]
+    q = select(Trial).where(Trial.study_id == study_id).options(joinedload(Trial.result))
+    incremental = known is not None
+    if known is None:
+        known = _Known([], {}, {}, 0, 0.0, -1)
+    else:
+        recheck = [i for i, (_, dynamic) in known.open.items() if not dynamic]
+        dynamic = [i for i, (_, d) in known.open.items() if d]
         q = q.where(or_(Trial.number > known.max_number, _id_in(session, dynamic),
                         _id_in(session, recheck) & Trial.state.in_(_TERMINAL)))
-    fresh = list(session.scalars(q).unique())
+    fresh = sorted(session.scalars(q).unique(), key=lambda t: t.number)
     segments = load_segments(session, fresh, space.mixture.names)
-    done = dict(known.done) if known is not None else {}
-    still_open = dict(known.open) if known is not None else {}
+    records, position, open_ = list(known.records), dict(known.position), dict(known.open)
+    done_live, done_cost, max_number = known.done_live, known.done_cost, known.max_number
     for t in fresh:
-        row = BudgetRow(t.state, t.cost, t.number, t.strategy_meta)
         record = None if t.state == TrialState.cancelled else _record(space.mixture.names, t, segments.get(t.id, ()))
-        if t.state in _TERMINAL:
-            done[t.id] = (row, record)
-            still_open.pop(t.id, None)
+        if t.id in position:
+            records[position[t.id]] = record
         else:
-            still_open[t.id] = (row, record, t.dynamic)
+            position[t.id] = len(records)
+            records.append(record)
+            max_number = t.number
+        if t.state in _TERMINAL:
+            open_.pop(t.id, None)
+            if _counts(t):
+                done_live += 1
+                done_cost += t.cost
+        else:
+            open_[t.id] = (t.cost, t.dynamic)
     total = session.scalar(select(func.count()).select_from(Trial).where(Trial.study_id == study_id))
-    if known is not None and total != len(done) + len(still_open):
+    if total != len(records) and incremental:
         with _known_lock:
             cache.pop(study_id, None)
         return read_study_trials(session, study_id, space)
-    rows = sorted([*done.values(), *((row, rec) for row, rec, _ in still_open.values())], key=lambda r: r[0].number)
-    with _known_lock:
-        cache[study_id] = _Known(done, still_open, max((r.number for r, _ in rows), default=-1))
-        cache.move_to_end(study_id)
-        while len(cache) > KNOWN_STUDIES:
-            cache.popitem(last=False)
-    return History(tuple(rec for _, rec in rows if rec is not None)), [r for r, _ in rows]
+    if total == len(records):  # else trials were created between the two reads: keep nothing
+        with _known_lock:
+            cache[study_id] = _Known(records, position, open_, done_live, done_cost, max_number)
+            cache.move_to_end(study_id)
+            while len(cache) > KNOWN_STUDIES:
+                cache.popitem(last=False)
+    tally = TrialTally(len(open_), done_live + len(open_), done_cost + sum(c for c, _ in open_.values()), max_number)
+    kept = tuple(records) if None not in records else tuple(r for r in records if r is not None)
+    return History(kept), tally
 
 
 def _id_in(session: Session, ids: list[int]):

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ..db import FINAL, IN_FLIGHT, Database, announce_work, Fidelity, Recommendation, Study, StudyDomain, StudyState, Trial, TrialState, utcnow
+from ..db import FINAL, Database, announce_work, Fidelity, Recommendation, Study, StudyDomain, StudyState, Trial, TrialState, utcnow
 from ..errors import Conflict, InputError, NotFound
 from ..schemas._trainer import check_trainer_params
 from ..metrics import observe_proposal
@@ -22,7 +22,8 @@ from ..schemas.studies import StudyCreate
 from ..strategies import Proposal, get_strategy_class
 from ..strategies._admission import Room, admit, room
 from ._costs import fill_costs
-from ._spec import forget_study_trials, load_history, load_trials, read_study_trials, space_for, strategy_for
+from ._spec import (TrialTally, forget_study_trials, load_history, load_trials, read_study_trials, space_for,
+                    strategy_for)
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +215,8 @@ def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threadin
             if study is None or study.state != StudyState.running:
                 return False
             space = space_for(study)
-            history, rows = read_study_trials(s, study_id, space)
-            before = _budget(study, rows)
+            history, tally = read_study_trials(s, study_id, space)
+            before = _budget(study, tally)
             strategy = strategy_for(study, space)
         proposals: list[Proposal] = []
         if before.room.free > 0:
@@ -254,13 +255,10 @@ def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threadin
     return False
 
 
-def _budget(study: Study, trials: list) -> _Budget:
-    """The room (:func:`..strategies._admission.room`) left by ``trials`` (trials, or rows with
-    their state, cost, number, strategy_meta); imported and cancelled trials use none."""
-    live = [t for t in trials if t.state != TrialState.cancelled and not (t.strategy_meta or {}).get("imported")]
-    in_flight = sum(t.state in IN_FLIGHT for t in live)
-    left = room(study.parallelism, in_flight, len(live), sum(t.cost for t in live), study.budget_trials, study.budget_cost)
-    return _Budget(left, in_flight, max((t.number for t in trials), default=-1))
+def _budget(study: Study, tally: TrialTally) -> _Budget:
+    """The room (:func:`..strategies._admission.room`) left by the study's trials."""
+    left = room(study.parallelism, tally.in_flight, tally.live, tally.cost, study.budget_trials, study.budget_cost)
+    return _Budget(left, tally.in_flight, tally.last_number)
 
 
 def _enqueue(s: Session, study: Study, proposals: list[Proposal], space) -> None:
