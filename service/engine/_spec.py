@@ -32,6 +32,22 @@ def space_for(study: Study) -> SearchSpace:
     return make_space(domains, fidelities, max_epochs=study.max_epochs)
 
 
+_spaces: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per database engine: study id -> its :class:`SearchSpace` (domains and fidelities never change)."""
+
+
+def cached_space(session: Session, study: Study) -> SearchSpace:
+    """``space_for(study)``, built once per process: ``advance`` runs many times a second on a busy
+    study, and loading the domains and fidelities was two of its queries each time."""
+    cache = _spaces.setdefault(session.get_bind(), {})
+    space = cache.get(study.id)
+    if space is None:
+        if len(cache) > 10_000:
+            cache.clear()
+        space = cache[study.id] = space_for(study)
+    return space
+
+
 def strategy_for(study: Study, space: SearchSpace | None = None) -> BaseStrategy:
     return create_strategy(study.strategy, space or space_for(study), study.strategy_params, study.seed)
 

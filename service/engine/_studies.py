@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import ValidationError
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from ..db import FINAL, Database, announce_work, Fidelity, Recommendation, Study, StudyDomain, StudyState, Trial, TrialState, utcnow
 from ..errors import Conflict, InputError, NotFound
@@ -22,7 +22,7 @@ from ..schemas.studies import StudyCreate
 from ..strategies import Proposal, get_strategy_class
 from ..strategies._admission import Room, admit, room
 from ._costs import fill_costs
-from ._spec import (TrialTally, forget_study_trials, load_history, load_trials, read_study_trials, space_for,
+from ._spec import (TrialTally, cached_space, forget_study_trials, load_history, load_trials, read_study_trials, space_for,
                     strategy_for)
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,12 @@ _TRANSITIONS = {
 }
 
 
-def get_study(session: Session, study_id: int, *, lock: bool = False) -> Study:
-    q = select(Study).where(Study.id == study_id)
+_NO_RELATIONSHIPS = (lazyload(Study.domains), lazyload(Study.fidelities))
+"""Loaded when used rather than with every read of the study (``advance`` reads the cached space)."""
+
+
+def get_study(session: Session, study_id: int, *, lock: bool = False, options: tuple = ()) -> Study:
+    q = select(Study).where(Study.id == study_id).options(*options)
     if lock:
         q = q.with_for_update()
     study = session.scalars(q).one_or_none()
@@ -211,10 +215,10 @@ def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threadin
     """
     for _ in range(attempts):
         with db.session() as s:
-            study = s.get(Study, study_id)
+            study = s.get(Study, study_id, options=_NO_RELATIONSHIPS)
             if study is None or study.state != StudyState.running:
                 return False
-            space = space_for(study)
+            space = cached_space(s, study)
             history, tally = read_study_trials(s, study_id, space)
             before = _budget(study, tally)
             strategy = strategy_for(study, space)
@@ -236,7 +240,7 @@ def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threadin
         if abandon is not None and abandon.is_set():
             return False
         with db.session() as s:
-            study = get_study(s, study_id, lock=True)
+            study = get_study(s, study_id, lock=True, options=_NO_RELATIONSHIPS)
             if study.state != StudyState.running:
                 return False
             now = _budget(study, read_study_trials(s, study_id, space)[1])
