@@ -22,7 +22,7 @@ from ..schemas.studies import StudyCreate
 from ..strategies import Proposal, get_strategy_class
 from ..strategies._admission import Room, admit, room
 from ._costs import fill_costs
-from ._spec import (TrialTally, cached_space, forget_study_trials, load_history, load_trials, read_study_trials, space_for,
+from ._spec import (TrialTally, cached_space, forget_study_trials, read_study_trials, space_for,
                     strategy_for)
 
 log = logging.getLogger(__name__)
@@ -243,7 +243,8 @@ def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threadin
             study = get_study(s, study_id, lock=True, options=_NO_RELATIONSHIPS)
             if study.state != StudyState.running:
                 return False
-            now = _budget(study, read_study_trials(s, study_id, space)[1])
+            history_now, tally_now = read_study_trials(s, study_id, space)
+            now = _budget(study, tally_now)
             if now.last_number != before.last_number:
                 continue
             admitted = admit(proposals, {f.name: f.cost for f in space.fidelities}, now.room)
@@ -253,7 +254,7 @@ def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threadin
             if now.in_flight == 0:
                 if before.in_flight:  # results arrived while the strategy computed: ask it again
                     continue
-                _complete(s, study, strategy, space)
+                _complete(s, study, strategy, space, history_now)
                 return True
             return False
     return False
@@ -293,9 +294,10 @@ def _enqueue(s: Session, study: Study, proposals: list[Proposal], space) -> None
     announce_work(s)
 
 
-def _complete(s: Session, study: Study, strategy, space) -> None:
-    trials = load_trials(s, study.id)
-    rec = strategy.recommend(load_history(s, space, trials))
+def _complete(s: Session, study: Study, strategy, space, history) -> None:
+    """Complete the study with the strategy's final recommendation from ``history`` (read in this
+    transaction, under the study's lock, with nothing in flight)."""
+    rec = strategy.recommend(history)
     if rec is not None:
         s.add(_recommendation_row(study.id, space, rec, final=True))
     study.state = StudyState.completed
@@ -347,7 +349,7 @@ def refresh_recommendation(db: Database, study_id: int) -> bool:
         study = s.get(Study, study_id)
         if study is None or study.state in (StudyState.draft,):
             return False
-        space = space_for(study)
+        space = cached_space(s, study)
         history = read_study_trials(s, study_id, space)[0]
         strategy = strategy_for(study, space)
         last = latest_recommendation(s, study_id)
