@@ -229,7 +229,8 @@ def lease_next(db: Database, worker: Worker, max_trials: int = 1, model: str | N
             if not fitting:
                 return []
         q = _queued(select(Trial).options(lazyload(Trial.fidelity), lazyload(Trial.result)), worker, model, fitting)
-        trial = s.scalars(q.order_by(Trial.id).limit(1).with_for_update(of=Trial, skip_locked=True)).first()
+        trial = s.scalars(q.order_by(Trial.id).limit(1).with_for_update(of=Trial, skip_locked=True),
+                          _queued_params(worker, model)).first()
         if trial is None:
             return []
         trials = [trial]
@@ -246,23 +247,42 @@ def lease_next(db: Database, worker: Worker, max_trials: int = 1, model: str | N
 
 def _queued(q: Select, worker: Worker, model: str | None, fitting: dict[int, Fidelity] | None) -> Select:
     """``q`` (of trials) restricted to the queued trials of running worker studies that ``worker``
-    can run (of ``model`` if given): in SQL when its capabilities name models only, else of the
-    ``fitting`` fidelities (:func:`_fitting`)."""
-    caps = worker.capabilities or {}
-    q = (q.join(Study, Study.id == Trial.study_id)
-         .where(Study.state == StudyState.running, Study.dispatch == "workers", Trial.state == TrialState.queued))
+    can run (of ``model`` if given): in SQL when its capabilities name models only (run it with
+    :func:`_queued_params`), else of the ``fitting`` fidelities (:func:`_fitting`)."""
+    static_only, by_models, by_model = _queued_shape(worker, model)
     if fitting is not None:
-        q = q.where(Trial.fidelity_id.in_(fitting))
-    else:
-        if caps.get("models") is not None or model is not None:
-            q = q.join(Fidelity, Fidelity.id == Trial.fidelity_id)
-        if caps.get("models") is not None:
-            q = q.where(Fidelity.model.in_(caps["models"]))
-        if model is not None:
-            q = q.where(Fidelity.model == model)
-    if not caps.get("dynamic", True):
-        q = q.where(Trial.dynamic.is_(False))
-    return q
+        source, where = _queued_rows(static_only, False, False)
+        return q.select_from(source).where(*where, Trial.__table__.c.fidelity_id.in_(fitting))
+    source, where = _queued_rows(static_only, by_models, by_model)
+    return q.select_from(source).where(*where)
+
+
+def _queued_shape(worker: Worker, model: str | None) -> tuple[bool, bool, bool]:
+    """Which conditions :func:`_queued_rows` needs for ``worker`` and ``model``."""
+    caps = worker.capabilities or {}
+    return not caps.get("dynamic", True), caps.get("models") is not None, model is not None
+
+
+def _queued_params(worker: Worker, model: str | None) -> dict:
+    return {"p_models": list((worker.capabilities or {}).get("models") or []), "p_model": model}
+
+
+def _queued_rows(static_only: bool, by_models: bool, by_model: bool) -> tuple:
+    """The join and the conditions of the queued trials a worker may lease (running studies
+    dispatched to workers; the worker's models ``p_models``, the asked ``p_model``, static trials
+    only), over the tables, with bound parameters: one policy for every lease statement."""
+    trials, studies, fidelities = Trial.__table__, Study.__table__, Fidelity.__table__
+    source = trials.join(studies, studies.c.id == trials.c.study_id)
+    if by_models or by_model:
+        source = source.join(fidelities, fidelities.c.id == trials.c.fidelity_id)
+    where = [studies.c.state == StudyState.running, studies.c.dispatch == "workers", trials.c.state == TrialState.queued]
+    if by_models:
+        where.append(fidelities.c.model.in_(bindparam("p_models", expanding=True)))
+    if by_model:
+        where.append(fidelities.c.model == bindparam("p_model"))
+    if static_only:
+        where.append(trials.c.dynamic.is_(False))
+    return source, where
 
 
 def _lease_one(s: Session, worker: Worker, model: str | None, max_held: int | None, now: datetime) -> list[LeaseItem]:
@@ -270,15 +290,13 @@ def _lease_one(s: Session, worker: Worker, model: str | None, max_held: int | No
     worker's row is locked (see :func:`_room`), one statement counts its leases, picks the oldest
     fitting queued trial (``SKIP LOCKED``), leases it (the trial's UPDATE and the lease's INSERT)
     and returns it with the count."""
-    caps = worker.capabilities or {}
     conn = s.connection()
     if max_held is not None:
         conn.execute(_lock_worker(), {"p_worker": worker.id})
     lease_id = str(uuid.uuid4())
-    statement = _lease_one_postgres(max_held is not None, not caps.get("dynamic", True),
-                                    caps.get("models") is not None, model is not None)
+    statement = _lease_one_postgres(max_held is not None, *_queued_shape(worker, model))
     params = {"p_worker": worker.id, "p_now": now, "p_lease": lease_id, "p_owner": f"worker:{worker.id}",
-              "p_max_held": max_held, "p_models": list(caps.get("models") or []), "p_model": model}
+              "p_max_held": max_held, **_queued_params(worker, model)}
     trial = conn.execute(statement, params).one()
     if trial.id is None:
         if max_held is not None and trial.held >= max_held:
@@ -288,6 +306,16 @@ def _lease_one(s: Session, worker: Worker, model: str | None, max_held: int | No
     const = study_constants(s, trial.study_id)
     _remember_lease(s, lease_id, trial.id, trial.study_id, worker.id)
     return [_lease_item(const, lease_id, trial.lease_expires_at, trial)]
+
+
+@functools.cache
+def _held_leases() -> Select:
+    """How many live leases worker ``p_worker`` holds at ``p_now`` (its max-leases count)."""
+    trials, leases = Trial.__table__, Lease.__table__
+    live = and_(trials.c.id == leases.c.trial_id, trials.c.lease_id == leases.c.id)  # by the trial's key
+    return (select(func.count().label("count")).select_from(leases.join(trials, live))
+            .where(leases.c.worker_id == bindparam("p_worker"), leases.c.outcome.is_(None),  # ix_leases_live_worker
+                   trials.c.state.in_(HELD), trials.c.lease_expires_at >= bindparam("p_now", type_=trials.c.lease_expires_at.type)))
 
 
 @functools.cache
@@ -301,26 +329,12 @@ def _lease_one_postgres(limit_held: bool, static_only: bool, by_models: bool, by
     """:func:`_lease_one`'s statement, built once per shape (the conditions of :func:`_queued`, as
     parameters): ``p_worker``, ``p_now``, ``p_lease`` (the new lease's id), ``p_owner``, and as the
     shape needs them ``p_max_held``, ``p_models``, ``p_model``."""
-    trials, studies, leases, fidelities = Trial.__table__, Study.__table__, Lease.__table__, Fidelity.__table__
+    trials, studies, leases = Trial.__table__, Study.__table__, Lease.__table__
     when = Trial.lease_expires_at.type
     now, worker_id, lease_id = bindparam("p_now", type_=when), bindparam("p_worker"), bindparam("p_lease")
-    live = and_(trials.c.id == leases.c.trial_id, trials.c.lease_id == leases.c.id)  # by the trial's key
-    held = (select(func.count().label("count")).select_from(leases.join(trials, live))
-            .where(leases.c.worker_id == worker_id, leases.c.outcome.is_(None),  # ix_leases_live_worker
-                   trials.c.state.in_(HELD), trials.c.lease_expires_at >= now)
-            .cte("held"))
-    source = trials.join(studies, studies.c.id == trials.c.study_id)
-    if by_models or by_model:
-        source = source.join(fidelities, fidelities.c.id == trials.c.fidelity_id)
-    pick = (select(trials.c.id, studies.c.lease_seconds).select_from(source)
-            .where(studies.c.state == StudyState.running, studies.c.dispatch == "workers",
-                   trials.c.state == TrialState.queued))
-    if by_models:
-        pick = pick.where(fidelities.c.model.in_(bindparam("p_models", expanding=True)))
-    if by_model:
-        pick = pick.where(fidelities.c.model == bindparam("p_model"))
-    if static_only:
-        pick = pick.where(trials.c.dynamic.is_(False))
+    held = _held_leases().cte("held")
+    source, where = _queued_rows(static_only, by_models, by_model)
+    pick = select(trials.c.id, studies.c.lease_seconds).select_from(source).where(*where)
     if limit_held:
         pick = pick.where(select(held.c.count).scalar_subquery() < bindparam("p_max_held"))
     pick = pick.order_by(trials.c.id).limit(1).with_for_update(of=trials, skip_locked=True).cte("pick")
@@ -362,12 +376,10 @@ def _room(s: Session, worker: Worker, max_held: int, now: datetime) -> int:
     the count is a statement of its own, after the lock: in one statement it would read the
     snapshot taken before the lock was granted, and miss the leases of the call it waited for.
     SQLite serialises transactions (``BEGIN IMMEDIATE``): no lock to take there."""
-    held = (select(func.count()).select_from(Lease).join(Trial, and_(Trial.id == Lease.trial_id, Trial.lease_id == Lease.id))
-            .where(Lease.worker_id == worker.id, Lease.outcome.is_(None),  # ix_leases_live_worker
-                   Trial.state.in_(HELD), Trial.lease_expires_at >= now))
+    conn = s.connection()
     if s.get_bind().dialect.name == "postgresql":
-        s.execute(select(Worker.id).where(Worker.id == worker.id).with_for_update())
-    held = s.scalar(held)
+        conn.execute(_lock_worker(), {"p_worker": worker.id})
+    held = conn.execute(_held_leases(), {"p_worker": worker.id, "p_now": now}).scalar_one()
     if held >= max_held:
         raise Conflict(f"worker {worker.id} holds {held} leases, the most one worker may hold "
                        f"(MIXOPT_MAX_LEASES_PER_WORKER={max_held}): finish or release some first")
