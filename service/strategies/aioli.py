@@ -26,7 +26,10 @@ The schedule of a run of ``S`` steps (``S`` from :func:`step_budget`):
   segment that only measures ``L^0`` of the first round.
 - per round of ``update_steps``: ``lp_rounds * k`` ``learn`` segments of ``lp_steps`` on the
   smoothed one-hot mixtures (the k domains in a seeded random order per sweep), then one
-  ``train`` segment on the updated mixture for the rest of the round. ``L^0`` of a round is the
+  ``train`` segment on the updated mixture for the rest of the round: ``softmax(log p0 + s *
+  eta * 1^T A)`` from the initial mixture ``p0`` (``updates_from``), ``s`` the round's steering
+  share (:func:`steering_trust`: the step shrinks to nothing when the column sums do not rise
+  above their measured noise). ``L^0`` of a round is the
   evaluation at the end of the previous segment: the model state is the same as at the round's
   start, so the reference code's separate evaluation is not repeated.
 - the last round is cut to the budget; when it has no room left for training after LearnParams,
@@ -116,6 +119,12 @@ def default_settings(k: int) -> dict[str, Any]:
         row["lp_rounds"] = LP_ROUNDS_MANY
     return row
 
+
+STEER_LEVEL = 0.95
+"""Default ``steer_level``: a round's update steers on noise alone about 5% of the time. On the
+demo corpus at 10^5-10^6 tokens per run the LearnParams loss drops measure the column sums with a
+signal-to-noise ratio of about 0.5 (docs/strategies.md): the paper's update then re-weighted on
+noise and added variance without a gain; with the test it keeps the initial mixture."""
 
 MAX_CONDITION = 1e4
 """Largest condition number accepted for the LearnParams mixtures ``W`` once projected onto the
@@ -254,39 +263,98 @@ def loss_noise(
     return s_eval, s_step
 
 
-def signal_to_noise(
+def column_noise(
     losses: np.ndarray, weights: np.ndarray, steps: np.ndarray, domains: np.ndarray, lp_steps: int
-) -> dict[str, float | None]:
-    """How far a run's LearnParams measurements rise above their noise (arguments as
-    :func:`estimate_interactions`: ``Q`` phases, ``M`` segments, ``k`` domains).
+) -> tuple[float, np.ndarray, np.ndarray] | None:
+    """The noise of a run's LearnParams measurements (arguments as :func:`estimate_interactions`:
+    ``Q`` phases, ``M`` segments, ``k`` domains).
 
     Returns:
-        ``noise``: the standard deviation of one segment's loss drop (per ``lp_steps`` steps) about
-        the exact mixing-law fit, ``sqrt(2 s_eval + s_step)`` from :func:`loss_noise` pooled over the
-        phases; ``drop``: the last phase's mean LearnParams loss drop (over segments and domains)
-        over ``noise``; ``columns``: the spread (std over domains) of the last phase's raw column
-        sums ``1^T A`` over their standard error, ``noise * sqrt(k / R * diag(W^-1 W^-T))`` with
-        ``R = M / k`` sweeps. Below about 1 the update steers on noise. All ``None`` with one sweep
-        per phase (``M = k``: the exact fit leaves no residual to measure the noise from).
+        ``(noise, cov, a)``: ``noise`` the standard deviation of one segment's loss drop (per
+        ``lp_steps`` steps) about the exact mixing-law fit, ``sqrt(2 s_eval + s_step)`` from
+        :func:`loss_noise` pooled over the phases; ``cov`` (``k x k``) the covariance of one
+        phase's raw column sums ``1^T A``, ``noise^2 * k / R * W^-1 W^-T`` with ``R = M / k``
+        sweeps (the columns of ``W^-1`` make it far from diagonal); ``a`` (``Q x k x k``) the exact
+        estimates. ``None`` with one sweep per phase (``M = k``: the exact fit leaves no residual
+        to measure the noise from).
     """
     losses = np.asarray(losses, dtype=float)
     weights = np.asarray(weights, dtype=float)
     q, m1, k = losses.shape
     if m1 - 1 <= k:
-        return {"noise": None, "drop": None, "columns": None}
+        return None
     a = estimate_interactions(losses, weights, steps, domains, lp_steps)
     s_eval, s_step = loss_noise(losses, weights, steps, a, lp_steps)
     noise = math.sqrt(2 * s_eval + s_step)
-    blocks = np.asarray(steps, dtype=float)[-1] / lp_steps
-    drop = float(np.mean((losses[-1, :-1] - losses[-1, 1:]) / blocks[:, None]))
     onehot = np.eye(k)[np.asarray(domains)[-1]]  # M x k
     mix = onehot.T @ weights[-1] / onehot.sum(0)[:, None]  # k x k, row j = W_j
     inv = np.linalg.inv(mix)
-    se = noise * np.sqrt(k / ((m1 - 1) / k) * np.diag(inv @ inv.T))
-    spread = float(np.std(a[-1].sum(0)))
+    cov = noise**2 * k / ((m1 - 1) / k) * (inv @ inv.T)
+    return noise, cov, a
+
+
+def signal_to_noise(
+    losses: np.ndarray, weights: np.ndarray, steps: np.ndarray, domains: np.ndarray, lp_steps: int
+) -> dict[str, float | None]:
+    """How far a run's LearnParams measurements rise above their noise (arguments as
+    :func:`estimate_interactions`).
+
+    Returns:
+        ``noise``: as :func:`column_noise`; ``drop``: the last phase's mean LearnParams loss drop
+        (over segments and domains) over ``noise``; ``columns``: the spread (std over domains) of
+        the last phase's raw column sums ``1^T A`` over their standard error. Below about 1 the
+        update steers on noise. All ``None`` with one sweep per phase.
+    """
+    measured = column_noise(losses, weights, steps, domains, lp_steps)
+    if measured is None:
+        return {"noise": None, "drop": None, "columns": None}
+    noise, cov, a = measured
+    se = np.sqrt(np.diag(cov))
     if noise <= 0:
         return {"noise": 0.0, "drop": None, "columns": None}
+    losses = np.asarray(losses, dtype=float)
+    blocks = np.asarray(steps, dtype=float)[-1] / lp_steps
+    drop = float(np.mean((losses[-1, :-1] - losses[-1, 1:]) / blocks[:, None]))
+    spread = float(np.std(a[-1].sum(0)))
     return {"noise": noise, "drop": drop / noise, "columns": spread / float(np.sqrt(np.mean(se**2)))}
+
+
+def steering_trust(raw: np.ndarray, cov: np.ndarray | None, ema: float | None, level: float | None) -> tuple[float, float | None]:
+    """The share of the exponentiated-gradient step a round takes: the update is shrunk toward
+    "no change" by how little its driving column sums rise above their noise.
+
+    ``c``: the column sums of the estimates combined as the update combines them
+    (:func:`phase_weights`); only their differences move the mixture. ``S``: the squared
+    Mahalanobis length of ``c`` less its mean under the noise covariance (independent phases),
+    chi-squared with ``k - 1`` degrees of freedom when the domains do not differ. The share is
+    ``max(0, 1 - chi2_{k-1}(level) / S)``: a round steers on noise alone with probability about
+    ``1 - level``, and then only a little; a clear signal keeps nearly the whole step.
+
+    Args:
+        raw: ``Q x k x k`` raw (unnormalised) estimates, oldest first.
+        cov: ``k x k`` covariance of one phase's column sums (:func:`column_noise`), or ``None``
+            when the noise is unmeasured (one sweep per phase): the whole step is taken.
+        ema: as :func:`mixture_logits`.
+        level: the test level; ``None`` takes the whole step (the paper's update).
+
+    Returns:
+        ``(share, S)``; ``S`` is ``None`` when it was not measured.
+    """
+    if level is None or cov is None:
+        return 1.0, None
+    from scipy.stats import chi2  # scipy is slow to import and needed only here
+
+    raw = np.asarray(raw, dtype=float)
+    k = raw.shape[-1]
+    coef = phase_weights(len(raw), ema)
+    centre = np.eye(k) - 1.0 / k
+    cols = centre @ np.tensordot(coef, raw, axes=1).sum(0)
+    var = float(np.sum(coef**2)) * centre @ np.asarray(cov, dtype=float) @ centre
+    if not np.all(np.isfinite(var)) or np.trace(var) <= 0:
+        return 1.0, None
+    s = float(cols @ np.linalg.pinv(var, rcond=1e-10, hermitian=True) @ cols)
+    threshold = float(chi2.ppf(level, k - 1))
+    return (max(0.0, 1.0 - threshold / s) if s > 0 else 0.0), s
 
 
 def normalize_interactions(a: np.ndarray) -> np.ndarray:
@@ -299,31 +367,37 @@ def normalize_interactions(a: np.ndarray) -> np.ndarray:
     return np.divide(a, total, out=np.zeros_like(a), where=total > 0)
 
 
+def phase_weights(q: int, ema: float | None) -> np.ndarray:
+    """``Q`` weights with which the update combines ``Q`` estimates, oldest first: all 1 for
+    multiplicative updates (``ema=None``); the reference code's EMA
+    ``A_bar_q = (1 - gamma) A_q + gamma A_bar_{q-1}``, ``A_bar_0 = A_0``, otherwise."""
+    if ema is None:
+        return np.ones(q)
+    age = np.arange(q - 1, -1, -1)
+    coef = (1.0 - ema) * ema**age
+    if q:
+        coef[0] = ema ** (q - 1)  # the oldest estimate seeds the average with weight 1
+    return coef
+
+
 def mixture_logits(a: np.ndarray, eta: float, ema: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """Log-weights (up to a constant) of the exponentiated-gradient mixture after ``Q`` estimates.
+    """Log-weights (up to a constant) of the exponentiated-gradient update after ``Q`` estimates.
 
     Args:
         a: ``Q x k x k`` (normalised) estimates, oldest first.
         eta: the step size.
-        ema: ``None``: multiplicative updates, ``log p = eta * sum_q 1^T A_q`` (from uniform).
+        ema: ``None``: multiplicative updates, ``log p = eta * sum_q 1^T A_q`` (from the start).
             ``gamma``: the reference code's EMA ``A_bar_q = (1 - gamma) A_q + gamma A_bar_{q-1}``,
-            ``A_bar_0 = A_0``, and ``log p = eta * 1^T A_bar`` restarting from uniform.
+            ``A_bar_0 = A_0``, and ``log p = eta * 1^T A_bar`` restarting from the start.
 
     Returns:
         ``k`` logits and the ``k x k`` matrix whose column sums drove them (the sum, or ``A_bar``).
     """
     a = np.asarray(a, dtype=float)
-    q = len(a)
-    if q == 0:
+    if len(a) == 0:
         k = a.shape[-1]
         return np.zeros(k), np.zeros((k, k))
-    if ema is None:
-        driver = a.sum(0)
-    else:
-        age = np.arange(q - 1, -1, -1)
-        coef = (1.0 - ema) * ema**age
-        coef[0] = ema ** (q - 1)  # the oldest estimate seeds the average with weight 1
-        driver = np.tensordot(coef, a, axes=1)
+    driver = np.tensordot(phase_weights(len(a), ema), a, axes=1)
     return eta * driver.sum(0), driver
 
 
@@ -348,9 +422,11 @@ class AioliParams(StrategyParams):
     warmup_steps: int | None = Field(None, ge=0, description="steps on the initial mixture before the first LearnParams round (a restricted run's prior_steps count toward them); default: the trainer's learning-rate warm-up at the fidelity (params.warmup, else 5% of the steps, at most 200)")
     normalize: bool = Field(True, description="normalise A (subtract a negative minimum, divide by the sum) before the update, as in all of the paper's runs")
     solve: Literal["exact", "lstsq"] = Field("exact", description="estimator of A: 'exact' (the paper's W^-1 G per round) or 'lstsq' (generalised least squares on the loss levels of all LearnParams segments of a round, noise model estimated from the run)")
-    prior_mixture: dict[str, float] | None = Field(None, description="'restricted' variant: the mixture of the first prior_steps steps (e.g. a RegMix or ADMIRE recommendation; renormalised); default uniform. As in the reference code, Aioli's updates then start from uniform, not from this mixture")
+    prior_mixture: dict[str, float] | None = Field(None, description="'restricted' variant: the mixture of the first prior_steps steps (e.g. a RegMix or ADMIRE recommendation; renormalised); default uniform. Aioli's updates then start from it (see updates_from)")
     prior_steps: int = Field(0, ge=0, description="'restricted' variant: steps trained on prior_mixture before Aioli starts (0: unrestricted)")
     prior_mixture_from_study: int | None = Field(None, ge=1, description="'restricted' variant chained to another study: the server sets prior_mixture to that study's latest recommendation when this study is created (same domains required)")
+    updates_from: Literal["prior", "uniform"] = Field("prior", description="where the exponentiated-gradient updates start: 'prior' (the initial mixture: prior_mixture, else uniform) or 'uniform' (the reference code's restricted variant, which returns to uniform after the prior's steps)")
+    steer_level: float | None = Field(STEER_LEVEL, gt=0.0, lt=1.0, description="each round's update is scaled by max(0, 1 - chi2_{k-1}(steer_level) / S), S the spread of its column sums in units of their measured noise, so that a round steers on noise alone with probability about 1 - steer_level; null takes the whole step every round (the paper's update). Needs lp_rounds >= 2 to measure the noise; with one sweep the whole step is taken")
     recommend: Literal["average", "final"] = Field("average", description="the recommended static mixture: the step-weighted average of the Aioli-chosen mixtures over the run, or the last one")
 
     @field_validator("ema")
@@ -678,24 +754,28 @@ class AioliStrategy(BaseOnlineStrategy):
         starts = starts[starts >= 0]
         meta: dict[str, Any] = {"estimates": int(len(starts)), "solve": self.params.solve}
         if len(starts) == 0:
-            return np.full(k, 1.0 / k), {**meta, "p": [1.0 / k] * k}
+            start = self.prior if self.params.updates_from == "prior" else np.full(k, 1.0 / k)
+            return start.copy(), {**meta, "p": start.tolist()}
         idx = starts[:, None] + np.arange(-1, m)[None, :]  # Q x (M+1): L^0's segment, then the learn ones
         losses = self._losses(segments, idx.ravel()).reshape(len(starts), m + 1, k)
         learn_idx = idx[:, 1:]
         weights = np.stack([segments[i].segment.weights for i in learn_idx.ravel()]).reshape(len(starts), m, k)
-        raw = estimate_interactions(
-            losses, weights, plan.steps[learn_idx], plan.domains[learn_idx], s.lp_steps, self.params.solve
-        )
+        steps, domains = plan.steps[learn_idx], plan.domains[learn_idx]
+        raw = estimate_interactions(losses, weights, steps, domains, s.lp_steps, self.params.solve)
         norm = normalize_interactions(raw) if self.params.normalize else raw
         logits, driver = mixture_logits(norm, s.eta, s.ema)
-        p = softmax(logits)
-        snr = signal_to_noise(losses, weights, plan.steps[learn_idx], plan.domains[learn_idx], s.lp_steps)
+        measured = column_noise(losses, weights, steps, domains, s.lp_steps)
+        share, chi2_stat = steering_trust(raw, None if measured is None else measured[1], s.ema, self.params.steer_level)
+        start = self.prior if self.params.updates_from == "prior" else np.full(k, 1.0 / k)
+        with np.errstate(divide="ignore"):  # a domain the prior leaves out stays out
+            p = softmax(np.log(start) + share * logits)
         meta.update(
             p=p.tolist(),
             column_sums=driver.sum(0).tolist(),
             A=norm[-1].tolist(),
             A_raw=raw[-1].tolist(),
-            snr=snr,
+            snr=signal_to_noise(losses, weights, steps, domains, s.lp_steps),
+            steer={"share": share, "chi2": chi2_stat, "level": self.params.steer_level},
         )
         return p, meta
 
