@@ -22,6 +22,7 @@ from .engine import EngineRunner
 from .errors import InputError, MixoptError
 from .logs import configure_logging, register_secret
 from .settings import Settings, check_secrets, get_settings
+from .api._fastlane import install_fast_routes
 from .api._guard import Guard
 from .api._limits import BodySizeLimit
 from .api._wakeup import Wakeup
@@ -123,4 +124,6 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
     for module in (health, studies, trials, workers, leases, metrics_route):
         app.include_router(module.router)
     app.include_router(dashboard.router)
+    if settings.worker_fast_path:
+        install_fast_routes(app)
     return app

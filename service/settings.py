@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     )
     auto_migrate: bool = Field(True, description="run the database migrations when the server starts")
     db_pool_size: int = Field(10, ge=1, description="connection pool size (Postgres)")
+    worker_fast_path: bool = Field(
+        True, description="serve the workers' lease, heartbeat and complete calls without FastAPI's per-request "
+        "machinery when they are the common case (known worker, valid body); the answers are the same. "
+        "False: every call through the documented routes"
+    )
     max_body_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="largest request body accepted (bytes); larger ones get a 413"
     )

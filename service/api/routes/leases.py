@@ -19,7 +19,7 @@ from ...schemas.segments import SegmentAnswer, SegmentReport
 from ...schemas.leases import Heartbeat, HeartbeatAnswer, LeaseFail, LeaseGrant, LeaseOutcome, LeaseRequest
 from ...schemas.trials import ResultCreate
 from ..auth import WorkerDep
-from ..deps import DbDep, LeaseId, RunnerDep, SettingsDep, WakeupDep
+from ..deps import DbDep, LeaseId, RunnerDep
 
 router = APIRouter(prefix="/api/v1/leases", tags=["leases"],
                    responses={401: {"description": "no or invalid worker token"},
@@ -46,23 +46,16 @@ class LeaseGate:
         self.found_nothing: dict[str, int] = {}
 
 
-@router.post("", response_model=LeaseGrant, responses={
-    204: {"description": "no work right now"},
-    409: {"description": "the worker holds MIXOPT_MAX_LEASES_PER_WORKER leases already"}})
-async def lease(request: Request, worker: WorkerDep, db: DbDep, settings: SettingsDep, wakeup: WakeupDep,
-                body: LeaseRequest | None = None):
-    """Lease the next trial this worker can run; waits up to `wait_s` (long-poll), then 204.
-    The wait is woken when trials are queued, not spent polling. With `max_trials` > 1, up to
-    that many trials sharing the first one's training settings: the first at the top level, all of
-    them in `leases`. A worker holds at most `MIXOPT_MAX_LEASES_PER_WORKER` live leases (fewer
-    trials than asked near it, 409 at it)."""
-    body = body or LeaseRequest()
+async def grant(state, worker, body: LeaseRequest) -> LeaseGrant | None:
+    """The lease call's work (``state``: the app's state; ``worker``: the calling worker's row): the
+    grant, or ``None`` when no work came within the long-poll. Shared by the route and the fast path (``service.api._fastlane``)."""
+    db, settings, wakeup = state.db, state.settings, state.wakeup
     wait = settings.long_poll_s if body.wait_s is None else min(body.wait_s, settings.long_poll_s * 4)
     deadline = time.monotonic() + wait
     recheck = wait if db.is_postgres else RECHECK_S
     kind = json.dumps([worker.capabilities or {}, body.model], sort_keys=True)
-    gate = getattr(request.app.state, "lease_gate", None) or LeaseGate(settings.db_pool_size)
-    request.app.state.lease_gate = gate
+    gate = getattr(state, "lease_gate", None) or LeaseGate(settings.db_pool_size)
+    state.lease_gate = gate
     first = True
     while True:
         token, generation = wakeup.token(), wakeup.generation
@@ -76,16 +69,42 @@ async def lease(request: Request, worker: WorkerDep, db: DbDep, settings: Settin
                     gate.found_nothing[kind] = generation
         first = False
         if time.monotonic() >= deadline:
-            return Response(status_code=status.HTTP_204_NO_CONTENT)
+            return None
         if not await wakeup.wait(token, min(recheck, deadline - time.monotonic())):
             gate.found_nothing.pop(kind, None)  # a timed recheck (SQLite: another process may have queued work)
 
 
+async def renew(state, lease_id: str, worker, body: Heartbeat) -> HeartbeatAnswer:
+    """The heartbeat call's work; shared by the route and the fast path."""
+    return await run_in_threadpool(engine.heartbeat, state.db, lease_id, worker, body)
+
+
+async def finish(state, lease_id: str, worker, body: ResultCreate) -> LeaseOutcome:
+    """The complete call's work; shared by the route and the fast path."""
+    out = await run_in_threadpool(engine.complete_lease, state.db, lease_id, worker, body)
+    if not out.duplicate:
+        state.runner.notify(out.study_id)
+    return out
+
+
+@router.post("", response_model=LeaseGrant, responses={
+    204: {"description": "no work right now"},
+    409: {"description": "the worker holds MIXOPT_MAX_LEASES_PER_WORKER leases already"}})
+async def lease(request: Request, worker: WorkerDep, body: LeaseRequest | None = None):
+    """Lease the next trial this worker can run; waits up to `wait_s` (long-poll), then 204.
+    The wait is woken when trials are queued, not spent polling. With `max_trials` > 1, up to
+    that many trials sharing the first one's training settings: the first at the top level, all of
+    them in `leases`. A worker holds at most `MIXOPT_MAX_LEASES_PER_WORKER` live leases (fewer
+    trials than asked near it, 409 at it)."""
+    granted = await grant(request.app.state, worker, body or LeaseRequest())
+    return granted if granted is not None else Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
 @router.post("/{lease_id}/heartbeat", response_model=HeartbeatAnswer,
              responses={409: {"description": "the lease is over: abandon the run"}})
-async def heartbeat(lease_id: LeaseId, worker: WorkerDep, db: DbDep, body: Heartbeat | None = None) -> HeartbeatAnswer:
+async def heartbeat(request: Request, lease_id: LeaseId, worker: WorkerDep, body: Heartbeat | None = None) -> HeartbeatAnswer:
     """Renew the lease and report progress; the answer says `stop` when the study was cancelled."""
-    return await run_in_threadpool(engine.heartbeat, db, lease_id, worker, body or Heartbeat())
+    return await renew(request.app.state, lease_id, worker, body or Heartbeat())
 
 
 @router.post("/{lease_id}/segment", response_model=SegmentAnswer,
@@ -97,13 +116,9 @@ async def segment(lease_id: LeaseId, body: SegmentReport, worker: WorkerDep, db:
 
 @router.post("/{lease_id}/complete", response_model=LeaseOutcome,
              responses={409: {"description": "the lease expired or the trial has another result"}})
-async def complete(lease_id: LeaseId, body: ResultCreate, worker: WorkerDep, db: DbDep,
-                   runner: RunnerDep) -> LeaseOutcome:
+async def complete(request: Request, lease_id: LeaseId, body: ResultCreate, worker: WorkerDep) -> LeaseOutcome:
     """Final results of the leased trial; repeating the same call is harmless (`duplicate`)."""
-    out = await run_in_threadpool(engine.complete_lease, db, lease_id, worker, body)
-    if not out.duplicate:
-        runner.notify(out.study_id)
-    return out
+    return await finish(request.app.state, lease_id, worker, body)
 
 
 @router.post("/{lease_id}/fail", response_model=LeaseOutcome)
