@@ -346,7 +346,8 @@ def _profile(server, args, workdir: Path, n: int, delay: float, background: bool
 def run_mixopt(admin_url: str, n: int, args, workdir: Path, fleet: bool = False) -> dict:
     url, drop = scratch_database(admin_url, "mixopt_load")
     server = ServerProcess(url, workdir / f"mixopt-{n}" / "server.log", join_secret=JOIN_SECRET,
-                           args=["--workers", str(args.server_workers)], MIXOPT_DB_POOL_SIZE=str(args.pool_size),
+                           args=["--workers", str(args.server_workers)],
+                           **({"MIXOPT_DB_POOL_SIZE": str(args.pool_size)} if args.pool_size else {}),
                            MIXOPT_LOG_LEVEL="INFO" if args.access_log else "WARNING")
     (workdir / f"mixopt-{n}").mkdir(parents=True, exist_ok=True)
     profiler = None
@@ -505,7 +506,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds before")
     ap.add_argument("--ramp", type=float, default=3.0, help="seconds for the processes to start and register")
     ap.add_argument("--server-workers", type=int, default=1, help="uvicorn processes of `mixopt server`")
-    ap.add_argument("--pool-size", type=int, default=10, help="MIXOPT_DB_POOL_SIZE of each server process")
+    ap.add_argument("--pool-size", type=int, default=None, help="MIXOPT_DB_POOL_SIZE of each server process (default: the server's)")
     ap.add_argument("--access-log", action="store_true", help="keep the server's access log on (INFO)")
     ap.add_argument("--systems", nargs="+", default=["mixopt"], choices=["mixopt", "optuna"],
                     help="optuna: the side-by-side reference (needs the bench extra and --generator processes)")

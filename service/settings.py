@@ -73,7 +73,8 @@ class Settings(BaseSettings):
         10.0, ge=0, description="least seconds between two recomputations of a study's recommendation"
     )
     auto_migrate: bool = Field(True, description="run the database migrations when the server starts")
-    db_pool_size: int = Field(10, ge=1, description="connection pool size (Postgres)")
+    db_pool_size: int = Field(20, ge=2, description="database connections each server process keeps open (Postgres); "
+                              "half of them at most serve lease attempts")
     worker_fast_path: bool = Field(
         True, description="serve the workers' lease, heartbeat and complete calls without FastAPI's per-request "
         "machinery when they are the common case (known worker, valid body); the answers are the same. "

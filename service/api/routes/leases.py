@@ -35,9 +35,9 @@ class LeaseGate:
     at which an attempt found no work; until the next wake-up (trials queued), other waiting
     workers with those capabilities need not look.
 
-    At most ``MIXOPT_DB_POOL_SIZE`` lease attempts run at once: a wake-up of a thousand waiting
-    workers must not take every thread and database connection (the pool holds twice that with
-    its overflow) from heartbeats and completions. Fewer starve a busy fleet instead: with 4, a
+    At most half of ``MIXOPT_DB_POOL_SIZE`` lease attempts run at once: a wake-up of a thousand
+    waiting workers must not take every thread and database connection from heartbeats and
+    completions. Fewer starve a busy fleet instead: with 4, a
     lease waited ~400 ms for its turn at 50 saturating workers, and throughput stopped at ~95
     cycles/s; with 8-16 it reached 130-140 (benchmarks/service_load.py)."""
 
@@ -54,7 +54,7 @@ async def grant(state, worker, body: LeaseRequest) -> LeaseGrant | None:
     deadline = time.monotonic() + wait
     recheck = wait if db.is_postgres else RECHECK_S
     kind = json.dumps([worker.capabilities or {}, body.model], sort_keys=True)
-    gate = getattr(state, "lease_gate", None) or LeaseGate(settings.db_pool_size)
+    gate = getattr(state, "lease_gate", None) or LeaseGate(max(settings.db_pool_size // 2, 1))
     state.lease_gate = gate
     first = True
     while True:
