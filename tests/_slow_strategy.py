@@ -16,6 +16,7 @@ from service.strategies._baselines import RandomParams, RandomStrategy
 class SlowParams(RandomParams):
     seconds: float = Field(5.0, ge=0, description="compute time of each propose")
     busy: bool = Field(False, description="spin in Python instead of sleeping")
+    recommend_seconds: float = Field(0.0, ge=0, description="sleep of each recommendation")
 
 
 @register
@@ -29,6 +30,10 @@ class SlowStrategy(RandomStrategy):
             if not self.params.busy:
                 time.sleep(min(0.05, max(end - time.monotonic(), 0)))
         return super().propose(history, n)
+
+    def recommend(self, history):
+        time.sleep(self.params.recommend_seconds)
+        return super().recommend(history)
 
 
 def slow_server_cmd(*args: str) -> list[str]:

@@ -62,6 +62,34 @@ def test_start_and_ask_answer_within_their_bound_while_the_strategy_computes(slo
     assert {t["id"] for t in nxt}.isdisjoint({t["id"] for t in first})
 
 
+def test_a_slow_recommendation_does_not_hold_back_proposals(settings):
+    """The recommendation is refreshed beside ``advance``, not before the next one: a trial that
+    completes while a 3-s recommendation computes is replaced at once."""
+    body = {**study_body(strategy={"name": "test-slow", "params": {"seconds": 0, "recommend_seconds": 3.0}},
+                         parallelism=2, budget={"max_trials": 10}), "start": True}
+    with TestClient(create_app(settings, migrate=True)) as c:
+        sid = c.post("/api/v1/studies", json=body).json()["id"]
+        worker = c.post("/api/v1/workers", json={"name": "w", "join_secret": settings.join_secret.get_secret_value()})
+        auth = {"Authorization": f"Bearer {worker.json()['token']}"}
+
+        def made() -> int:
+            return sum(c.get(f"/api/v1/studies/{sid}").json()["trial_counts"].values())
+
+        def run_one() -> None:
+            g = c.post("/api/v1/leases", json={"wait_s": 5}, headers=auth).json()
+            r = c.post(f"/api/v1/leases/{g['lease_id']}/complete", headers=auth,
+                       json={"losses": known_losses(g["trial"]["mixture"], g["trial"]["fidelity"])})
+            assert r.status_code == 200, r.text
+
+        wait_for(lambda: made() == 2, timeout=10, what="the first proposals")
+        run_one()  # its advance proposes a replacement, then the 3-s recommendation starts
+        wait_for(lambda: made() == 3, timeout=5, what="the first replacement")
+        run_one()
+        t0 = time.monotonic()
+        wait_for(lambda: made() == 4, timeout=10, what="the second replacement")
+        assert time.monotonic() - t0 < 1.5, "the replacement waited for the recommendation"
+
+
 class LoseFirstAskAnswer(httpx.BaseTransport):
     """The network loses the server's first answer to an ``ask`` (after the server acted on it)."""
 

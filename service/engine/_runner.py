@@ -3,7 +3,8 @@ started) by advancing studies, sweeps expired leases, and refreshes recommendati
 
 Strategies never run on a request: each study's ``advance`` runs in its own daemon thread, one at a
 time per study, so that many notifications arriving while it computes are answered by one more
-pass (coalesced). A compute that runs past ``strategy_slow_s`` is logged; one past
+pass (coalesced). A study's recommendation is refreshed in a thread of its own beside it: a slow
+fit for the recommendation never holds back the proposals workers wait for. A compute that runs past ``strategy_slow_s`` is logged; one past
 ``strategy_timeout_s`` is abandoned (its proposals are never committed) and fails the study with
 the reason. The threads are daemons and are never joined at shutdown: SIGTERM stops the server
 within seconds whatever a strategy is doing.
@@ -24,9 +25,13 @@ from ._trials import sweep_expired
 log = logging.getLogger(__name__)
 
 
+ADVANCE, RECOMMEND = "advance", "recommend"
+"""The two kinds of job a study may have in flight, one of each at a time."""
+
+
 @dataclass
 class _Job:
-    """One study's compute in flight."""
+    """One study's compute in flight (an ``advance`` or a recommendation refresh)."""
 
     started: float
     covers: int
@@ -68,7 +73,7 @@ class EngineRunner:
         self._last_recommendation: dict[int, float] = {}
         self._notified: dict[int, int] = {}
         self._answered: dict[int, int] = {}
-        self._jobs: dict[int, _Job] = {}
+        self._jobs: dict[tuple[int, str], _Job] = {}
         self._cv = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -111,8 +116,8 @@ class EngineRunner:
         while not self._stop.is_set():
             with self._cv:
                 wake = min([next_sweep, time.monotonic() + 1.0,
-                            *map(self._recommendation_due, self._stale_recommendation - self._jobs.keys()),
-                            *map(self._advance_due, self._dirty - self._jobs.keys())])
+                            *map(self._recommendation_due, self._stale_recommendation - self._running(RECOMMEND)),
+                            *map(self._advance_due, self._dirty - self._running(ADVANCE))])
                 if time.monotonic() < wake:
                     self._cv.wait(timeout=wake - time.monotonic())
                 if self._stop.is_set():
@@ -135,63 +140,62 @@ class EngineRunner:
                 log.exception("engine step failed")
                 self._stop.wait(1.0)
 
+    def _running(self, kind: str) -> set[int]:
+        return {study_id for study_id, k in self._jobs if k == kind}
+
     def _start_due_jobs(self) -> None:
         with self._cv:
             now = time.monotonic()
             for study_id in sorted(self._dirty | self._stale_recommendation):
-                if len(self._jobs) >= self.max_computing:
-                    return
-                if study_id in self._jobs:
-                    continue  # one compute per study: what arrives meanwhile is answered by the next
-                advance_now = study_id in self._dirty and self._advance_due(study_id) <= now
-                recommend_now = study_id in self._stale_recommendation and self._recommendation_due(study_id) <= now
-                if not (advance_now or recommend_now):
-                    continue
-                if advance_now:
-                    self._dirty.discard(study_id)
-                    self._last_advance[study_id] = now
-                if recommend_now:
-                    self._stale_recommendation.discard(study_id)
-                    self._last_recommendation[study_id] = now
-                job = _Job(started=now, covers=self._notified.get(study_id, 0) if advance_now else 0)
-                self._jobs[study_id] = job
-                threading.Thread(target=self._run_job, args=(study_id, job, advance_now, recommend_now),
-                                 name=f"mixopt-study-{study_id}", daemon=True).start()
+                for kind, waiting, due in ((ADVANCE, self._dirty, self._advance_due),
+                                           (RECOMMEND, self._stale_recommendation, self._recommendation_due)):
+                    if len(self._jobs) >= self.max_computing:
+                        return
+                    # one job of a kind per study: what arrives meanwhile is answered by the next
+                    if study_id not in waiting or (study_id, kind) in self._jobs or due(study_id) > now:
+                        continue
+                    waiting.discard(study_id)
+                    (self._last_advance if kind == ADVANCE else self._last_recommendation)[study_id] = now
+                    job = _Job(started=now, covers=self._notified.get(study_id, 0) if kind == ADVANCE else 0)
+                    self._jobs[(study_id, kind)] = job
+                    threading.Thread(target=self._run_job, args=(study_id, job, kind),
+                                     name=f"mixopt-study-{study_id}-{kind}", daemon=True).start()
 
-    def _run_job(self, study_id: int, job: _Job, advance_now: bool, recommend_now: bool) -> None:
+    def _run_job(self, study_id: int, job: _Job, kind: str) -> None:
         try:
-            if advance_now:
+            if kind == ADVANCE:
                 t0 = time.monotonic()
                 for _ in range(100):
                     if not advance(self.db, study_id, abandon=job.abandon):
                         break
                 self._advance_took[study_id] = time.monotonic() - t0
-            if recommend_now and not job.abandon.is_set():
+            elif not job.abandon.is_set():
                 refresh_recommendation(self.db, study_id)
         except Exception:
             if not job.abandon.is_set():
                 log.exception("engine step failed", extra={"study_id": study_id})
         finally:
             with self._cv:
-                if self._jobs.get(study_id) is job:
-                    del self._jobs[study_id]
+                if self._jobs.get((study_id, kind)) is job:
+                    del self._jobs[(study_id, kind)]
                     self._answered[study_id] = max(self._answered.get(study_id, 0), job.covers)
                 self._cv.notify()
-            if advance_now:
+            if kind == ADVANCE:
                 self.on_change()  # trials enqueued, the study completed, or an ``ask`` waits on this
 
     def _watch_jobs(self) -> None:
         """Log a slow strategy once; abandon one past the time limit and fail its study. Called
         with ``_cv`` held."""
         now = time.monotonic()
-        for study_id, job in list(self._jobs.items()):
+        for (study_id, kind), job in list(self._jobs.items()):
             elapsed = now - job.started
             if elapsed >= self.strategy_timeout_s:
                 job.abandon.set()
-                del self._jobs[study_id]
+                del self._jobs[(study_id, kind)]
                 self._answered[study_id] = max(self._answered.get(study_id, 0), job.covers)
+                what = "without proposing" if kind == ADVANCE else "on the study's recommendation"
                 reason = (f"the strategy computed for over {self.strategy_timeout_s:g} s (the limit, "
-                          "MIXOPT_STRATEGY_TIMEOUT_S) without proposing: its result is discarded")
+                          f"MIXOPT_STRATEGY_TIMEOUT_S) {what}: its result is discarded")
                 log.error("strategy timed out", extra={"study_id": study_id, "elapsed_s": round(elapsed, 1)})
                 threading.Thread(target=self._fail_quietly, args=(study_id, reason), daemon=True).start()
             elif elapsed >= self.strategy_slow_s and not job.warned:
