@@ -123,11 +123,10 @@ def test_fast_routes_answer_as_the_documented_routes(backend, tmp_path, request)
     # every call of the scenario goes to a fast route; the common ones are answered there
     assert len(served) == len(fast)
     answered_fast = {label for (label, _, _), here in zip(fast, served) if here}
-    # (a token is cached after its first call through the route: worker a's first lease and b's
-    # first call go there)
     assert answered_fast == {
-        "heartbeat, no body", "heartbeat, progress and curve", "heartbeat, json+ content type",
-        "heartbeat, unknown lease", "complete", "complete, repeated",
+        "lease", "heartbeat, no body", "heartbeat, progress and curve", "heartbeat, json+ content type",
+        "heartbeat, another worker's lease", "heartbeat, unknown lease", "heartbeat, no token",
+        "heartbeat, unknown token", "complete", "complete, repeated",
         "complete, another payload", "heartbeat after completion", "lease, two", "lease, no body"}
     assert [label for label, _, _ in fast] == [label for label, _, _ in slow]
     for (label, status, answer), (_, status_slow, answer_slow) in zip(fast, slow):

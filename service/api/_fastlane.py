@@ -4,12 +4,12 @@ machinery.
 A fleet sends these calls by the hundred per second, and on one server process FastAPI's routing,
 dependency solving, body handling and response validation cost about as much CPU as the database
 work behind them. A fast route sits in front of each of the three documented routes and serves
-the common case itself: a worker token this process has seen recently (:func:`engine.
-known_worker`), a lease id of the documented shape, no body or a JSON body that validates. It then
-calls the same function as the route (``grant``, ``renew``, ``finish`` in
-:mod:`service.api.routes.leases`) and writes the same answer. Anything else (no or unknown token,
-a malformed id, a body that does not validate, another content type) goes, body and all, to the
-FastAPI route, so every refusal (401, 422, ...) and the OpenAPI schema come from one place. The
+the common case itself: the worker found by its token as the route finds it (:func:`~service.api.
+auth.worker_of`: a refused token is the same 401), a lease id of the documented shape, no body or a
+JSON body that validates. It then calls the same function as the route (``grant``, ``renew``,
+``finish`` in :mod:`service.api.routes.leases`) and writes the same answer. Anything else (a
+malformed id, a body that does not validate, another content type) goes, body and all, to the
+FastAPI route, so every validation answer (422) and the OpenAPI schema come from one place. The
 engine's errors (403, 404, 409, a database outage) propagate to the app's exception handlers as
 they do from the route. The middlewares (guard, body limit, metrics) run for both.
 
@@ -28,12 +28,11 @@ from pydantic import BaseModel, ValidationError
 from starlette.routing import Match, Route
 from starlette.types import Message, Receive, Scope, Send
 
-from ..engine import known_worker
 from ..schemas._common import LEASE_ID_PATTERN
 from ..schemas.leases import Heartbeat, LeaseRequest
 from ..schemas.trials import ResultCreate
-from ..settings import resolve_join_secret
 from ._guard import _bearer
+from .auth import worker_of
 from .routes.leases import finish, grant, renew
 
 _LEASE_ID = re.compile(LEASE_ID_PATTERN)
@@ -66,10 +65,9 @@ class _FastEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await _read_body(receive)
         state = scope["app"].state
-        settings = state.settings
-        worker = known_worker(_bearer(scope), resolve_join_secret(settings), settings.worker_token_ttl_s)
+        worker = await worker_of(state.db, state.settings, _bearer(scope))  # 401 first, as the route
         lease_id = scope["path_params"].get("lease_id") if self.with_lease_id else None
-        parsed = None if worker is None or not _lease_id_ok(lease_id, self.with_lease_id) else self._parse(scope, body)
+        parsed = self._parse(scope, body) if _lease_id_ok(lease_id, self.with_lease_id) else None
         if parsed is None:
             await self._to_route(scope, receive, send, body)
             return

@@ -9,11 +9,11 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..auth import authorize
-from ..db import Worker
+from ..db import Database, Worker
 from starlette.concurrency import run_in_threadpool
 
 from ..engine import authenticate_worker, known_worker
-from ..settings import resolve_join_secret
+from ..settings import Settings, resolve_join_secret
 from .deps import DbDep, SettingsDep
 
 bearer = HTTPBearer(auto_error=False, description="an API token (`mixopt token create`) or a worker token")
@@ -42,13 +42,16 @@ write_access = require("write")
 admin_access = require("admin")
 
 
-async def current_worker(db: DbDep, settings: SettingsDep, credentials: Credentials, request: Request) -> Worker:
-    """The calling worker: from this process's cache without a thread hop (every worker request
-    passes here), else looked up in the database in the thread pool."""
-    token, secret, ttl = _token(credentials), resolve_join_secret(settings), settings.worker_token_ttl_s
-    worker = known_worker(token, secret, ttl) or await run_in_threadpool(authenticate_worker, db, token, secret, ttl)
-    request.state.worker_id = worker.id
-    return worker
+async def worker_of(db: Database, settings: Settings, token: str | None) -> Worker:
+    """The worker of ``token``: from this process's cache without a thread hop (every worker
+    request passes here), else looked up in the database in the thread pool; 401 otherwise."""
+    secret, ttl = resolve_join_secret(settings), settings.worker_token_ttl_s
+    return known_worker(token, secret, ttl) or await run_in_threadpool(authenticate_worker, db, token, secret, ttl)
+
+
+async def current_worker(db: DbDep, settings: SettingsDep, credentials: Credentials) -> Worker:
+    """The calling worker (:func:`worker_of`)."""
+    return await worker_of(db, settings, _token(credentials))
 
 
 WorkerDep = Annotated[Worker, Depends(current_worker)]
