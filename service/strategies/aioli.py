@@ -319,7 +319,9 @@ def signal_to_noise(
     return {"noise": noise, "drop": drop / noise, "columns": spread / float(np.sqrt(np.mean(se**2)))}
 
 
-def steering_trust(raw: np.ndarray, cov: np.ndarray | None, ema: float | None, level: float | None) -> tuple[float, float | None]:
+def steering_trust(
+    raw: np.ndarray, cov: np.ndarray | None, ema: float | None, level: float | None
+) -> tuple[float, float | None]:
     """The share of the exponentiated-gradient step a round takes: the update is shrunk toward
     "no change" by how little its driving column sums rise above their noise.
 

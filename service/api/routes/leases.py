@@ -48,7 +48,8 @@ class LeaseGate:
 
 async def grant(state, worker, body: LeaseRequest) -> LeaseGrant | None:
     """The lease call's work (``state``: the app's state; ``worker``: the calling worker's row): the
-    grant, or ``None`` when no work came within the long-poll. Shared by the route and the fast path (``service.api._fastlane``)."""
+    grant, or ``None`` when no work came within the long-poll. Shared by the route and the fast
+    path (``service.api._fastlane``)."""
     db, settings, wakeup = state.db, state.settings, state.wakeup
     wait = settings.long_poll_s if body.wait_s is None else min(body.wait_s, settings.long_poll_s * 4)
     deadline = time.monotonic() + wait
@@ -102,7 +103,8 @@ async def lease(request: Request, worker: WorkerDep, body: LeaseRequest | None =
 
 @router.post("/{lease_id}/heartbeat", response_model=HeartbeatAnswer,
              responses={409: {"description": "the lease is over: abandon the run"}})
-async def heartbeat(request: Request, lease_id: LeaseId, worker: WorkerDep, body: Heartbeat | None = None) -> HeartbeatAnswer:
+async def heartbeat(request: Request, lease_id: LeaseId, worker: WorkerDep,
+                    body: Heartbeat | None = None) -> HeartbeatAnswer:
     """Renew the lease and report progress; the answer says `stop` when the study was cancelled."""
     return await renew(request.app.state, lease_id, worker, body or Heartbeat())
 
