@@ -52,7 +52,10 @@ class _FastRoute(Route):
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope.get(_DECLINED):
             return Match.NONE, {}
-        return super().matches(scope)
+        match, child = super().matches(scope)
+        if match != Match.NONE:
+            child["route"] = self  # FastAPI's router sets it for its own routes only (metrics read it)
+        return match, child
 
 
 class _FastEndpoint:
