@@ -13,7 +13,7 @@ import uuid
 import weakref
 from datetime import datetime, timedelta
 
-from sqlalchemy import (Select, Update, and_, bindparam, case, func, insert, literal, literal_column, or_, select, true,
+from sqlalchemy import (Select, Update, and_, bindparam, case, func, insert, literal_column, or_, select, true,
                         type_coerce, update)
 from sqlalchemy.orm import Session, lazyload
 
@@ -486,40 +486,31 @@ def _renew(s: Session, lease_id: str, route: tuple[int, int, int | None], now: d
     lease is not the trial's live lease (nothing is written then)."""
     trial_id, study_id, _ = route
     expires = now + timedelta(seconds=study_constants(s, study_id).lease_seconds)
+    params = dict(p_trial=trial_id, p_study=study_id, p_lease=lease_id, p_now=now, p_expires=expires)
+    conn = s.connection()
     if s.get_bind().dialect.name == "postgresql":  # one statement: the lease's update reads the trial's
-        row = s.connection().execute(_renew_postgres(), dict(
-            p_trial=trial_id, p_study=study_id, p_lease=lease_id, p_now=now, p_expires=expires,
-            p_progress=progress)).one_or_none()
+        row = conn.execute(_renew_postgres(), {**params, "p_progress": progress}).one_or_none()
     else:
-        study_state = select(Study.state).where(Study.id == study_id).scalar_subquery()
-        renew = (
-            update(Trial)
-            .where(Trial.id == trial_id, Trial.lease_id == lease_id,
-                   or_(Trial.lease_expires_at.is_(None), Trial.lease_expires_at >= now))
-            .values(state=TrialState.running, updated_at=now,
-                    lease_expires_at=case((study_state.in_(_STOP), Trial.lease_expires_at),
-                                          else_=literal(expires, Trial.lease_expires_at.type)))
-            .returning(Trial.lease_expires_at, study_state)
-        )
-        row = s.execute(renew, execution_options={"synchronize_session": False}).one_or_none()
+        row = conn.execute(_renew_trial(), params).one_or_none()
         if row is not None:
             s.execute(update(Lease).where(Lease.id == lease_id)
-                      .values(expires_at=row[0], last_heartbeat_at=now, progress=progress))
+                      .values(expires_at=row.lease_expires_at, last_heartbeat_at=now, progress=progress))
     if row is None:
         return None
-    return trial_id, row[0], StudyState(row[1])
+    return trial_id, row.lease_expires_at, StudyState(row.study_state)
 
 
 @functools.cache
-def _renew_postgres() -> Update:
-    """:func:`_renew`'s statement on Postgres, built once (building and keying a statement of this
-    size costs more CPU than running it): the trial's renewal as a CTE that the lease's update
-    reads. Parameters (``p_``: not column names): ``p_trial``, ``p_study``, ``p_lease``, ``p_now``,
-    ``p_expires``, ``p_progress``."""
-    trials, leases, when = Trial.__table__, Lease.__table__, Trial.lease_expires_at.type
-    now, lease_id = bindparam("p_now", type_=when), bindparam("p_lease", type_=leases.c.id.type)
+def _renew_trial() -> Update:
+    """The trial's side of :func:`_renew`, built once (building and keying a statement of this size
+    costs more CPU than running it): renewed only while ``p_lease`` is its live lease, and not
+    extended once its study is stopping. Returns the trial's id, new expiry and study state.
+    Parameters (``p_``: not column names): ``p_trial``, ``p_study``, ``p_lease``, ``p_now``,
+    ``p_expires``."""
+    trials, when = Trial.__table__, Trial.lease_expires_at.type
+    now, lease_id = bindparam("p_now", type_=when), bindparam("p_lease", type_=trials.c.lease_id.type)
     study_state = select(Study.__table__.c.state).where(Study.__table__.c.id == bindparam("p_study")).scalar_subquery()
-    renewed = (
+    return (
         update(trials)
         .where(trials.c.id == bindparam("p_trial"), trials.c.lease_id == lease_id,
                or_(trials.c.lease_expires_at.is_(None), trials.c.lease_expires_at >= now))
@@ -527,10 +518,18 @@ def _renew_postgres() -> Update:
                 lease_expires_at=case((study_state.in_(_STOP), trials.c.lease_expires_at),
                                       else_=bindparam("p_expires", type_=when)))
         .returning(trials.c.id, trials.c.lease_expires_at, study_state.label("study_state"))
-        .cte("renewed")
     )
-    return (update(leases).where(leases.c.id == lease_id, leases.c.trial_id == renewed.c.id)
-            .values(expires_at=renewed.c.lease_expires_at, last_heartbeat_at=now,
+
+
+@functools.cache
+def _renew_postgres() -> Update:
+    """:func:`_renew`'s statement on Postgres: the trial's renewal (:func:`_renew_trial`) as a CTE
+    that the lease's update reads. Parameters: :func:`_renew_trial`'s and ``p_progress``."""
+    leases, when = Lease.__table__, Trial.lease_expires_at.type
+    renewed = _renew_trial().cte("renewed")
+    return (update(leases).where(leases.c.id == bindparam("p_lease", type_=leases.c.id.type),
+                                 leases.c.trial_id == renewed.c.id)
+            .values(expires_at=renewed.c.lease_expires_at, last_heartbeat_at=bindparam("p_now", type_=when),
                     progress=bindparam("p_progress", type_=leases.c.progress.type))
             .returning(renewed.c.lease_expires_at, renewed.c.study_state))
 
