@@ -294,10 +294,11 @@ def column_noise(
 
 
 def signal_to_noise(
-    losses: np.ndarray, weights: np.ndarray, steps: np.ndarray, domains: np.ndarray, lp_steps: int
+    losses: np.ndarray, weights: np.ndarray, steps: np.ndarray, domains: np.ndarray, lp_steps: int,
+    measured: tuple[float, np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, float | None]:
     """How far a run's LearnParams measurements rise above their noise (arguments as
-    :func:`estimate_interactions`).
+    :func:`estimate_interactions`; ``measured``: their :func:`column_noise` when already computed).
 
     Returns:
         ``noise``: as :func:`column_noise`; ``drop``: the last phase's mean LearnParams loss drop
@@ -305,7 +306,8 @@ def signal_to_noise(
         the last phase's raw column sums ``1^T A`` over their standard error. Below about 1 the
         update steers on noise. All ``None`` with one sweep per phase.
     """
-    measured = column_noise(losses, weights, steps, domains, lp_steps)
+    if measured is None:
+        measured = column_noise(losses, weights, steps, domains, lp_steps)
     if measured is None:
         return {"noise": None, "drop": None, "columns": None}
     noise, cov, a = measured
@@ -519,6 +521,8 @@ class AioliStrategy(BaseOnlineStrategy):
         w = space.mixture.to_vector(self.params.prior_mixture or {d: 1.0 for d in space.mixture.names})
         self.prior = space.mixture.project(w / w.sum() if w.sum() > 0 else np.full(k, 1.0 / k))
         """``k`` the initial mixture of every run: ``prior_mixture``, else uniform."""
+        self.update_start = self.prior if self.params.updates_from == "prior" else np.full(k, 1.0 / k)
+        """``k`` where the exponentiated-gradient updates start (``updates_from``)."""
         f = self.settings.one_hot_factor
         self.learn_mixtures = space.mixture.project(learn_params_mixtures(k, f)) if k > 1 else np.ones((1, 1))
         """``k x k`` the LearnParams mixtures as trained (projected onto the domain bounds)."""
@@ -756,8 +760,7 @@ class AioliStrategy(BaseOnlineStrategy):
         starts = starts[starts >= 0]
         meta: dict[str, Any] = {"estimates": int(len(starts)), "solve": self.params.solve}
         if len(starts) == 0:
-            start = self.prior if self.params.updates_from == "prior" else np.full(k, 1.0 / k)
-            return start.copy(), {**meta, "p": start.tolist()}
+            return self.update_start.copy(), {**meta, "p": self.update_start.tolist()}
         idx = starts[:, None] + np.arange(-1, m)[None, :]  # Q x (M+1): L^0's segment, then the learn ones
         losses = self._losses(segments, idx.ravel()).reshape(len(starts), m + 1, k)
         learn_idx = idx[:, 1:]
@@ -768,15 +771,14 @@ class AioliStrategy(BaseOnlineStrategy):
         logits, driver = mixture_logits(norm, s.eta, s.ema)
         measured = column_noise(losses, weights, steps, domains, s.lp_steps)
         share, chi2_stat = steering_trust(raw, None if measured is None else measured[1], s.ema, self.params.steer_level)
-        start = self.prior if self.params.updates_from == "prior" else np.full(k, 1.0 / k)
         with np.errstate(divide="ignore"):  # a domain the prior leaves out stays out
-            p = softmax(np.log(start) + share * logits)
+            p = softmax(np.log(self.update_start) + share * logits)
         meta.update(
             p=p.tolist(),
             column_sums=driver.sum(0).tolist(),
             A=norm[-1].tolist(),
             A_raw=raw[-1].tolist(),
-            snr=signal_to_noise(losses, weights, steps, domains, s.lp_steps),
+            snr=signal_to_noise(losses, weights, steps, domains, s.lp_steps, measured),
             steer={"share": share, "chi2": chi2_stat, "level": self.params.steer_level},
         )
         return p, meta
