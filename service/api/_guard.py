@@ -17,8 +17,8 @@ before large bodies are read, and the browser's defensive headers on every answe
 from __future__ import annotations
 
 import asyncio
-import sys
 import json
+import sys
 import time
 from collections import OrderedDict, deque
 

@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ..auth import authorize
-from ..db import Database, Worker
 from starlette.concurrency import run_in_threadpool
 
+from ..auth import authorize
+from ..db import Database, Worker
 from ..engine import authenticate_worker, known_worker
 from ..settings import Settings, resolve_join_secret
 from .deps import DbDep, SettingsDep

@@ -6,8 +6,8 @@ time per study, so that many notifications arriving while it computes are answer
 pass (coalesced). A study's recommendation is refreshed in a thread of its own beside it: a slow
 fit for the recommendation never holds back the proposals workers wait for. A compute that runs
 past ``strategy_slow_s`` is logged; one past ``strategy_timeout_s`` is abandoned (its proposals are
-never committed) and fails the study with the reason. The threads are daemons and are never joined at shutdown: SIGTERM stops the server
-within seconds whatever a strategy is doing.
+never committed) and fails the study with the reason. The threads are daemons and are never joined
+at shutdown: SIGTERM stops the server within seconds whatever a strategy is doing.
 """
 
 from __future__ import annotations

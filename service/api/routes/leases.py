@@ -37,9 +37,9 @@ class LeaseGate:
 
     At most half of ``MIXOPT_DB_POOL_SIZE`` lease attempts run at once: a wake-up of a thousand
     waiting workers must not take every thread and database connection from heartbeats and
-    completions. Fewer starve a busy fleet instead: with 4, a
-    lease waited ~400 ms for its turn at 50 saturating workers, and throughput stopped at ~95
-    cycles/s; with 8-16 it reached 130-140 (benchmarks/service_load.py)."""
+    completions. Fewer starve a busy fleet instead: with 4, a lease waited ~400 ms for its turn at
+    50 saturating workers. With the default pool of 20, half of it did better than all of it in
+    three paired runs (220-243 vs 215-234 cycles/s; benchmarks/service_load.py)."""
 
     def __init__(self, concurrency: int) -> None:
         self.attempts = asyncio.Semaphore(concurrency)
