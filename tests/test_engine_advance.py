@@ -5,10 +5,13 @@ runs: the last design result landed while ``propose`` was returning "wait")."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
-from service.db import Database, Study, StudyState, TrialState
+from service.db import Database, Recommendation, Study, StudyState, TrialState
 from service.engine import _studies, advance, change_state, create_study, load_trials, report_result
+from service.engine._studies import get_study, latest_recommendation, refresh_recommendation
 from service.engine._trials import grant_lease
 from service.schemas.studies import StudyCreate
 from service.schemas.trials import ResultCreate
@@ -129,3 +132,42 @@ def test_the_incremental_read_of_a_study_equals_a_full_read(migrated_url, sqlite
     change_state(db, sid, "cancel")  # the queued ones are cancelled
     check()
     db.dispose()
+
+
+def test_a_recommendation_refreshed_beside_the_study_completing_does_not_land_after_the_final_one(migrated_url):
+    """The runner refreshes a study's recommendation in a thread beside ``advance``. When the
+    advance completes the study, its final recommendation must stay the latest: a refresh that
+    computed meanwhile must not store a non-final one after it (CI caught this on Postgres)."""
+    db = Database(migrated_url)
+    body = StudyCreate.model_validate(study_body(budget={"max_trials": 6}, parallelism=3, dispatch="ask"))
+    with db.session() as s:
+        sid = create_study(s, body).id
+    change_state(db, sid, "start")
+    advance(db, sid)
+    with db.session() as s:
+        first = [t.id for t in load_trials(s, sid)[:2]]
+    for trial_id in first:
+        _report(db, sid, trial_id)
+
+    locked, release = threading.Event(), threading.Event()
+
+    def complete_the_study_slowly() -> None:  # what ``_complete`` does, held open before its commit
+        with db.session() as s:
+            get_study(s, sid, lock=True)
+            s.add(Recommendation(study_id=sid, mixture={}, predicted=None, uncertainty=None,
+                                 based_on_trials=2, meta={}, final=True))
+            s.flush()
+            locked.set()
+            release.wait(10)
+
+    completing = threading.Thread(target=complete_the_study_slowly)
+    completing.start()
+    assert locked.wait(10)
+    refreshing = threading.Thread(target=refresh_recommendation, args=(db, sid))
+    refreshing.start()
+    refreshing.join(1.0)  # it computes, then waits for the study's lock
+    release.set()
+    completing.join(10)
+    refreshing.join(10)
+    with db.session() as s:
+        assert latest_recommendation(s, sid).final

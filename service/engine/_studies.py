@@ -362,6 +362,10 @@ def refresh_recommendation(db: Database, study_id: int) -> bool:
     if last is not None and not last.final and _same(last, row):
         return False
     with db.session() as s:
+        # Under the study's lock, which completing the study holds while it writes the final
+        # recommendation: a refresh computed beside that advance must see the final row, or it
+        # would be stored after it and read as the study's latest.
+        get_study(s, study_id, lock=True)
         if latest_final(s, study_id) is not None:
             return False
         s.add(row)
