@@ -112,6 +112,10 @@ class Trial(Base):
         UniqueConstraint("study_id", "number"),
         Index("ix_trials_study_state", "study_id", "state"),
         Index("ix_trials_state_expiry", "state", "lease_expires_at"),
+        # The lease picks the oldest queued trial: by the primary key alone it walked past every
+        # finished trial first (7 ms at 30,000), a cost that grew with the study.
+        Index("ix_trials_queued", "id", postgresql_where=text("state = 'queued'"),
+              sqlite_where=text("state = 'queued'")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
