@@ -497,6 +497,41 @@ def test_a_round_steers_on_noise_rarely_and_little_but_on_a_clear_signal_fully()
     assert max(abs(seg.weights - 1 / 3).max() for seg in whole) > 0.01  # ... which follows the noise
 
 
+def learn_rounds(segments) -> int:
+    return len({r.segment.meta["round"] for r in segments if r.segment.kind == "learn"})
+
+
+def test_a_run_stops_measuring_once_its_measurements_look_like_noise():
+    # Flat law (noise only), 2,000 steps: 8 rounds with LearnParams in each without the rule. With
+    # it (stop_level 0.5, these seeds): 2.6 rounds on average, 13/30 runs stop after the first.
+    # Bounds with margin; a clear signal (5 seeds) is never stopped.
+    full = make(3, 2000, stop_level=None)
+    n_full = learn_rounds(simulate(full, A_FLAT, eval_noise=1e-3, step_noise=1e-3)[0])
+    assert n_full == 8
+    runs = [simulate(make(3, 2000), A_FLAT, eval_noise=1e-3, step_noise=1e-3, seed=seed)[0] for seed in range(30)]
+    rounds = np.array([learn_rounds(segments) for segments in runs])
+    assert 1.5 <= rounds.mean() <= 4.0 and (rounds == 1).mean() >= 0.25
+    for segments in runs:  # the same step budget; the stopped rounds train on the mixture held
+        assert sum(r.segment.steps for r in segments) == 2000
+        stopped = [r.segment for r in segments if "learn_params_stopped_after" in r.segment.meta]
+        assert all(seg.kind == "train" for seg in stopped)
+        if learn_rounds(segments) < n_full:
+            assert stopped and all(seg.meta["learn_params_stopped_after"] == learn_rounds(segments) - 1 for seg in stopped)
+    clear = [simulate(make(3, 2000), A3, eval_noise=1e-4, step_noise=1e-4, seed=seed)[0] for seed in range(5)]
+    assert all(learn_rounds(segments) == n_full for segments in clear)
+
+
+def test_a_stopped_run_resumes_from_any_recorded_prefix():
+    strategy = make(3, 2000)
+    segments = next(seg for seed in range(10)
+                    if learn_rounds(seg := simulate(strategy, A_FLAT, eval_noise=1e-3, step_noise=1e-3, seed=seed)[0]) < 8)
+    fresh = make(3, 2000)
+    trial = trial_of(fresh)
+    for n in range(len(segments)):
+        _same(fresh.next_segment(trial, segments[:n]), segments[n].segment)
+    assert fresh.next_segment(trial, segments) is None
+
+
 @pytest.mark.parametrize("updates_from", ["prior", "uniform"])
 @pytest.mark.parametrize("steer_level", [0.95, None])
 def test_the_update_starts_from_the_prior_or_from_uniform(updates_from, steer_level):

@@ -126,6 +126,12 @@ demo corpus at 10^5-10^6 tokens per run the LearnParams loss drops measure the c
 signal-to-noise ratio of about 0.5 (docs/strategies.md): the paper's update then re-weighted on
 noise and added variance without a gain; with the test it keeps the initial mixture."""
 
+STOP_LEVEL = 0.5
+"""Default ``stop_level``: a run stops LearnParams after a round whose combined measurements look
+like noise (their steering statistic below the null's median). Measuring costs what its skewed
+mixtures cost (k = 2: +0.3-0.6% perplexity over the run's six rounds, docs/benchmarks.md) and
+buys nothing when it cannot steer; a clear signal grows with every round and is never stopped."""
+
 MAX_CONDITION = 1e4
 """Largest condition number accepted for the LearnParams mixtures ``W`` once projected onto the
 domain bounds (without bounds it is ``(k-1)/(kf-1)``: 4 for the paper's 2- and 3-domain settings)."""
@@ -344,10 +350,21 @@ def steering_trust(
     Returns:
         ``(share, S)``; ``S`` is ``None`` when it was not measured.
     """
-    if level is None or cov is None:
+    if level is None:
         return 1.0, None
-    from scipy.stats import chi2  # scipy is slow to import and needed only here
+    s = steering_statistic(raw, cov, ema)
+    if s is None:
+        return 1.0, None
+    threshold = _chi2_quantile(level, np.shape(raw)[-1] - 1)
+    return (max(0.0, 1.0 - threshold / s) if s > 0 else 0.0), s
 
+
+def steering_statistic(raw: np.ndarray, cov: np.ndarray | None, ema: float | None) -> float | None:
+    """``S`` of :func:`steering_trust`: the squared Mahalanobis length of the combined column sums
+    less their mean, chi-squared with ``k - 1`` degrees of freedom when the domains do not differ.
+    ``raw``: ``Q x k x k``; ``cov``: ``k x k`` or ``None`` (unmeasured: ``None`` is returned)."""
+    if cov is None:
+        return None
     raw = np.asarray(raw, dtype=float)
     k = raw.shape[-1]
     coef = phase_weights(len(raw), ema)
@@ -355,10 +372,14 @@ def steering_trust(
     cols = centre @ np.tensordot(coef, raw, axes=1).sum(0)
     var = float(np.sum(coef**2)) * centre @ np.asarray(cov, dtype=float) @ centre
     if not np.all(np.isfinite(var)) or np.trace(var) <= 0:
-        return 1.0, None
-    s = float(cols @ np.linalg.pinv(var, rcond=1e-10, hermitian=True) @ cols)
-    threshold = float(chi2.ppf(level, k - 1))
-    return (max(0.0, 1.0 - threshold / s) if s > 0 else 0.0), s
+        return None
+    return float(cols @ np.linalg.pinv(var, rcond=1e-10, hermitian=True) @ cols)
+
+
+def _chi2_quantile(level: float, dof: int) -> float:
+    from scipy.stats import chi2  # scipy is slow to import and needed only here
+
+    return float(chi2.ppf(level, dof))
 
 
 def normalize_interactions(a: np.ndarray) -> np.ndarray:
@@ -431,6 +452,7 @@ class AioliParams(StrategyParams):
     prior_mixture_from_study: int | None = Field(None, ge=1, description="'restricted' variant chained to another study: the server sets prior_mixture to that study's latest recommendation when this study is created (same domains required)")
     updates_from: Literal["prior", "uniform"] = Field("prior", description="where the exponentiated-gradient updates start: 'prior' (the initial mixture: prior_mixture, else uniform) or 'uniform' (the reference code's restricted variant, which returns to uniform after the prior's steps)")
     steer_level: float | None = Field(STEER_LEVEL, gt=0.0, lt=1.0, description="each round's update is scaled by max(0, 1 - chi2_{k-1}(steer_level) / S), S the spread of its column sums in units of their measured noise, so that a round steers on noise alone with probability about 1 - steer_level; null takes the whole step every round (the paper's update). Needs lp_rounds >= 2 to measure the noise; with one sweep the whole step is taken")
+    stop_level: float | None = Field(STOP_LEVEL, gt=0.0, lt=1.0, description="a run stops LearnParams for good after a round whose steering statistic S (see steer_level) is below chi2_{k-1}(stop_level), i.e. its measurements look like noise (at 0.5: below the no-signal median), and trains its remaining rounds on the mixture it holds; null measures every round (the paper). Needs lp_rounds >= 2, as steer_level does")
     recommend: Literal["average", "final"] = Field("average", description="the recommended static mixture: the step-weighted average of the Aioli-chosen mixtures over the run, or the last one")
 
     @field_validator("ema")
@@ -483,6 +505,7 @@ class AioliPlan:
         rounds: ``n`` round index of each segment (-1 before the first round).
         domains: ``n`` the favoured domain of a ``learn`` segment (-1 otherwise).
         learn_start: ``R`` index of each round's first ``learn`` segment (-1: no LearnParams).
+        stopped_after: the round after which the run stopped LearnParams (``stop_level``), or -1.
     """
 
     budget: int
@@ -492,9 +515,22 @@ class AioliPlan:
     rounds: np.ndarray
     domains: np.ndarray
     learn_start: np.ndarray
+    stopped_after: int = -1
 
     def __len__(self) -> int:
         return len(self.kinds)
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """A run's LearnParams measurements up to a round: ``phases`` (``Q``), ``arrays`` (losses
+    ``Q x (M+1) x k``, weights ``Q x M x k``, steps and domains ``Q x M``), ``raw`` (``Q x k x k``
+    estimates) and ``noise`` (:func:`column_noise`, ``None`` when unmeasured)."""
+
+    phases: int
+    arrays: tuple
+    raw: np.ndarray
+    noise: tuple[float, np.ndarray, np.ndarray] | None
 
 
 @register
@@ -661,9 +697,37 @@ class AioliStrategy(BaseOnlineStrategy):
     # ----------------------------------------------------------------------------------------
     # Trial level: the segments.
 
-    def plan(self, trial: TrialRecord) -> AioliPlan:
+    def plan(self, trial: TrialRecord, segments: Sequence[SegmentRecord] = ()) -> AioliPlan:
         """The segment skeleton of ``trial``: a function of its fidelity, the parameters, the
-        study seed and ``trial.meta["run"]`` only."""
+        study seed and ``trial.meta["run"]``, and of the recorded ``segments`` only through the
+        ``stop_level`` rule: once a round's measurements look like noise, the later rounds have
+        no LearnParams (the plan up to that round's ``train`` segment is the same either way)."""
+        full = self._plan(trial, None)
+        stop = self._stop_round(full, segments)
+        return full if stop is None else self._plan(trial, stop)
+
+    def _stop_round(self, plan: AioliPlan, segments: Sequence[SegmentRecord]) -> int | None:
+        """The first round whose recorded LearnParams measurements, combined with the earlier
+        rounds' as the update combines them, have a steering statistic below
+        ``chi2_{k-1}(stop_level)``; ``None`` when no recorded round does (or the noise is
+        unmeasured, or ``stop_level`` is null)."""
+        if self.params.stop_level is None:
+            return None
+        m = self.settings.lp_rounds * self.space.mixture.k
+        threshold = _chi2_quantile(self.params.stop_level, self.space.mixture.k - 1)
+        for r in np.flatnonzero(plan.learn_start >= 0):
+            if len(segments) < plan.learn_start[r] + m:
+                return None  # the round's LearnParams are not all recorded yet
+            measured = self._measure(plan, segments, int(r))
+            stat = steering_statistic(measured.raw, None if measured.noise is None else measured.noise[1],
+                                      self.settings.ema)
+            if stat is not None and stat < threshold:
+                return int(r)
+        return None
+
+    def _plan(self, trial: TrialRecord, stopped_after: int | None) -> AioliPlan:
+        """:meth:`plan` with LearnParams in every round with room for it up to ``stopped_after``
+        (``None``: every round)."""
         k = self.space.mixture.k
         s = self.settings
         budget = step_budget(self.space.fidelity(trial.fidelity))
@@ -698,7 +762,8 @@ class AioliStrategy(BaseOnlineStrategy):
         if not kinds and n_rounds and lengths[0] > learn:
             add("eval", 0, -1)
         for r in range(n_rounds):
-            if lengths[r] > learn:  # only a short last round can lack room for LearnParams
+            measuring = stopped_after is None or r <= stopped_after
+            if lengths[r] > learn and measuring:  # only a short last round can lack room for LearnParams
                 learn_start[r] = len(kinds)
                 for j in orders[r]:
                     add("learn", s.lp_steps, r, j)
@@ -707,7 +772,8 @@ class AioliStrategy(BaseOnlineStrategy):
                 add("train", lengths[r], r)
         evaluate = np.ones(len(kinds), dtype=bool)
         evaluate[-1] = False  # the worker's completion reports the final losses
-        return AioliPlan(budget, tuple(kinds), np.array(steps), evaluate, np.array(rounds), np.array(domains), learn_start)
+        return AioliPlan(budget, tuple(kinds), np.array(steps), evaluate, np.array(rounds), np.array(domains), learn_start,
+                         -1 if stopped_after is None else stopped_after)
 
     def next_segment(self, trial: TrialRecord, segments: Sequence[SegmentRecord]) -> Segment | None:
         """The next segment of ``trial`` given every segment recorded so far (in order, with the
@@ -720,7 +786,7 @@ class AioliStrategy(BaseOnlineStrategy):
                 missing or not finite (``segments[i]...: message``).
         """
         self.check()
-        plan = self.plan(trial)
+        plan = self.plan(trial, segments)
         n = len(segments)
         if n > len(plan):
             raise ValueError(f"segments: {n} recorded but the plan of trial {trial.trial_id} has {len(plan)}")
@@ -748,40 +814,51 @@ class AioliStrategy(BaseOnlineStrategy):
             meta = {"round": r, "domain": names[j], "sweep": pos // self.space.mixture.k, "position": pos}
             return Segment(self.learn_mixtures[j].copy(), steps, evaluate, kind, meta)
         p, meta = self._round_mixture(plan, segments, r)
+        if plan.stopped_after >= 0:
+            meta["learn_params_stopped_after"] = plan.stopped_after
         return Segment(self.space.mixture.project(p), steps, evaluate, kind, {"round": r, **meta})
 
     def _round_mixture(self, plan: AioliPlan, segments: Sequence[SegmentRecord], r: int) -> tuple[np.ndarray, dict[str, Any]]:
         """The exponentiated-gradient mixture of round ``r`` from every LearnParams phase of
         rounds ``<= r``, and the notes for the segment's meta."""
-        k = self.space.mixture.k
         s = self.settings
-        m = s.lp_rounds * k
-        starts = plan.learn_start[: r + 1]
-        starts = starts[starts >= 0]
-        meta: dict[str, Any] = {"estimates": int(len(starts)), "solve": self.params.solve}
-        if len(starts) == 0:
+        got = self._measure(plan, segments, r)
+        meta: dict[str, Any] = {"estimates": got.phases, "solve": self.params.solve}
+        if got.phases == 0:
             return self.update_start.copy(), {**meta, "p": self.update_start.tolist()}
-        idx = starts[:, None] + np.arange(-1, m)[None, :]  # Q x (M+1): L^0's segment, then the learn ones
-        losses = self._losses(segments, idx.ravel()).reshape(len(starts), m + 1, k)
-        learn_idx = idx[:, 1:]
-        weights = np.stack([segments[i].segment.weights for i in learn_idx.ravel()]).reshape(len(starts), m, k)
-        steps, domains = plan.steps[learn_idx], plan.domains[learn_idx]
-        raw = estimate_interactions(losses, weights, steps, domains, s.lp_steps, self.params.solve)
-        norm = normalize_interactions(raw) if self.params.normalize else raw
+        norm = normalize_interactions(got.raw) if self.params.normalize else got.raw
         logits, driver = mixture_logits(norm, s.eta, s.ema)
-        measured = column_noise(losses, weights, steps, domains, s.lp_steps)
-        share, chi2_stat = steering_trust(raw, None if measured is None else measured[1], s.ema, self.params.steer_level)
+        cov = None if got.noise is None else got.noise[1]
+        share, chi2_stat = steering_trust(got.raw, cov, s.ema, self.params.steer_level)
         with np.errstate(divide="ignore"):  # a domain the prior leaves out stays out
             p = softmax(np.log(self.update_start) + share * logits)
         meta.update(
             p=p.tolist(),
             column_sums=driver.sum(0).tolist(),
             A=norm[-1].tolist(),
-            A_raw=raw[-1].tolist(),
-            snr=signal_to_noise(losses, weights, steps, domains, s.lp_steps, measured),
+            A_raw=got.raw[-1].tolist(),
+            snr=signal_to_noise(*got.arrays, s.lp_steps, got.noise),
             steer={"share": share, "chi2": chi2_stat, "level": self.params.steer_level},
         )
         return p, meta
+
+    def _measure(self, plan: AioliPlan, segments: Sequence[SegmentRecord], r: int) -> _Measured:
+        """The LearnParams measurements of rounds ``<= r`` (``Q`` phases): what the round's
+        update and the stop rule read."""
+        k = self.space.mixture.k
+        s = self.settings
+        m = s.lp_rounds * k
+        starts = plan.learn_start[: r + 1]
+        starts = starts[starts >= 0]
+        if len(starts) == 0:
+            return _Measured(0, (), np.empty((0, k, k)), None)
+        idx = starts[:, None] + np.arange(-1, m)[None, :]  # Q x (M+1): L^0's segment, then the learn ones
+        losses = self._losses(segments, idx.ravel()).reshape(len(starts), m + 1, k)
+        learn_idx = idx[:, 1:]
+        weights = np.stack([segments[i].segment.weights for i in learn_idx.ravel()]).reshape(len(starts), m, k)
+        arrays = (losses, weights, plan.steps[learn_idx], plan.domains[learn_idx])
+        raw = estimate_interactions(*arrays, s.lp_steps, self.params.solve)
+        return _Measured(len(starts), arrays, raw, column_noise(*arrays, s.lp_steps))
 
     def _losses(self, segments: Sequence[SegmentRecord], indices: np.ndarray) -> np.ndarray:
         """``len(indices) x k`` reported losses of the given segments, validated."""
@@ -833,6 +910,8 @@ __all__ = [
     "default_settings",
     "normalize_interactions",
     "signal_to_noise",
+    "steering_statistic",
+    "steering_trust",
     "step_budget",
     "warmup_budget",
     "summarize_run",
