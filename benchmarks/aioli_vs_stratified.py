@@ -357,6 +357,14 @@ def learnparams_diagnostics(run: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def _ragged_mean(rows: Sequence[Sequence[float]]) -> list[float]:
+    """Column means of rows of different lengths (each column over the rows that reach it)."""
+    table = np.full((len(rows), max(map(len, rows))), np.nan)
+    for i, row in enumerate(rows):
+        table[i, : len(row)] = row
+    return np.nanmean(table, 0).tolist()
+
+
 def _median(values: Sequence[float]) -> float | None:
     return float(np.median(values)) if len(values) else None
 
@@ -402,9 +410,10 @@ def summarize(runs: Sequence[dict[str, Any]], methods: Sequence[str], seeds: Seq
             entry["average_mixture"] = {d: float(np.mean([r["average_mixture"][d] for r in mine])) for d in domains}
             diag = [learnparams_diagnostics(r) for r in mine]
             if all(x is not None for x in diag):
-                entry["learnparams"] = {
-                    "own_drop": np.mean([x["own_drop"] for x in diag], 0).tolist(),
-                    "other_drop": np.mean([x["other_drop"] for x in diag], 0).tolist(),
+                entry["learnparams"] = {  # per round, over the runs that measured in it (stop_level)
+                    "rounds": _mean_std([len(x["rounds"]) for x in diag]),
+                    "own_drop": _ragged_mean([x["own_drop"] for x in diag]),
+                    "other_drop": _ragged_mean([x["other_drop"] for x in diag]),
                     "consecutive_corr": [float(np.mean(x["consecutive_corr"])) if x["consecutive_corr"] else None
                                          for x in diag],
                     "snr_drop": _median([v for x in diag for v in x["snr_drop"]]),
@@ -560,9 +569,10 @@ def format_table(result: dict[str, Any]) -> str:
     diag = {m: e["learnparams"] for m, e in s["methods"].items() if "learnparams" in e}
     if diag:
         lines += ["", "LearnParams diagnostics (steering split; loss drop per LearnParams segment, mean over seeds):", "",
-                  "| method | own-domain drop: first round / later rounds | other-domain drop: first / later | "
-                  "signal/noise: drop · 1ᵀA spread (median) | corr. of 1ᵀA between consecutive rounds (per seed) |",
-                  "|---|---|---|---|---|"]
+                  "| method | rounds measured per run, mean ± std | own-domain drop: first round / later rounds | "
+                  "other-domain drop: first / later | signal/noise: drop · 1ᵀA spread (median) | "
+                  "corr. of 1ᵀA between consecutive rounds (per seed) |",
+                  "|---|---|---|---|---|---|"]
 
         def first_later(v: list[float]) -> str:
             return f"{v[0]:+.4f} / {np.mean(v[1:]):+.4f}" if len(v) > 1 else f"{v[0]:+.4f} / –"
@@ -570,7 +580,9 @@ def format_table(result: dict[str, Any]) -> str:
         for m, x in diag.items():
             corr = ", ".join("–" if c is None else f"{c:+.2f}" for c in x["consecutive_corr"])
             snr = " · ".join("–" if v is None else f"{v:.2f}" for v in (x.get("snr_drop"), x.get("snr_columns")))
-            lines.append(f"| {m} | {first_later(x['own_drop'])} | {first_later(x['other_drop'])} | {snr} | {corr} |")
+            rounds = x.get("rounds")
+            measured = "–" if rounds is None else f"{rounds['mean']:.1f} ± {rounds['std']:.1f}"
+            lines.append(f"| {m} | {measured} | {first_later(x['own_drop'])} | {first_later(x['other_drop'])} | {snr} | {corr} |")
     return "\n".join(lines)
 
 
