@@ -503,12 +503,14 @@ def learn_rounds(segments) -> int:
 
 def test_a_run_stops_measuring_once_its_measurements_look_like_noise():
     # Flat law (noise only), 2,000 steps: 8 rounds with LearnParams in each without the rule. With
-    # it (stop_level 0.5, these seeds): 2.6 rounds on average, 13/30 runs stop after the first.
+    # stop_level 0.5 (these seeds): 2.6 rounds on average, 13/30 runs stop after the first.
     # Bounds with margin; a clear signal (5 seeds) is never stopped.
     full = make(3, 2000, stop_level=None)
     n_full = learn_rounds(simulate(full, A_FLAT, eval_noise=1e-3, step_noise=1e-3)[0])
     assert n_full == 8
-    runs = [simulate(make(3, 2000), A_FLAT, eval_noise=1e-3, step_noise=1e-3, seed=seed)[0] for seed in range(30)]
+    assert learn_rounds(simulate(make(3, 2000), A_FLAT, eval_noise=1e-3, step_noise=1e-3)[0]) == n_full  # off by default
+    runs = [simulate(make(3, 2000, stop_level=0.5), A_FLAT, eval_noise=1e-3, step_noise=1e-3, seed=seed)[0]
+            for seed in range(30)]
     rounds = np.array([learn_rounds(segments) for segments in runs])
     assert 1.5 <= rounds.mean() <= 4.0 and (rounds == 1).mean() >= 0.25
     for segments in runs:  # the same step budget; the stopped rounds train on the mixture held
@@ -517,15 +519,16 @@ def test_a_run_stops_measuring_once_its_measurements_look_like_noise():
         assert all(seg.kind == "train" for seg in stopped)
         if learn_rounds(segments) < n_full:
             assert stopped and all(seg.meta["learn_params_stopped_after"] == learn_rounds(segments) - 1 for seg in stopped)
-    clear = [simulate(make(3, 2000), A3, eval_noise=1e-4, step_noise=1e-4, seed=seed)[0] for seed in range(5)]
+    clear = [simulate(make(3, 2000, stop_level=0.5), A3, eval_noise=1e-4, step_noise=1e-4, seed=seed)[0]
+             for seed in range(5)]
     assert all(learn_rounds(segments) == n_full for segments in clear)
 
 
 def test_a_stopped_run_resumes_from_any_recorded_prefix():
-    strategy = make(3, 2000)
+    strategy = make(3, 2000, stop_level=0.5)
     segments = next(seg for seed in range(10)
                     if learn_rounds(seg := simulate(strategy, A_FLAT, eval_noise=1e-3, step_noise=1e-3, seed=seed)[0]) < 8)
-    fresh = make(3, 2000)
+    fresh = make(3, 2000, stop_level=0.5)
     trial = trial_of(fresh)
     for n in range(len(segments)):
         _same(fresh.next_segment(trial, segments[:n]), segments[n].segment)

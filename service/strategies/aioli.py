@@ -126,11 +126,12 @@ demo corpus at 10^5-10^6 tokens per run the LearnParams loss drops measure the c
 signal-to-noise ratio of about 0.5 (docs/strategies.md): the paper's update then re-weighted on
 noise and added variance without a gain; with the test it keeps the initial mixture."""
 
-STOP_LEVEL = 0.5
-"""Default ``stop_level``: a run stops LearnParams after a round whose combined measurements look
-like noise (their steering statistic below the null's median). Measuring costs what its skewed
-mixtures cost (k = 2: +0.3-0.6% perplexity over the run's six rounds, docs/benchmarks.md) and
-buys nothing when it cannot steer; a clear signal grows with every round and is never stopped."""
+STOP_LEVEL = None
+"""Default ``stop_level``: off, every round measures (the paper). At 0.5 a run stops LearnParams
+after a round whose combined measurements look like noise; on the demo corpus (1,600 steps, 10
+paired seeds) that saved 0.07-0.09% of perplexity at k = 2, nothing at k = 3 and 5, and cost a
+restricted run chained from a poor prior 3.6% at k = 5, whose near-uniform LearnParams segments
+had been pulling it back (docs/benchmarks.md)."""
 
 MAX_CONDITION = 1e4
 """Largest condition number accepted for the LearnParams mixtures ``W`` once projected onto the
@@ -452,7 +453,7 @@ class AioliParams(StrategyParams):
     prior_mixture_from_study: int | None = Field(None, ge=1, description="'restricted' variant chained to another study: the server sets prior_mixture to that study's latest recommendation when this study is created (same domains required)")
     updates_from: Literal["prior", "uniform"] = Field("prior", description="where the exponentiated-gradient updates start: 'prior' (the initial mixture: prior_mixture, else uniform) or 'uniform' (the reference code's restricted variant, which returns to uniform after the prior's steps)")
     steer_level: float | None = Field(STEER_LEVEL, gt=0.0, lt=1.0, description="each round's update is scaled by max(0, 1 - chi2_{k-1}(steer_level) / S), S the spread of its column sums in units of their measured noise, so that a round steers on noise alone with probability about 1 - steer_level; null takes the whole step every round (the paper's update). Needs lp_rounds >= 2 to measure the noise; with one sweep the whole step is taken")
-    stop_level: float | None = Field(STOP_LEVEL, gt=0.0, lt=1.0, description="a run stops LearnParams for good after a round whose steering statistic S (see steer_level) is below chi2_{k-1}(stop_level), i.e. its measurements look like noise (at 0.5: below the no-signal median), and trains its remaining rounds on the mixture it holds; null measures every round (the paper). Needs lp_rounds >= 2, as steer_level does")
+    stop_level: float | None = Field(STOP_LEVEL, gt=0.0, lt=1.0, description="a run stops LearnParams for good after a round whose steering statistic S (see steer_level) is below chi2_{k-1}(stop_level), i.e. its measurements look like noise (at 0.5: below the no-signal median), and trains its remaining rounds on the mixture it holds; null (the default) measures every round, as the paper does. Needs lp_rounds >= 2, as steer_level does")
     recommend: Literal["average", "final"] = Field("average", description="the recommended static mixture: the step-weighted average of the Aioli-chosen mixtures over the run, or the last one")
 
     @field_validator("ema")
