@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import statistics
 import sys
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{finished:>8} finished  {'with' if index else 'without'} the index: "
                   f"median {row['median_ms']:.2f} ms, p90 {row['p90_ms']:.2f} ms", flush=True)
     result = {"rows": rows, "command": "python benchmarks/lease_scaling.py " + " ".join(argv or sys.argv[1:]),
-              "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()}}
+              "machine": {"python": platform.python_version(), "cpus": os.cpu_count()}}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
