@@ -133,38 +133,44 @@ def test_one_hot_multiple_and_factor_are_exclusive_and_bounded():
 
 
 @pytest.mark.parametrize(
-    "budget, fidelity_params, params, warmup",
+    "budget, fidelity_params, params, warmup, start",
     [
-        (1000, {}, {}, 50),  # the trainer's default: 5% of the steps
-        (5000, {}, {}, 200),  # ... at most 200
-        (10, {}, {}, 1),  # ... at least 1
-        (1000, {"warmup": 120}, {}, 120),  # the fidelity's own warm-up
-        (1000, {"warmup": 120}, {"warmup_steps": 0}, 0),  # an explicit override
-        (1000, {}, {"prior_steps": 30, "prior_mixture": {"d0": 1.0, "d1": 1.0, "d2": 1.0}}, 50),
-        (1000, {}, {"prior_steps": 300, "prior_mixture": {"d0": 1.0, "d1": 1.0, "d2": 1.0}}, 300),
+        (1000, {}, {}, 50, 250),  # the trainer's default warm-up: 5% of the steps; LearnParams from 25%
+        (5000, {}, {}, 200, 1250),  # ... at most 200
+        (10, {}, {}, 1, 3),  # ... at least 1
+        (1000, {"warmup": 120}, {}, 120, 250),  # the fidelity's own warm-up
+        (1000, {"warmup": 400}, {}, 400, 400),  # ... when it ends after learn_start
+        (1000, {"warmup": 120}, {"learn_start": 0.0}, 120, 120),  # LearnParams right after the warm-up
+        (1000, {"warmup": 120}, {"warmup_steps": 0, "learn_start": 0.0}, 0, 0),  # an explicit override
+        (1000, {}, {"prior_steps": 30, "prior_mixture": {"d0": 1.0, "d1": 1.0, "d2": 1.0}}, 50, 250),
+        (1000, {}, {"prior_steps": 300, "prior_mixture": {"d0": 1.0, "d1": 1.0, "d2": 1.0}}, 50, 300),
     ],
 )
-def test_no_learnparams_segment_during_the_learning_rate_warmup(budget, fidelity_params, params, warmup):
+def test_no_learnparams_segment_during_the_learning_rate_warmup_nor_before_learn_start(
+    budget, fidelity_params, params, warmup, start
+):
     from proxy_models import TrainConfig
 
     target = Fidelity("target", 1.0, True, params={"steps": budget, **fidelity_params})
     strategy = make(3, target=target, **params)
-    if not params:  # the strategy's warm-up is the trainer's for the same fidelity
-        assert strategy.warmup("target") == TrainConfig.from_fidelity(None, None, target.params).warmup_steps
+    assert strategy.warmup("target") == warmup
+    assert max(strategy.learning_start("target"), params.get("prior_steps", 0)) == start
+    if "warmup_steps" not in params:  # the strategy's warm-up is the trainer's for the same fidelity
+        assert warmup == TrainConfig.from_fidelity(None, None, target.params).warmup_steps
     plan = strategy.plan(trial_of(strategy))
     starts = np.concatenate([[0], np.cumsum(plan.steps)[:-1]])
     learn = np.array(plan.kinds) == "learn"
     assert plan.steps.sum() == budget
     pre = [(kd, st) for kd, st in zip(plan.kinds, plan.steps) if kd in ("prior", "warmup")]
-    assert sum(st for _, st in pre) == min(warmup, budget)
+    assert sum(st for _, st in pre) == min(start, budget)
     if budget < 100:  # a run shorter than a round: no LearnParams at all
         assert not learn.any()
         return
-    assert starts[learn].min() == warmup  # the first round starts right after the warm-up
-    assert ("eval" in plan.kinds) == (warmup == 0)  # L^0: the warm-up's evaluation, else a 0-step one
+    assert starts[learn].min() == start  # the first round starts right after the warm-up and learn_start
+    assert ("eval" in plan.kinds) == (start == 0)  # L^0: the warm-up's evaluation, else a 0-step one
     segments, _ = simulate(strategy, A3, eval_noise=1e-4, step_noise=1e-4)
     first = next(i for i, r in enumerate(segments) if r.segment.kind == "learn")
-    assert sum(r.segment.steps for r in segments[:first]) == warmup
+    assert sum(r.segment.steps for r in segments[:first]) == start
     assert all(r.segment.weights == pytest.approx(strategy.prior) for r in segments[:first])
 
 
@@ -269,12 +275,12 @@ def test_spaces_aioli_cannot_run_on_are_rejected():
 @pytest.mark.parametrize(
     "k, budget, params",
     [
-        (3, 5000, {}),  # a 200-step warm-up, then 19 full rounds and a short one
-        (3, 1037, {"warmup_steps": 0}),  # a short last round, still with room for LearnParams
-        (3, 1010, {"warmup_steps": 0}),  # a last round of 10 steps: no LearnParams, trains on the current mixture
-        (3, 1060, {}),  # the same after the 53-step warm-up: a last round of 7 steps
-        (3, 50, {"warmup_steps": 0}),  # less than one LearnParams phase: one plain segment
-        (3, 50, {}),  # a 2-step warm-up, then 48 steps without LearnParams
+        (3, 5000, {}),  # 1,250 steps before LearnParams (learn_start), then 15 full rounds
+        (3, 1037, {"warmup_steps": 0, "learn_start": 0.0}),  # a short last round, still with room for LearnParams
+        (3, 1010, {"warmup_steps": 0, "learn_start": 0.0}),  # a last round of 10 steps: no LearnParams, trains on the current mixture
+        (3, 1060, {"learn_start": 0.0}),  # the same after the 53-step warm-up: a last round of 7 steps
+        (3, 50, {"warmup_steps": 0, "learn_start": 0.0}),  # less than one LearnParams phase: one plain segment
+        (3, 50, {}),  # 13 steps before learn_start, then 37 steps without LearnParams
         (2, 777, {"update_steps": 60, "lp_rounds": 2, "lp_steps": 3}),
         (7, 1000, {}),
         (3, 900, {"prior_steps": 250, "prior_mixture": {"d0": 0.6, "d1": 0.3, "d2": 0.1}}),
@@ -293,7 +299,7 @@ def test_budget_is_respected_exactly(k, budget, params):
     rounds_with_learn = len({r.segment.meta["round"] for r in segments if r.segment.kind == "learn"})
     assert learn == rounds_with_learn * s.learn_steps(k)  # LearnParams steps are in the budget
     assert [r.segment.evaluate_after for r in segments] == [True] * (len(segments) - 1) + [False]
-    warmup = strategy.warmup("target")
+    warmup = strategy.learning_start("target")
     if params.get("prior_steps"):
         assert kinds[0] == "prior" and steps[0] == min(params["prior_steps"], budget)
     elif warmup:
@@ -480,19 +486,19 @@ A_FLAT = np.full((3, 3), 1e-3)
 
 
 def test_a_round_steers_on_noise_rarely_and_little_but_on_a_clear_signal_fully():
-    # Measured with these seeds: the share is > 0 in 7% of the rounds (mean 0.014) on the flat law;
+    # LearnParams from the warm-up on (learn_start=0): more rounds to count. Measured with these seeds: the share is > 0 in 7% of the rounds (mean 0.014) on the flat law;
     # 0.95-0.99 on A3 at low noise. Bounds with margin on both sides.
     shares = np.array([
         seg.meta["steer"]["share"]
         for seed in range(30)
-        for seg in train_segments(make(3, 2000), A_FLAT, eval_noise=1e-3, step_noise=1e-3, seed=seed)
+        for seg in train_segments(make(3, 2000, learn_start=0.0), A_FLAT, eval_noise=1e-3, step_noise=1e-3, seed=seed)
     ])
     assert len(shares) >= 200
     assert (shares > 0).mean() <= 0.2 and shares.mean() <= 0.05
-    clear = [seg.meta["steer"]["share"] for seg in train_segments(make(3, 2000), A3, eval_noise=1e-4, step_noise=1e-4, seed=1)]
+    clear = [seg.meta["steer"]["share"] for seg in train_segments(make(3, 2000, learn_start=0.0), A3, eval_noise=1e-4, step_noise=1e-4, seed=1)]
     assert min(clear) >= 0.9
     # steer_level=None: the paper's update, the whole step every round
-    whole = train_segments(make(3, 2000, steer_level=None), A_FLAT, eval_noise=1e-3, step_noise=1e-3, seed=0)
+    whole = train_segments(make(3, 2000, steer_level=None, learn_start=0.0), A_FLAT, eval_noise=1e-3, step_noise=1e-3, seed=0)
     assert all(seg.meta["steer"]["share"] == 1.0 for seg in whole)
     assert max(abs(seg.weights - 1 / 3).max() for seg in whole) > 0.01  # ... which follows the noise
 
@@ -502,14 +508,14 @@ def learn_rounds(segments) -> int:
 
 
 def test_a_run_stops_measuring_once_its_measurements_look_like_noise():
-    # Flat law (noise only), 2,000 steps: 8 rounds with LearnParams in each without the rule. With
+    # Flat law (noise only), 2,000 steps with LearnParams from the warm-up on: 8 rounds with LearnParams in each without the rule. With
     # stop_level 0.5 (these seeds): 2.6 rounds on average, 13/30 runs stop after the first.
     # Bounds with margin; a clear signal (5 seeds) is never stopped.
-    full = make(3, 2000, stop_level=None)
+    full = make(3, 2000, stop_level=None, learn_start=0.0)
     n_full = learn_rounds(simulate(full, A_FLAT, eval_noise=1e-3, step_noise=1e-3)[0])
     assert n_full == 8
-    assert learn_rounds(simulate(make(3, 2000), A_FLAT, eval_noise=1e-3, step_noise=1e-3)[0]) == n_full  # off by default
-    runs = [simulate(make(3, 2000, stop_level=0.5), A_FLAT, eval_noise=1e-3, step_noise=1e-3, seed=seed)[0]
+    assert learn_rounds(simulate(make(3, 2000, learn_start=0.0), A_FLAT, eval_noise=1e-3, step_noise=1e-3)[0]) == n_full  # off by default
+    runs = [simulate(make(3, 2000, stop_level=0.5, learn_start=0.0), A_FLAT, eval_noise=1e-3, step_noise=1e-3, seed=seed)[0]
             for seed in range(30)]
     rounds = np.array([learn_rounds(segments) for segments in runs])
     assert 1.5 <= rounds.mean() <= 4.0 and (rounds == 1).mean() >= 0.25
@@ -519,7 +525,7 @@ def test_a_run_stops_measuring_once_its_measurements_look_like_noise():
         assert all(seg.kind == "train" for seg in stopped)
         if learn_rounds(segments) < n_full:
             assert stopped and all(seg.meta["learn_params_stopped_after"] == learn_rounds(segments) - 1 for seg in stopped)
-    clear = [simulate(make(3, 2000, stop_level=0.5), A3, eval_noise=1e-4, step_noise=1e-4, seed=seed)[0]
+    clear = [simulate(make(3, 2000, stop_level=0.5, learn_start=0.0), A3, eval_noise=1e-4, step_noise=1e-4, seed=seed)[0]
              for seed in range(5)]
     assert all(learn_rounds(segments) == n_full for segments in clear)
 

@@ -20,10 +20,11 @@ exactly; restarting from scratch is the empty record. A record that disagrees wi
 
 The schedule of a run of ``S`` steps (``S`` from :func:`step_budget`):
 
-- ``prior`` (restricted variant): ``prior_steps`` on ``prior_mixture``; then ``warmup``: the rest
-  of the trainer's learning-rate warm-up (:func:`warmup_budget`) on the initial mixture, so that
-  no LearnParams segment runs while the learning rate climbs; without either, ``eval``: a 0-step
-  segment that only measures ``L^0`` of the first round.
+- ``prior`` (restricted variant): ``prior_steps`` on ``prior_mixture``; then ``warmup``: on the
+  initial mixture up to the later of the trainer's learning-rate warm-up (:func:`warmup_budget`)
+  and ``learn_start`` of the run (:meth:`AioliStrategy.learning_start`), so that no LearnParams
+  segment runs while the learning rate climbs nor in the fast descent after it; without either,
+  ``eval``: a 0-step segment that only measures ``L^0`` of the first round.
 - per round of ``update_steps``: ``lp_rounds * k`` ``learn`` segments of ``lp_steps`` on the
   smoothed one-hot mixtures (the k domains in a seeded random order per sweep), then one
   ``train`` segment on the updated mixture for the rest of the round: ``softmax(log p0 + s *
@@ -52,7 +53,9 @@ scales with ``k``; ``k >= 4`` takes the 3-domain row with ``lp_rounds = 2`` (the
 that still measure the noise of the loss drops) and rounds long enough that LearnParams is at
 most 30% of a round. On the demo corpus a LearnParams weight of 3.75x uniform (the 7-domain
 row's 0.75 at ``k = 5``) during and right after the warm-up cost +13.8 perplexity against
-stratified sampling; 2x cost +0.7.
+stratified sampling; 2x cost +0.7. Even at 1.25x, LearnParams right after the warm-up cost
++0.57% perplexity at ``k = 2``; the first LearnParams round therefore starts at a quarter of the
+run (``learn_start``, :data:`LEARN_START`).
 
 Shapes: ``k`` domains, ``Q`` LearnParams phases (rounds with an estimate), ``M = lp_rounds * k``
 LearnParams segments per phase.
@@ -125,6 +128,13 @@ STEER_LEVEL = 0.95
 demo corpus at 10^5-10^6 tokens per run the LearnParams loss drops measure the column sums with a
 signal-to-noise ratio of about 0.5 (docs/strategies.md): the paper's update then re-weighted on
 noise and added variance without a gain; with the test it keeps the initial mixture."""
+
+LEARN_START = 0.25
+"""Default ``learn_start``: no LearnParams in the first quarter of a run. LearnParams' tilted
+mixtures cost most in the fast early descent at the peak learning rate: on the demo corpus (2
+domains, 1,600 steps, 10 paired seeds) the eta = 0 control cost +0.57% perplexity against
+stratified sampling with LearnParams from the end of the 5% warm-up, +0.09% from 25% of the run
+(docs/benchmarks.md). The price is fewer rounds to steer in (three quarters of the run)."""
 
 STOP_LEVEL = None
 """Default ``stop_level``: off, every round measures (the paper). At 0.5 a run stops LearnParams
@@ -445,7 +455,8 @@ class AioliParams(StrategyParams):
     one_hot_factor: float | None = Field(None, gt=0.0, le=1.0, description="weight f of the favoured domain in a LearnParams mixture, > 1/k; overrides the default one_hot_multiple / k. Give this or one_hot_multiple")
     eta: float | None = Field(None, gt=0.0, le=1000.0, description="exponentiated-gradient step size; default: 0.2 (k<=2), 0.1 (k>=3)")
     ema: float | Literal["off"] | None = Field(None, description="EMA weight gamma on the past estimate (reference-code convention), in [0, 1), or 'off' for multiplicative updates; default: 0.1 (k<=2), 0.5 (k>=3)")
-    warmup_steps: int | None = Field(None, ge=0, description="steps on the initial mixture before the first LearnParams round (a restricted run's prior_steps count toward them); default: the trainer's learning-rate warm-up at the fidelity (params.warmup, else 5% of the steps, at most 200)")
+    warmup_steps: int | None = Field(None, ge=0, description="steps on the initial mixture before the first LearnParams round (a restricted run's prior_steps count toward them); default: the trainer's learning-rate warm-up at the fidelity (params.warmup, else 5% of the steps, at most 200). LearnParams starts after the later of this and learn_start")
+    learn_start: float = Field(LEARN_START, ge=0.0, lt=1.0, description="share of the run's steps trained on the initial mixture before the first LearnParams round (the later of this and warmup_steps counts): the tilted LearnParams mixtures cost most in the fast early descent at the peak learning rate; 0 starts right after the warm-up, as the paper's schedule would")
     normalize: bool = Field(True, description="normalise A (subtract a negative minimum, divide by the sum) before the update, as in all of the paper's runs")
     solve: Literal["exact", "lstsq"] = Field("exact", description="estimator of A: 'exact' (the paper's W^-1 G per round) or 'lstsq' (generalised least squares on the loss levels of all LearnParams segments of a round, noise model estimated from the run)")
     prior_mixture: dict[str, float] | None = Field(None, description="'restricted' variant: the mixture of the first prior_steps steps (e.g. a RegMix or ADMIRE recommendation; renormalised); default uniform. Aioli's updates then start from it (see updates_from)")
@@ -498,8 +509,8 @@ class AioliPlan:
 
     Attributes:
         budget: total optimizer steps (the sum of ``steps``).
-        kinds: ``n`` labels: ``prior`` (restricted variant), ``warmup`` (the rest of the
-            learning-rate warm-up, on the initial mixture), ``eval`` (0 steps, ``L^0`` of the
+        kinds: ``n`` labels: ``prior`` (restricted variant), ``warmup`` (on the initial mixture
+            until LearnParams may start: :meth:`AioliStrategy.learning_start`), ``eval`` (0 steps, ``L^0`` of the
             first round), ``learn`` (LearnParams), ``train`` (the rest of a round).
         steps: ``n`` step counts.
         evaluate: ``n`` evaluate-after flags (all but the last segment).
@@ -641,11 +652,17 @@ class AioliStrategy(BaseOnlineStrategy):
         )
 
     def warmup(self, fidelity: str) -> int:
-        """Steps before the first LearnParams round at ``fidelity``: ``warmup_steps``, else the
-        trainer's learning-rate warm-up there (:func:`warmup_budget`)."""
+        """The warm-up at ``fidelity``: ``warmup_steps``, else the trainer's learning-rate warm-up
+        there (:func:`warmup_budget`)."""
         if self.params.warmup_steps is not None:
             return self.params.warmup_steps
         return warmup_budget(self.space.fidelity(fidelity))
+
+    def learning_start(self, fidelity: str) -> int:
+        """Steps before the first LearnParams round at ``fidelity``: the later of the warm-up
+        (:meth:`warmup`) and ``learn_start`` of the step budget (rounded up)."""
+        budget = step_budget(self.space.fidelity(fidelity))
+        return max(self.warmup(fidelity), math.ceil(self.params.learn_start * budget))
 
     # ----------------------------------------------------------------------------------------
     # Study level: proposals and the recommendation.
@@ -733,9 +750,9 @@ class AioliStrategy(BaseOnlineStrategy):
         s = self.settings
         budget = step_budget(self.space.fidelity(trial.fidelity))
         prior_steps = min(self.params.prior_steps, budget)
-        # LearnParams never runs in the learning-rate warm-up: its extreme mixtures at a rising,
-        # soon peak learning rate cost more than the whole run's re-weighting gains.
-        warmup_steps = min(max(self.warmup(trial.fidelity) - prior_steps, 0), budget - prior_steps)
+        # LearnParams never runs in the learning-rate warm-up nor in the fast descent after it:
+        # its tilted mixtures at a rising or peak learning rate cost more than re-weighting gains.
+        warmup_steps = min(max(self.learning_start(trial.fidelity) - prior_steps, 0), budget - prior_steps)
         rest = budget - prior_steps - warmup_steps
         n_rounds = -(-rest // s.update_steps)
         lengths = np.full(n_rounds, s.update_steps)
@@ -903,6 +920,7 @@ __all__ = [
     "AioliPlan",
     "AioliSettings",
     "AioliStrategy",
+    "LEARN_START",
     "PAPER_SETTINGS",
     "estimate_interactions",
     "learn_params_mixtures",
