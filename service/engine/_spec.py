@@ -91,16 +91,17 @@ class _Known:
     (queued, leased, running) look the same to a strategy ("pending") and to the budget (in
     flight) until they end, so they are read again only then (dynamic ones always: segments)."""
 
-    records: list[TrialRecord | None]
+    records: tuple[TrialRecord | None, ...]
     """In trial-number order; None for a cancelled trial (not in the history)."""
-    position: dict[int, int]
-    """Trial id -> index in ``records``."""
-    open: dict[int, tuple[float, bool]]
-    """Open trial id -> (cost, dynamic)."""
+    open: dict[int, tuple[float, bool, int]]
+    """Open trial id -> (cost, dynamic, index in ``records``): only open trials change."""
     done_live: int
     done_cost: float
     """Count and cost of the terminal trials that use budget."""
     max_number: int
+    cancelled: int
+    """``None`` entries in ``records``: without any, the history is ``records`` itself (a scan
+    for ``None`` compared every record, 0.2 ms at 20,000 trials on each ``advance``)."""
 
 
 _known: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -128,22 +129,24 @@ def read_study_trials(session: Session, study_id: int, space: SearchSpace) -> tu
     q = select(Trial).where(Trial.study_id == study_id).options(joinedload(Trial.result))
     incremental = known is not None
     if known is None:
-        known = _Known([], {}, {}, 0, 0.0, -1)
+        known = _Known((), {}, 0, 0.0, -1, 0)
     else:
-        recheck = [i for i, (_, dynamic) in known.open.items() if not dynamic]
-        dynamic = [i for i, (_, d) in known.open.items() if d]
+        recheck = [i for i, (_, dynamic, _) in known.open.items() if not dynamic]
+        dynamic = [i for i, (_, d, _) in known.open.items() if d]
         q = q.where(or_(Trial.number > known.max_number, _id_in(session, dynamic),
                         _id_in(session, recheck) & Trial.state.in_(_TERMINAL)))
     fresh = sorted(session.scalars(q).unique(), key=lambda t: t.number)
     segments = load_segments(session, fresh, space.mixture.names)
-    records, position, open_ = list(known.records), dict(known.position), dict(known.open)
-    done_live, done_cost, max_number = known.done_live, known.done_cost, known.max_number
-    for t in fresh:
+    records, open_ = list(known.records), dict(known.open)
+    done_live, done_cost, max_number, cancelled = known.done_live, known.done_cost, known.max_number, known.cancelled
+    for t in fresh:  # each is new or was open: terminal trials are never read again
         record = None if t.state == TrialState.cancelled else _record(space.mixture.names, t, segments.get(t.id, ()))
-        if t.id in position:
-            records[position[t.id]] = record
+        cancelled += record is None
+        if t.id in open_:
+            index = open_[t.id][2]
+            records[index] = record
         else:
-            position[t.id] = len(records)
+            index = len(records)
             records.append(record)
             max_number = t.number
         if t.state in _TERMINAL:
@@ -152,7 +155,8 @@ def read_study_trials(session: Session, study_id: int, space: SearchSpace) -> tu
                 done_live += 1
                 done_cost += t.cost
         else:
-            open_[t.id] = (t.cost, t.dynamic)
+            open_[t.id] = (t.cost, t.dynamic, index)
+    records = tuple(records)
     total = session.scalar(select(func.count()).select_from(Trial).where(Trial.study_id == study_id))
     if total != len(records) and incremental:
         with _known_lock:
@@ -160,12 +164,12 @@ def read_study_trials(session: Session, study_id: int, space: SearchSpace) -> tu
         return read_study_trials(session, study_id, space)
     if total == len(records):  # else trials were created between the two reads: keep nothing
         with _known_lock:
-            cache[study_id] = _Known(records, position, open_, done_live, done_cost, max_number)
+            cache[study_id] = _Known(records, open_, done_live, done_cost, max_number, cancelled)
             cache.move_to_end(study_id)
             while len(cache) > KNOWN_STUDIES:
                 cache.popitem(last=False)
-    tally = TrialTally(len(open_), done_live + len(open_), done_cost + sum(c for c, _ in open_.values()), max_number)
-    kept = tuple(records) if None not in records else tuple(r for r in records if r is not None)
+    tally = TrialTally(len(open_), done_live + len(open_), done_cost + sum(c for c, _, _ in open_.values()), max_number)
+    kept = records if not cancelled else tuple(r for r in records if r is not None)
     return History(kept), tally
 
 
