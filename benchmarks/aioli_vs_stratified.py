@@ -34,7 +34,9 @@ perplexity and in % of stratified's perplexity.
 **Run length.** Aioli runs with the strategy's defaults (:func:`service.strategies.aioli.
 default_settings`), its warm-up being the trainer's (5% of the steps, at most 200). When the run is
 too short for ``ROUNDS`` default rounds after the warm-up, :func:`scaled_aioli_params` shortens
-the rounds and LearnParams segments, keeping the defaults' LearnParams share and sweeps.
+the rounds and LearnParams segments, keeping the defaults' LearnParams share and sweeps. Aioli
+trains on its initial mixture up to the strategy's ``learn_start`` (a quarter of the run by
+default) and fits its rounds into the rest.
 
     .venv/bin/mixopt bench aioli --settings k5,k3,k2 --seeds 10 --steps 3000 --jobs 2
     .venv/bin/python benchmarks/aioli_vs_stratified.py ...          # the same
@@ -256,7 +258,8 @@ def run_one(bench: BenchConfig, corpus_dir: str, cache_dir: str, method: str, se
         summary = summarize_run(source.records, len(domains))
         record.update(
             params=params,
-            settings={**dataclasses.asdict(strategy.settings), "warmup": strategy.warmup("bench")},
+            settings={**dataclasses.asdict(strategy.settings), "warmup": strategy.warmup("bench"),
+                      "learning_start": strategy.learning_start("bench")},
             average_mixture=dict(zip(domains, summary["average"].round(6).tolist())),
             final_mixture=dict(zip(domains, summary["final"].round(6).tolist())),
             segments=[
