@@ -258,6 +258,7 @@ def run_one(bench: BenchConfig, corpus_dir: str, cache_dir: str, method: str, se
         summary = summarize_run(source.records, len(domains))
         record.update(
             params=params,
+            resolved=strategy.params.model_dump(mode="json"),
             settings={**dataclasses.asdict(strategy.settings), "warmup": strategy.warmup("bench"),
                       "learning_start": strategy.learning_start("bench")},
             average_mixture=dict(zip(domains, summary["average"].round(6).tolist())),
@@ -302,21 +303,24 @@ def _resume_key(bench: BenchConfig, setting: Sequence[str] | None) -> str:
 
 def resumable_runs(lines: Sequence[str], bench: BenchConfig, setting: Sequence[str] | None) -> list[dict[str, Any]]:
     """The kept runs of a partial file (its first line the settings' key, then one run per line)
-    that ``bench`` can reuse: none when the settings differ, and no ``aioli-restricted`` or
-    ``prior`` run made with another prior. A method added to a finished benchmark thus runs alone."""
+    that ``bench`` can reuse: none when the settings differ, no ``aioli-restricted`` or ``prior``
+    run made with another prior, and no Aioli run whose parameters, defaults included, differ from
+    what this code resolves (a run from before a default changed). A method added to a finished
+    benchmark thus runs alone."""
     if not lines or lines[0] != _resume_key(bench, setting):
         return []
 
-    def same_prior(run: dict[str, Any]) -> bool:
-        if run["method"] == "aioli-restricted":
-            wanted = aioli_params(bench, "aioli-restricted", run["domains"])
-        elif run["method"] == "prior":
-            wanted = {"prior_mixture": restrict(bench.prior_mixture, run["domains"])}
-        else:
-            return True
-        return run.get("params") == json.loads(json.dumps(wanted))
+    def same_method(run: dict[str, Any]) -> bool:
+        if run["method"] == "prior":
+            return run.get("params") == json.loads(json.dumps({"prior_mixture": restrict(bench.prior_mixture, run["domains"])}))
+        if run["method"] in ("aioli", "aioli-restricted", "aioli-eta0"):
+            # every parameter as resolved, defaults included: a run made before a default changed is not reused
+            params = aioli_params(bench, run["method"], run["domains"])
+            resolved = AioliStrategy(search_space(bench, run["domains"]), params).params.model_dump(mode="json")
+            return run.get("params") == json.loads(json.dumps(params)) and run.get("resolved") == resolved
+        return True
 
-    return [r for r in (json.loads(line) for line in lines[1:] if line.strip()) if same_prior(r)]
+    return [r for r in (json.loads(line) for line in lines[1:] if line.strip()) if same_method(r)]
 
 
 def learnparams_diagnostics(run: dict[str, Any]) -> dict[str, Any] | None:

@@ -169,20 +169,27 @@ def test_cli_command_forwards_to_the_script():
 
 def test_resume_reuses_runs_of_the_same_settings_and_restricted_runs_of_the_same_prior(bench):
     """A finished benchmark gains a method (or a restricted run with a new prior) without rerunning
-    the others; runs of other settings are never reused."""
+    the others; runs of other settings, or made with other Aioli defaults, are never reused."""
     domains = ["code", "dialogue"]
     cfg = bench.BenchConfig(steps=STEPS, batch_size=BATCH, seq_len=SEQ)
     prior_a = bench.dataclasses.replace(cfg, prior_mixture={"code": 0.8, "dialogue": 0.2})
     prior_b = bench.dataclasses.replace(cfg, prior_mixture={"code": 0.3, "dialogue": 0.7})
+
+    def aioli_run(method: str, cfg, **changed_defaults) -> dict:
+        params = bench.aioli_params(cfg, method, domains)
+        resolved = bench.AioliStrategy(bench.search_space(cfg, domains), params).params.model_dump(mode="json")
+        return {"method": method, "seed": 0, "domains": domains, "params": params, "resolved": {**resolved, **changed_defaults}}
+
     kept = [{"method": "stratified", "seed": 0, "domains": domains},
-            {"method": "aioli-restricted", "seed": 0, "domains": domains,
-             "params": bench.aioli_params(prior_a, "aioli-restricted", domains)},
+            aioli_run("aioli-restricted", prior_a),
             {"method": "prior", "seed": 0, "domains": domains,
-             "params": {"prior_mixture": bench.restrict(prior_a.prior_mixture, domains)}}]
+             "params": {"prior_mixture": bench.restrict(prior_a.prior_mixture, domains)}},
+            aioli_run("aioli", cfg),
+            aioli_run("aioli-eta0", cfg, learn_start=0.0)]  # made before a default changed: not reused
     lines = [bench._resume_key(cfg, domains), *(json.dumps(r) for r in kept)]
-    assert [r["method"] for r in bench.resumable_runs(lines, prior_a, domains)] == ["stratified", "aioli-restricted", "prior"]
-    assert [r["method"] for r in bench.resumable_runs(lines, prior_b, domains)] == ["stratified"]
-    assert [r["method"] for r in bench.resumable_runs(lines, cfg, domains)] == ["stratified"]  # uniform prior
+    assert [r["method"] for r in bench.resumable_runs(lines, prior_a, domains)] == ["stratified", "aioli-restricted", "prior", "aioli"]
+    assert [r["method"] for r in bench.resumable_runs(lines, prior_b, domains)] == ["stratified", "aioli"]
+    assert [r["method"] for r in bench.resumable_runs(lines, cfg, domains)] == ["stratified", "aioli"]  # uniform prior
     longer = bench.dataclasses.replace(prior_a, steps=STEPS + 1)
     assert bench.resumable_runs(lines, longer, domains) == []
     assert bench.resumable_runs(lines, prior_a, ["code", "prose"]) == []
