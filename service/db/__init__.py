@@ -21,6 +21,7 @@ from .models import (
     TrialSegment,
     TrialState,
     Worker,
+    one_of,
 )
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "alembic_config",
     "current_revision",
     "make_engine",
+    "one_of",
     "scratch_database",
     "upgrade",
     "utcnow",

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, Enum, ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, ColumnElement, Enum, ForeignKey, Index, String, Text, UniqueConstraint, or_, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from ._types import JSONType, UTCDateTime, utcnow
@@ -38,6 +38,13 @@ class TrialState(StrEnum):
 IN_FLIGHT = (TrialState.queued, TrialState.leased, TrialState.running)
 HELD = (TrialState.leased, TrialState.running)
 FINAL = (TrialState.completed, TrialState.failed, TrialState.cancelled)
+
+
+def one_of(column, values) -> ColumnElement[bool]:
+    """``column IN values`` as ``column = v1 OR column = v2 ...``: ``in_`` renders its list into
+    the SQL on every execution (a post-compile parameter), 4% of the server's CPU when the worker
+    routes' prebuilt statements used it."""
+    return or_(*(column == v for v in values))
 
 
 def _enum(cls: type[StrEnum]) -> Enum:

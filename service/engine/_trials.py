@@ -18,7 +18,7 @@ from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, lazyload
 
-from ..db import HELD, Database, announce_work, Lease, LossCurvePoint, Result, Study, StudyState, Trial, TrialState, utcnow
+from ..db import HELD, Database, announce_work, Lease, LossCurvePoint, Result, Study, StudyState, Trial, TrialState, one_of, utcnow
 from ..errors import Conflict, InputError, NotFound
 from ..schemas.trials import AskedTrial, AskRequest, AskResponse, FailCreate, FidelityRef, ResultCreate, TrialCreate
 from ._objective import check_result, objective_value
@@ -223,7 +223,7 @@ def _complete_trial():
     return (
         update(trials)
         .where(trials.c.id == bindparam("p_trial_id"), trials.c.lease_id == bindparam("p_lease_id"),
-               trials.c.state.in_(HELD), or_(trials.c.lease_expires_at.is_(None), trials.c.lease_expires_at >= now))
+               one_of(trials.c.state, HELD), or_(trials.c.lease_expires_at.is_(None), trials.c.lease_expires_at >= now))
         .values(state=TrialState.completed, objective=bindparam("p_objective", type_=trials.c.objective.type),
                 finished_at=now, lease_id=None, lease_owner=None, lease_expires_at=None,
                 updated_at=now)  # explicit: in a CTE the column's onupdate is not applied

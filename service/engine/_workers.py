@@ -17,7 +17,7 @@ from sqlalchemy import (Select, Update, and_, bindparam, case, func, insert, lit
                         type_coerce, update)
 from sqlalchemy.orm import Session, lazyload
 
-from ..db import HELD, Database, Fidelity, Lease, Study, StudyState, Trial, TrialState, Worker, utcnow
+from ..db import HELD, Database, Fidelity, Lease, Study, StudyState, Trial, TrialState, Worker, one_of, utcnow
 from ..errors import Conflict, Forbidden, NotFound, Unauthorized
 from ..schemas.leases import Heartbeat, HeartbeatAnswer, LeaseFail, LeasedTrial, LeaseItem, LeaseOutcome
 from ..schemas.trials import FailCreate, ResultCreate
@@ -315,7 +315,7 @@ def _held_leases() -> Select:
     live = and_(trials.c.id == leases.c.trial_id, trials.c.lease_id == leases.c.id)  # by the trial's key
     return (select(func.count().label("count")).select_from(leases.join(trials, live))
             .where(leases.c.worker_id == bindparam("p_worker"), leases.c.outcome.is_(None),  # ix_leases_live_worker
-                   trials.c.state.in_(HELD), trials.c.lease_expires_at >= bindparam("p_now", type_=trials.c.lease_expires_at.type)))
+                   one_of(trials.c.state, HELD), trials.c.lease_expires_at >= bindparam("p_now", type_=trials.c.lease_expires_at.type)))
 
 
 @functools.cache
@@ -515,7 +515,7 @@ def _renew_trial() -> Update:
         .where(trials.c.id == bindparam("p_trial"), trials.c.lease_id == lease_id,
                or_(trials.c.lease_expires_at.is_(None), trials.c.lease_expires_at >= now))
         .values(state=TrialState.running, updated_at=now,
-                lease_expires_at=case((study_state.in_(_STOP), trials.c.lease_expires_at),
+                lease_expires_at=case((one_of(study_state, _STOP), trials.c.lease_expires_at),
                                       else_=bindparam("p_expires", type_=when)))
         .returning(trials.c.id, trials.c.lease_expires_at, study_state.label("study_state"))
     )
