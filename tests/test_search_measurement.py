@@ -10,7 +10,7 @@ import pytest
 
 from service.benchmarking import PoolData, StrategySpec, run_benchmark, run_study, simulate
 from service.benchmarking.search import plot, plot_suite, score_recommendation, summarize
-from service.strategies import Fidelity, Proposal, Recommendation, create_strategy, make_space, Domain
+from service.strategies import Fidelity, Proposal, Recommendation, create_strategy
 from service.strategies._admission import Room, admit, room
 
 FIDS = (Fidelity("cheap", 1 / 64), Fidelity("middle", 1 / 8), Fidelity("target", 1.0, target=True))

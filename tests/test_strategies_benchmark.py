@@ -13,7 +13,6 @@ from service.benchmarking import (
     StrategySpec,
     load_pool,
     regmix_pool,
-    regmix_targets,
     simulate,
     write_pool,
 )
@@ -21,7 +20,6 @@ from service.benchmarking.pool import REGMIX_DIR
 from service.benchmarking.suite import (
     REDUCED,
     acceptance,
-    format_suite,
     load_suite,
     merge_suites,
     run_suite,

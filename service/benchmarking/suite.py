@@ -23,7 +23,6 @@ import numpy as np
 from .pool import REGMIX_DIR, PoolData, load_pool, regmix_pool, regmix_targets
 from .search import (
     RECOMMEND_BUDGETS,
-    REGRET_LEVELS,
     SUITE_STRATEGIES,
     StrategySpec,
     Trace,

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from ._common import LongText, Text, check_free_json
+from ._common import Text, check_free_json
 
 MAX_CAPABILITIES = 64
 """Most extra capability fields a worker may declare."""
