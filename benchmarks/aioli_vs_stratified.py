@@ -183,6 +183,26 @@ def restrict(mixture: Mapping[str, float] | None, domains: Sequence[str]) -> dic
     return {d: mixture.get(d, 0.0) / total for d in domains}
 
 
+def parse_studies(text: str, settings: Sequence[str]) -> dict[str, int]:
+    """``--prior-from-study``: ``"ID"`` (one study for every setting) or ``"k5=ID,k3=ID"`` (one per
+    setting, every one of ``settings`` named) as ``{setting: study id}``.
+
+    Raises:
+        ValueError: for an id that is not an integer, an unknown setting or a setting left out.
+    """
+    try:
+        if "=" not in text:
+            return {name: int(text) for name in settings}
+        pairs = dict(item.split("=", 1) for item in text.split(",") if item.strip())
+        studies = {name.strip(): int(study) for name, study in pairs.items()}
+    except ValueError:
+        raise ValueError(f"expected ID or SETTING=ID,...; got {text!r}") from None
+    unknown, missing = sorted(set(studies) - set(settings)), [n for n in settings if n not in studies]
+    if unknown or missing:
+        raise ValueError(f"settings {', '.join(settings)} each need a study; unknown {unknown}, missing {missing}")
+    return studies
+
+
 def subset_corpus(corpus_dir: str | Path, root: str | Path, domains: Sequence[str] | None) -> Path:
     """A corpus directory holding only ``domains`` of ``corpus_dir`` (symbolic links under
     ``root``), or ``corpus_dir`` itself for ``None``."""
@@ -674,8 +694,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--aioli", default="{}", help="JSON AioliParams over the scaled defaults")
     parser.add_argument("--prior-fraction", type=float, default=d.prior_fraction, help="aioli-restricted: share of steps on the prior")
     parser.add_argument("--prior-mixture", default=None, help="aioli-restricted: JSON mixture (default uniform)")
-    parser.add_argument("--prior-from-study", type=int, default=None, help="aioli-restricted: the prior is this study's "
-                        "recommendation (e.g. a RegMix or ADMIRE study), read from the server at --url")
+    parser.add_argument("--prior-from-study", default=None, help="aioli-restricted: the prior is this study's "
+                        "recommendation (e.g. a RegMix or ADMIRE study), read from the server at --url: an id for "
+                        "every setting, or one per setting (k5=ID,k3=ID,...)")
     parser.add_argument("--url", default=None, help="server of --prior-from-study (default $MIXOPT_URL or http://127.0.0.1:8000)")
     parser.add_argument("--settings", default="k5", help=f"comma-separated domain settings, of {', '.join(SETTINGS)}")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (separate processes)")
@@ -693,16 +714,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         prior = json.loads(args.prior_mixture) if args.prior_mixture else None
     except json.JSONDecodeError as exc:
         parser.error(f"--aioli/--prior-mixture: bad JSON: {exc}")
-    if args.prior_from_study is not None:
-        if prior is not None:
-            parser.error("--prior-from-study: give it or --prior-mixture, not both")
-        from workers.client import MixoptClient
-
-        with MixoptClient(args.url) as client:
-            prior = client.recommendation(args.prior_from_study)["mixture"]
     names = [x.strip() for x in args.settings.split(",") if x.strip()]
     if not names or any(x not in SETTINGS for x in names):
         parser.error(f"--settings: unknown {[x for x in names if x not in SETTINGS]}; known: {', '.join(SETTINGS)}")
+    priors = {name: prior for name in names}
+    if args.prior_from_study is not None:
+        if prior is not None:
+            parser.error("--prior-from-study: give it or --prior-mixture, not both")
+        try:
+            studies = parse_studies(args.prior_from_study, names)
+        except ValueError as exc:
+            parser.error(f"--prior-from-study: {exc}")
+        from workers.client import MixoptClient
+
+        with MixoptClient(args.url) as client:
+            priors = {name: client.recommendation(study)["mixture"] for name, study in studies.items()}
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if any(m not in METHODS for m in methods):
         parser.error(f"--methods: unknown {[m for m in methods if m not in METHODS]}; known: {', '.join(METHODS)}")
@@ -723,6 +749,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name in names:
         domains = SETTINGS[name]
+        bench = dataclasses.replace(bench, prior_mixture=priors[name])
         corpus = subset_corpus(corpus_dir, args.cache_dir, domains)
         # Every finished run is appended to a partial file; --resume reuses those of the same settings.
         partial = args.out / f"aioli_vs_stratified.{name}.partial.jsonl"

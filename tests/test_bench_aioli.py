@@ -195,3 +195,41 @@ def test_resume_reuses_runs_of_the_same_settings_and_restricted_runs_of_the_same
     assert bench.resumable_runs(lines, prior_a, ["code", "prose"]) == []
     assert bench.resumable_runs(lines, prior_a, None) == []  # another setting (all domains)
     assert bench.resumable_runs([], prior_a, domains) == []
+
+
+def test_parse_studies_one_or_one_per_setting(bench):
+    assert bench.parse_studies("7", ["k5", "k2"]) == {"k5": 7, "k2": 7}
+    assert bench.parse_studies("k5=3,k2=4", ["k5", "k2"]) == {"k5": 3, "k2": 4}
+    with pytest.raises(ValueError, match="missing \\['k2'\\]"):
+        bench.parse_studies("k5=3", ["k5", "k2"])
+    with pytest.raises(ValueError, match="unknown \\['k3'\\]"):
+        bench.parse_studies("k5=3,k2=4,k3=5", ["k5", "k2"])
+    with pytest.raises(ValueError, match="SETTING=ID"):
+        bench.parse_studies("k5=x", ["k5"])
+
+
+def test_prior_study_at_the_benchmarks_scale_through_ask(bench, corpus, server_factory, sqlite_url, tmp_path):
+    """``aioli_prior_study.py --source bench``: a real server, the study's proposals trained as the
+    benchmark's ``prior`` control trains them, reported with the steering-split score."""
+    spec = importlib.util.spec_from_file_location("aioli_prior_study", SCRIPT.parent / "aioli_prior_study.py")
+    study_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study_script)
+    server = server_factory(sqlite_url).start()
+    out = study_script.main(["--url", server.url, "--source", "bench", "--setting", "k2", "--steps", str(STEPS),
+                             "--runs", "3", "--jobs", "2", "--corpus", str(corpus), "--cache-dir", str(tmp_path / "cache"),
+                             "--out", str(tmp_path / "study.json")])
+    assert json.loads((tmp_path / "study.json").read_text()) == json.loads(json.dumps(out))
+    assert sorted(out["mixture"]) == ["code", "dialogue"] and sum(out["mixture"].values()) == pytest.approx(1.0)
+    assert [r["seed"] for r in out["runs"]] == [study_script.DESIGN_SEED + i for i in range(3)]
+    from workers.client import MixoptClient
+
+    with MixoptClient(server.url) as api:
+        study = api.get_study(out["study_id"])
+        trials = {t["id"]: t for t in api.iter_trials(out["study_id"])}
+    assert study["state"] == "completed" and study["objective"]["kind"] == "metric" and study["parallelism"] == 2
+    assert study["fidelities"][0]["tokens"] == STEPS * 8 * 64
+    for run in out["runs"]:
+        trial = trials[run["trial_id"]]
+        assert trial["state"] == "completed" and trial["mixture"] == pytest.approx(run["mixture"])
+        assert trial["objective"] == pytest.approx(run["val_avg_ppl"])
+        assert run["val_avg_ppl"] == pytest.approx(np.mean([math.exp(v) for v in run["val_losses"].values()]))
