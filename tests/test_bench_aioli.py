@@ -221,6 +221,7 @@ def test_prior_study_at_the_benchmarks_scale_through_ask(bench, corpus, server_f
     assert json.loads((tmp_path / "study.json").read_text()) == json.loads(json.dumps(out))
     assert sorted(out["mixture"]) == ["code", "dialogue"] and sum(out["mixture"].values()) == pytest.approx(1.0)
     assert [r["seed"] for r in out["runs"]] == [study_script.DESIGN_SEED + i for i in range(3)]
+    assert out["runs"][0]["mixture"] == {"code": 0.5, "dialogue": 0.5}  # the status quo first: stratified
     from workers.client import MixoptClient
 
     with MixoptClient(server.url) as api:
@@ -231,5 +232,5 @@ def test_prior_study_at_the_benchmarks_scale_through_ask(bench, corpus, server_f
     for run in out["runs"]:
         trial = trials[run["trial_id"]]
         assert trial["state"] == "completed" and trial["mixture"] == pytest.approx(run["mixture"])
-        assert trial["objective"] == pytest.approx(run["val_avg_ppl"])
+        assert trial["objective"] == pytest.approx(math.log(run["val_avg_ppl"]))
         assert run["val_avg_ppl"] == pytest.approx(np.mean([math.exp(v) for v in run["val_losses"].values()]))

@@ -20,7 +20,8 @@ class _In(BaseModel):
 class AskRequest(_In):
     """Ask for trials to run outside mixopt's workers."""
 
-    n: int = Field(1, ge=1, le=MAX_ASK, description=f"most trials to return (1..{MAX_ASK})")
+    n: int = Field(1, ge=1, le=MAX_ASK, description=f"most trials to return (1..{MAX_ASK}); fewer when the "
+                   "study's `parallelism` leaves less room (trials already in flight count)")
     client: Text | None = Field(None, max_length=128, description="the caller's name, recorded as lease owner")
     lease_seconds: float | None = Field(
         None, ge=1, le=30 * 86400, description="how long the trials stay yours (default: the server's ask lease)"
