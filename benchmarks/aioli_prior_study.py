@@ -47,8 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from aioli_vs_stratified import SETTINGS, BenchConfig, run_one, subset_corpus  # noqa: E402
-from proxy_models import ensure_demo_corpus, prepare_corpus, read_demo_manifest  # noqa: E402
+from aioli_vs_stratified import SETTINGS, BenchConfig, bench_corpus, run_one, subset_corpus  # noqa: E402
+from proxy_models import prepare_corpus, read_demo_manifest  # noqa: E402
 from workers.client import ApiError, MixoptClient  # noqa: E402
 
 DEMO_POOL_DIR = ROOT / "benchmarks" / "data" / "demo_pool"
@@ -126,10 +126,7 @@ def run_design(api: MixoptClient, args: argparse.Namespace) -> tuple[dict, dict]
     from tqdm import tqdm
 
     bench = dataclasses.replace(BENCH_SCALE, steps=args.steps)
-    corpus_dir = args.corpus
-    if corpus_dir is None:
-        corpus_dir = args.cache_dir / "demo_corpus"
-        ensure_demo_corpus(corpus_dir)
+    corpus_dir = bench_corpus(args.corpus, args.cache_dir)
     corpus = subset_corpus(corpus_dir, args.cache_dir, SETTINGS[args.setting])
     domains = list(prepare_corpus(corpus, args.cache_dir, vocab_size=bench.vocab_size, val_fraction=bench.val_fraction).domains)
     budget = args.runs or 6 * len(domains)

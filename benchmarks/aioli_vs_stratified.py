@@ -203,6 +203,14 @@ def parse_studies(text: str, settings: Sequence[str]) -> dict[str, int]:
     return studies
 
 
+def bench_corpus(corpus_dir: Path | None, cache_dir: Path) -> Path:
+    """``corpus_dir``, or the demo corpus under ``cache_dir`` (built if missing) for ``None``."""
+    if corpus_dir is not None:
+        return corpus_dir
+    ensure_demo_corpus(cache_dir / "demo_corpus")
+    return cache_dir / "demo_corpus"
+
+
 def subset_corpus(corpus_dir: str | Path, root: str | Path, domains: Sequence[str] | None) -> Path:
     """A corpus directory holding only ``domains`` of ``corpus_dir`` (symbolic links under
     ``root``), or ``corpus_dir`` itself for ``None``."""
@@ -736,10 +744,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         eval_tokens=args.eval_tokens, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                         vocab_size=args.vocab_size, threads=args.threads, device=args.device, lr=args.lr, aioli=aioli,
                         prior_fraction=args.prior_fraction, prior_mixture=prior)
-    corpus_dir = args.corpus
-    if corpus_dir is None:
-        corpus_dir = args.cache_dir / "demo_corpus"
-        ensure_demo_corpus(corpus_dir)
+    corpus_dir = bench_corpus(args.corpus, args.cache_dir)
 
     from tqdm import tqdm
 
@@ -749,15 +754,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name in names:
         domains = SETTINGS[name]
-        bench = dataclasses.replace(bench, prior_mixture=priors[name])
+        setting_bench = dataclasses.replace(bench, prior_mixture=priors[name])
         corpus = subset_corpus(corpus_dir, args.cache_dir, domains)
         # Every finished run is appended to a partial file; --resume reuses those of the same settings.
         partial = args.out / f"aioli_vs_stratified.{name}.partial.jsonl"
         done = []
         if args.resume and partial.exists():
-            done = resumable_runs(partial.read_text().splitlines(), bench, domains)
+            done = resumable_runs(partial.read_text().splitlines(), setting_bench, domains)
         # the file restarts with the reusable runs only (none, or no run of another prior)
-        partial.write_text("\n".join([_resume_key(bench, domains), *map(json.dumps, done)]) + "\n")
+        partial.write_text("\n".join([_resume_key(setting_bench, domains), *map(json.dumps, done)]) + "\n")
         with tqdm(total=len(seeds) * len(methods), desc=f"{name}: proxy runs") as bar:
             def progress(run: dict[str, Any]) -> None:
                 bar.update()
@@ -767,7 +772,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                           f"(steering {run['val_avg_ppl']:.3f}), {run['cpu_s']:.0f} CPU s, {run['wall_s']:.0f} s")
 
             bar.update(sum((r["method"], r["seed"]) in {(m, s) for m in methods for s in seeds} for r in done))
-            results[name] = run_benchmark(bench, corpus, args.cache_dir, methods, seeds, jobs=args.jobs,
+            results[name] = run_benchmark(setting_bench, corpus, args.cache_dir, methods, seeds, jobs=args.jobs,
                                           progress=progress, done=done)
     result = {"settings": results, "wall_s": time.perf_counter() - t0,
               "corpus": read_demo_manifest(corpus_dir),  # the demo corpus's fingerprint; None for another corpus
