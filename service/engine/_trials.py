@@ -361,28 +361,32 @@ def create_trial(db: Database, study_id: int, body: TrialCreate) -> Trial:
 def sweep_expired(db: Database, now: datetime | None = None) -> set[int]:
     """Requeue trials whose lease expired (attempts + 1 on the next lease), or fail them after
     ``max_attempts``. Returns the ids of the studies touched."""
-    now = now or utcnow()
-    touched: set[int] = set()
     with db.session() as s:
-        q = (
-            select(Trial)
-            .where(Trial.state.in_(HELD), Trial.lease_expires_at < now)
-            .order_by(Trial.id)
-            .limit(500)
-            .with_for_update(of=Trial, skip_locked=True)
-        )
-        for trial in s.scalars(q):
-            study = s.get(Study, trial.study_id, with_for_update=True, populate_existing=True)
-            _end_lease(s, trial, "expired", now)
-            if trial.attempts >= study.max_attempts:
-                trial.state = TrialState.failed
-                trial.failure_reason = f"lease expired on attempt {trial.attempts} of {study.max_attempts}"
-                trial.finished_at = now
-            else:
-                requeue(s, study, trial, now)
-            study.revision += 1
-            touched.add(trial.study_id)
-            log.info("lease expired", extra={"trial_id": trial.id, "study_id": trial.study_id, "state": trial.state.value})
+        return sweep_expired_in(s, now or utcnow())
+
+
+def sweep_expired_in(s: Session, now: datetime) -> set[int]:
+    """:func:`sweep_expired` in the caller's transaction (up to 500 trials)."""
+    touched: set[int] = set()
+    q = (
+        select(Trial)
+        .where(Trial.state.in_(HELD), Trial.lease_expires_at < now)
+        .order_by(Trial.id)
+        .limit(500)
+        .with_for_update(of=Trial, skip_locked=True)
+    )
+    for trial in s.scalars(q):
+        study = s.get(Study, trial.study_id, with_for_update=True, populate_existing=True)
+        _end_lease(s, trial, "expired", now)
+        if trial.attempts >= study.max_attempts:
+            trial.state = TrialState.failed
+            trial.failure_reason = f"lease expired on attempt {trial.attempts} of {study.max_attempts}"
+            trial.finished_at = now
+        else:
+            requeue(s, study, trial, now)
+        study.revision += 1
+        touched.add(trial.study_id)
+        log.info("lease expired", extra={"trial_id": trial.id, "study_id": trial.study_id, "state": trial.state.value})
     return touched
 
 

@@ -26,7 +26,7 @@ from ._costs import model_params
 from ._spec import study_constants
 from ._trials import (
     _add_curve, _end_lease, get_trial, grant_lease, record_failure, record_live_result, record_result, requeue,
-    sweep_expired,
+    sweep_expired, sweep_expired_in,
 )
 
 
@@ -194,12 +194,14 @@ def _touch_statement() -> Update:
             .values(last_seen_at=bindparam("p_now", type_=workers.c.last_seen_at.type)))
 
 
-def _lazy_sweep(db: Database) -> None:
-    """Requeue expired leases before handing out work, unless this process did so a moment ago."""
+def _lazy_sweep_due(db: Database) -> bool:
+    """Expired leases are requeued before work is handed out, unless this process did so a moment
+    ago: ``True`` when the caller should sweep now (and the moment is taken)."""
     now = time.monotonic()
-    if now - _last_lazy_sweep.get(db, -1e9) >= LAZY_SWEEP_INTERVAL_S:
-        _last_lazy_sweep[db] = now
-        sweep_expired(db)
+    if now - _last_lazy_sweep.get(db, -1e9) < LAZY_SWEEP_INTERVAL_S:
+        return False
+    _last_lazy_sweep[db] = now
+    return True
 
 
 def _expired(trial: Trial, now: datetime) -> bool:
@@ -214,35 +216,49 @@ def lease_next(db: Database, worker: Worker, max_trials: int = 1, model: str | N
     (of any study), so that a batched worker can train them together. Empty when there is no work.
     With ``max_held``, the worker holds at most that many live leases in all (409 when it holds
     them already; fewer trials than asked when it holds some)."""
-    _lazy_sweep(db)
+    if _lazy_sweep_due(db):
+        sweep_expired(db)
     with db.session() as s:
-        now = utcnow()
-        _touch(s, worker, now)
-        caps = worker.capabilities or {}
-        if max_trials == 1 and caps.get("max_params") is None and s.get_bind().dialect.name == "postgresql":
-            return _lease_one(s, worker, model, max_held, now)
-        if max_held is not None:  # a full worker hears so even when there is no work
-            max_trials = min(max_trials, _room(s, worker, max_held, now))
-        fitting: dict[int, Fidelity] | None = None
-        if caps.get("max_params") is not None:  # the model's size decides: the fidelities with queued trials first
-            fitting = _fitting(s, worker, model)
-            if not fitting:
-                return []
-        q = _queued(select(Trial).options(lazyload(Trial.fidelity), lazyload(Trial.result)), worker, model, fitting)
-        trial = s.scalars(q.order_by(Trial.id).limit(1).with_for_update(of=Trial, skip_locked=True),
-                          _queued_params(worker, model)).first()
-        if trial is None:
+        return _lease_next(s, worker, max_trials, model, max_held)
+
+
+async def lease_next_async(db: Database, worker: Worker, max_trials: int = 1, model: str | None = None,
+                           max_held: int | None = None) -> list[LeaseItem]:
+    """:func:`lease_next` from a coroutine, its transactions through :meth:`Database.transact`."""
+    if _lazy_sweep_due(db):
+        await db.transact(sweep_expired_in, utcnow())
+    return await db.transact(_lease_next, worker, max_trials, model, max_held)
+
+
+def _lease_next(s: Session, worker: Worker, max_trials: int, model: str | None,
+                max_held: int | None) -> list[LeaseItem]:
+    now = utcnow()
+    _touch(s, worker, now)
+    caps = worker.capabilities or {}
+    if max_trials == 1 and caps.get("max_params") is None and s.get_bind().dialect.name == "postgresql":
+        return _lease_one(s, worker, model, max_held, now)
+    if max_held is not None:  # a full worker hears so even when there is no work
+        max_trials = min(max_trials, _room(s, worker, max_held, now))
+    fitting: dict[int, Fidelity] | None = None
+    if caps.get("max_params") is not None:  # the model's size decides: the fidelities with queued trials first
+        fitting = _fitting(s, worker, model)
+        if not fitting:
             return []
-        trials = [trial]
-        if max_trials > 1 and not trial.dynamic:
-            fitting = fitting if fitting is not None else _fitting(s, worker, model)
-            first = fitting[trial.fidelity_id]
-            same = [f.id for f in fitting.values() if _same_run(f, first)]
-            more = (select(Trial).where(Trial.fidelity_id.in_(same), Trial.state == TrialState.queued,
-                                        Trial.dynamic.is_(False), Trial.id != trial.id)
-                    .order_by(Trial.id).limit(max_trials - 1).with_for_update(of=Trial, skip_locked=True))
-            trials += s.scalars(more).all()
-        return [_grant(s, t, worker) for t in trials]
+    q = _queued(select(Trial).options(lazyload(Trial.fidelity), lazyload(Trial.result)), worker, model, fitting)
+    trial = s.scalars(q.order_by(Trial.id).limit(1).with_for_update(of=Trial, skip_locked=True),
+                      _queued_params(worker, model)).first()
+    if trial is None:
+        return []
+    trials = [trial]
+    if max_trials > 1 and not trial.dynamic:
+        fitting = fitting if fitting is not None else _fitting(s, worker, model)
+        first = fitting[trial.fidelity_id]
+        same = [f.id for f in fitting.values() if _same_run(f, first)]
+        more = (select(Trial).where(Trial.fidelity_id.in_(same), Trial.state == TrialState.queued,
+                                    Trial.dynamic.is_(False), Trial.id != trial.id)
+                .order_by(Trial.id).limit(max_trials - 1).with_for_update(of=Trial, skip_locked=True))
+        trials += s.scalars(more).all()
+    return [_grant(s, t, worker) for t in trials]
 
 
 def _queued(q: Select, worker: Worker, model: str | None, fitting: dict[int, Fidelity] | None) -> Select:
@@ -463,21 +479,30 @@ def heartbeat(db: Database, lease_id: str, worker: Worker, body: Heartbeat) -> H
     known here, one read of the lease, its (locked) trial and its study's state says why (404,
     403, 409), or renews it as before: no ORM objects either way."""
     with db.session() as s:
-        now = utcnow()
-        progress = {**body.progress.model_dump(exclude_none=True),
-                    **({"log_tail": body.log_tail} if body.log_tail else {}), "at": now.isoformat()}
-        route = _lease_route(s, lease_id)
-        renewed = None
-        if route is not None and route[2] == worker.id:
-            renewed = _renew(s, lease_id, route, now, progress)
-        if renewed is None:
-            renewed = _renew_checked(s, lease_id, worker, now, progress)
-        trial_id, expires_at, study_state = renewed
-        _touch(s, worker, now)
-        _add_curve(s, trial_id, body)
-        if study_state in _STOP:
-            return HeartbeatAnswer(action="stop", expires_at=expires_at, reason=f"study {study_state.value}")
-        return HeartbeatAnswer(action="continue", expires_at=expires_at)
+        return _heartbeat(s, lease_id, worker, body)
+
+
+async def heartbeat_async(db: Database, lease_id: str, worker: Worker, body: Heartbeat) -> HeartbeatAnswer:
+    """:func:`heartbeat` from a coroutine, its transaction through :meth:`Database.transact`."""
+    return await db.transact(_heartbeat, lease_id, worker, body)
+
+
+def _heartbeat(s: Session, lease_id: str, worker: Worker, body: Heartbeat) -> HeartbeatAnswer:
+    now = utcnow()
+    progress = {**body.progress.model_dump(exclude_none=True),
+                **({"log_tail": body.log_tail} if body.log_tail else {}), "at": now.isoformat()}
+    route = _lease_route(s, lease_id)
+    renewed = None
+    if route is not None and route[2] == worker.id:
+        renewed = _renew(s, lease_id, route, now, progress)
+    if renewed is None:
+        renewed = _renew_checked(s, lease_id, worker, now, progress)
+    trial_id, expires_at, study_state = renewed
+    _touch(s, worker, now)
+    _add_curve(s, trial_id, body)
+    if study_state in _STOP:
+        return HeartbeatAnswer(action="stop", expires_at=expires_at, reason=f"study {study_state.value}")
+    return HeartbeatAnswer(action="continue", expires_at=expires_at)
 
 
 def _renew(s: Session, lease_id: str, route: tuple[int, int, int | None], now: datetime,
@@ -569,18 +594,27 @@ def complete_lease(db: Database, lease_id: str, worker: Worker, body: ResultCrea
     knows is completed without reading it first (:func:`record_live_result`); otherwise, or when
     that does not take, the lease and its locked trial are read and checked."""
     with db.session() as s:
-        route = _lease_route(s, lease_id)
-        if route is not None and route[2] == worker.id and record_live_result(s, route[0], route[1], lease_id, body):
-            return LeaseOutcome(trial_id=route[0], study_id=route[1], state=TrialState.completed.value, duplicate=False)
-        lease, trial = _own_lease_and_trial(s, lease_id, worker)
-        _remember_lease(s, lease_id, trial.id, trial.study_id, lease.worker_id)
-        if lease.outcome is None and trial.lease_id == lease.id and _expired(trial, utcnow()):
-            raise Conflict(f"lease {lease_id} is over (expired): its result is not accepted")
-        if lease.outcome not in (None, "completed"):
-            raise Conflict(f"lease {lease_id} is over ({lease.outcome}): its result is not accepted")
-        created = record_result(s, trial, body, lease_id)
-        return LeaseOutcome(trial_id=trial.id, study_id=trial.study_id, state=trial.state.value,
-                            duplicate=not created)
+        return _complete_lease(s, lease_id, worker, body)
+
+
+async def complete_lease_async(db: Database, lease_id: str, worker: Worker, body: ResultCreate) -> LeaseOutcome:
+    """:func:`complete_lease` from a coroutine, its transaction through :meth:`Database.transact`."""
+    return await db.transact(_complete_lease, lease_id, worker, body)
+
+
+def _complete_lease(s: Session, lease_id: str, worker: Worker, body: ResultCreate) -> LeaseOutcome:
+    route = _lease_route(s, lease_id)
+    if route is not None and route[2] == worker.id and record_live_result(s, route[0], route[1], lease_id, body):
+        return LeaseOutcome(trial_id=route[0], study_id=route[1], state=TrialState.completed.value, duplicate=False)
+    lease, trial = _own_lease_and_trial(s, lease_id, worker)
+    _remember_lease(s, lease_id, trial.id, trial.study_id, lease.worker_id)
+    if lease.outcome is None and trial.lease_id == lease.id and _expired(trial, utcnow()):
+        raise Conflict(f"lease {lease_id} is over (expired): its result is not accepted")
+    if lease.outcome not in (None, "completed"):
+        raise Conflict(f"lease {lease_id} is over ({lease.outcome}): its result is not accepted")
+    created = record_result(s, trial, body, lease_id)
+    return LeaseOutcome(trial_id=trial.id, study_id=trial.study_id, state=trial.state.value,
+                        duplicate=not created)
 
 
 def fail_lease(db: Database, lease_id: str, worker: Worker, body: LeaseFail) -> LeaseOutcome:

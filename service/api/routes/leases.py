@@ -1,8 +1,9 @@
 """``/api/v1/leases``: the worker protocol. Every call needs the worker's token, and a worker
 may act only on its own leases (403 otherwise).
 
-The routes are ``async`` and hand the engine call to the thread pool themselves: FastAPI runs a
-plain ``def`` route's response validation in the pool too, a second thread hop per request on the
+The routes are ``async`` and await the engine's coroutine commands, which run their transaction
+on the database's own threads (:meth:`~service.db.Database.transact`): FastAPI would run a plain
+``def`` route's response validation in its thread pool too, a second thread hop per request on the
 hottest path of the server."""
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ async def grant(state, worker, body: LeaseRequest) -> LeaseGrant | None:
         if first or gate.found_nothing.get(kind) != generation:
             async with gate.attempts:
                 if first or gate.found_nothing.get(kind) != generation:
-                    grants = await run_in_threadpool(engine.lease_next, db, worker, body.max_trials, body.model,
-                                                     settings.max_leases_per_worker)
+                    grants = await engine.lease_next_async(db, worker, body.max_trials, body.model,
+                                                           settings.max_leases_per_worker)
                     if grants:
                         return LeaseGrant(**grants[0].model_dump(), leases=grants)
                     gate.found_nothing[kind] = generation
@@ -77,12 +78,12 @@ async def grant(state, worker, body: LeaseRequest) -> LeaseGrant | None:
 
 async def renew(state, lease_id: str, worker, body: Heartbeat) -> HeartbeatAnswer:
     """The heartbeat call's work; shared by the route and the fast path."""
-    return await run_in_threadpool(engine.heartbeat, state.db, lease_id, worker, body)
+    return await engine.heartbeat_async(state.db, lease_id, worker, body)
 
 
 async def finish(state, lease_id: str, worker, body: ResultCreate) -> LeaseOutcome:
     """The complete call's work; shared by the route and the fast path."""
-    out = await run_in_threadpool(engine.complete_lease, state.db, lease_id, worker, body)
+    out = await engine.complete_lease_async(state.db, lease_id, worker, body)
     if not out.duplicate:
         state.runner.notify(out.study_id)
     return out
