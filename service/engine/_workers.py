@@ -470,20 +470,15 @@ _STOP = (StudyState.cancelled, StudyState.failed)
 """A heartbeat on a lease of a study in these states is answered ``stop`` (and does not renew it)."""
 
 
-def heartbeat(db: Database, lease_id: str, worker: Worker, body: Heartbeat) -> HeartbeatAnswer:
-    """Renew the lease and record progress; answer ``stop`` when the study was cancelled.
+async def heartbeat_async(db: Database, lease_id: str, worker: Worker, body: Heartbeat) -> HeartbeatAnswer:
+    """Renew the lease and record progress; answer ``stop`` when the study was cancelled. One
+    transaction, through :meth:`Database.transact`.
 
     A lease this process granted (or saw before) is renewed by one ``UPDATE ... RETURNING`` on its
     trial whose ``WHERE`` holds every check (still the trial's lease, not expired), then the lease's
     progress (on Postgres both in one statement). When that updates no row, or the lease is not
     known here, one read of the lease, its (locked) trial and its study's state says why (404,
     403, 409), or renews it as before: no ORM objects either way."""
-    with db.session() as s:
-        return _heartbeat(s, lease_id, worker, body)
-
-
-async def heartbeat_async(db: Database, lease_id: str, worker: Worker, body: Heartbeat) -> HeartbeatAnswer:
-    """:func:`heartbeat` from a coroutine, its transaction through :meth:`Database.transact`."""
     return await db.transact(_heartbeat, lease_id, worker, body)
 
 
@@ -507,7 +502,7 @@ def _heartbeat(s: Session, lease_id: str, worker: Worker, body: Heartbeat) -> He
 
 def _renew(s: Session, lease_id: str, route: tuple[int, int, int | None], now: datetime,
            progress: dict) -> tuple[int, datetime, StudyState] | None:
-    """The fast path of :func:`heartbeat`: ``(trial id, expiry, study state)``, or ``None`` when the
+    """The fast path of :func:`heartbeat_async`: ``(trial id, expiry, study state)``, or ``None`` when the
     lease is not the trial's live lease (nothing is written then)."""
     trial_id, study_id, _ = route
     expires = now + timedelta(seconds=study_constants(s, study_id).lease_seconds)
@@ -561,7 +556,7 @@ def _renew_postgres() -> Update:
 
 def _renew_checked(s: Session, lease_id: str, worker: Worker, now: datetime,
                    progress: dict) -> tuple[int, datetime, StudyState]:
-    """The slow path of :func:`heartbeat`: read the lease, its (locked) trial and its study's
+    """The slow path of :func:`heartbeat_async`: read the lease, its (locked) trial and its study's
     state; 404, 403 or 409 for a lease that may not be renewed, else renew it."""
     row = s.execute(
         select(Lease.worker_id, Lease.outcome, Lease.expires_at, Trial.id, Trial.lease_id, Trial.lease_expires_at,
@@ -588,17 +583,12 @@ def _renew_checked(s: Session, lease_id: str, worker: Worker, now: datetime,
     return trial_id, expires_at, study_state
 
 
-def complete_lease(db: Database, lease_id: str, worker: Worker, body: ResultCreate) -> LeaseOutcome:
+async def complete_lease_async(db: Database, lease_id: str, worker: Worker, body: ResultCreate) -> LeaseOutcome:
     """Record the lease's final result, once: a repeat with the same payload is answered from the
     stored row; a result from an expired or replaced lease is refused (409). A lease this process
     knows is completed without reading it first (:func:`record_live_result`); otherwise, or when
-    that does not take, the lease and its locked trial are read and checked."""
-    with db.session() as s:
-        return _complete_lease(s, lease_id, worker, body)
-
-
-async def complete_lease_async(db: Database, lease_id: str, worker: Worker, body: ResultCreate) -> LeaseOutcome:
-    """:func:`complete_lease` from a coroutine, its transaction through :meth:`Database.transact`."""
+    that does not take, the lease and its locked trial are read and checked. One transaction,
+    through :meth:`Database.transact`."""
     return await db.transact(_complete_lease, lease_id, worker, body)
 
 
