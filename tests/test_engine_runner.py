@@ -162,3 +162,37 @@ def test_sigterm_stops_the_server_while_a_strategy_spins(sqlite_url, server_fact
     os.killpg(server.proc.pid, signal.SIGTERM)
     server.proc.wait(30)
     assert time.monotonic() - t0 < 15, "the server took too long to stop"
+
+
+def test_a_long_advance_job_does_not_hold_back_the_next(sqlite_url, monkeypatch):
+    """A study's next ``advance`` job waits three times the last job's mean *pass*, not the whole
+    job: a job that kept the queue filled for many passes once held the next one back for 2 s
+    while workers found no work. The engine's ``advance`` is replaced by one that counts its
+    passes (each 20 ms, enqueuing, for 20 passes): the subject is the runner's pacing."""
+    from service.db import Database
+    from service.engine import _runner
+
+    upgrade(sqlite_url)
+    passes: list[float] = []
+
+    def advance(db, study_id, abandon=None) -> bool:
+        time.sleep(0.02)
+        passes.append(time.monotonic())
+        return len(passes) % 20 != 0  # a job ends after every 20th pass (nothing more to enqueue)
+
+    monkeypatch.setattr(_runner, "advance", advance)
+    db = Database(sqlite_url)
+    runner = _runner.EngineRunner(db, sweep_interval_s=3600)
+    runner.start()
+    try:
+        runner.notify(1, results_changed=False)
+        wait_for(lambda: len(passes) >= 20 and not runner._jobs, 10, 0.01, "the first job of 20 passes")
+        notified = time.monotonic()
+        runner.notify(1, results_changed=False)
+        wait_for(lambda: len(passes) > 20, 10, 0.01, "the next job")
+        # the job took 0.4 s: the next one was due 1.2 s after it started (0.8 s from here) by the
+        # whole job, 0.1 s after it started (already) by its mean pass
+        assert passes[20] - notified < 0.4, passes[20] - notified
+    finally:
+        runner.stop()
+        db.dispose()

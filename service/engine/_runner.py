@@ -53,11 +53,14 @@ class EngineRunner:
                  strategy_timeout_s: float = 900.0, max_computing: int = 4,
                  on_change: Callable[[], None] | None = None):
         self.db = db
-        # Completions arriving together are answered by one ``advance`` (it reads the whole study),
-        # taken at most this often per study, and at most a quarter of the time (the next waits three
-        # times the last one's duration, up to 2 s): under load, one read serves many completions.
+        # Completions arriving together are answered by one ``advance`` job, started at most this
+        # often per study, and at most a quarter of the time: the next job waits three times the
+        # last job's mean pass (one ``advance`` call), up to 2 s, so that under load one read serves
+        # many completions. Per pass, not per job: a job passes again while each pass enqueues,
+        # and a job of a second (ten passes keeping the queue filled) once held the next for 2 s,
+        # while the queue ran dry and workers waited for work.
         self.advance_interval_s = advance_interval_s
-        self._advance_took: dict[int, float] = {}
+        self._advance_pass_s: dict[int, float] = {}
         self.strategy_slow_s = strategy_slow_s
         self.strategy_timeout_s = strategy_timeout_s
         self.max_computing = max_computing
@@ -164,11 +167,12 @@ class EngineRunner:
     def _run_job(self, study_id: int, job: _Job, kind: str) -> None:
         try:
             if kind == ADVANCE:
-                t0 = time.monotonic()
-                for _ in range(100):
+                t0, passes = time.monotonic(), 0
+                while passes < 100:
+                    passes += 1
                     if not advance(self.db, study_id, abandon=job.abandon):
                         break
-                self._advance_took[study_id] = time.monotonic() - t0
+                self._advance_pass_s[study_id] = (time.monotonic() - t0) / passes
             elif not job.abandon.is_set():
                 refresh_recommendation(self.db, study_id)
         except Exception:
@@ -211,7 +215,7 @@ class EngineRunner:
         self.on_change()
 
     def _advance_due(self, study_id: int) -> float:
-        pause = max(self.advance_interval_s, min(3.0 * self._advance_took.get(study_id, 0.0), 2.0))
+        pause = max(self.advance_interval_s, min(3.0 * self._advance_pass_s.get(study_id, 0.0), 2.0))
         return self._last_advance.get(study_id, -1e9) + pause
 
     def _recommendation_due(self, study_id: int) -> float:
