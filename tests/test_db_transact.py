@@ -1,6 +1,5 @@
 """``Database.transact``: one transaction awaited from a coroutine, on the database's own threads
-(as many as its pool has connections), on each backend; ``Database.transact_statements``: each
-statement its own transaction on Postgres, one transaction on SQLite."""
+(as many as its pool has connections), on each backend."""
 
 from __future__ import annotations
 
@@ -66,22 +65,3 @@ def test_usable_again_after_dispose(db: Database) -> None:
     db.dispose()
     asyncio.run(db.transact(_insert, 2))
     assert _notes(db) == [1, 2]
-
-
-def test_transact_statements_commits_each_statement_on_postgres(db: Database) -> None:
-    """On Postgres a statement is committed by itself (an error after it keeps it), through a
-    session bound to the engine (the engine's caches are keyed by the bind), and the connection
-    goes back to the pool in transaction mode; on SQLite it is :meth:`transact`."""
-    def bind_and_autocommit(s) -> tuple[bool, bool | None]:
-        dbapi = s.connection().connection.driver_connection
-        return s.get_bind() is db.engine, getattr(dbapi, "autocommit", None)
-
-    with pytest.raises(RuntimeError, match="after the insert"):
-        asyncio.run(db.transact_statements(_insert_then_fail, 1))
-    assert _notes(db) == ([1] if db.is_postgres else [])
-    same_bind, autocommit = asyncio.run(db.transact_statements(bind_and_autocommit))
-    assert same_bind and (autocommit is True if db.is_postgres else not autocommit)
-    async def both() -> list[tuple[bool, bool | None]]:  # every pooled connection, after its autocommit use
-        return await asyncio.gather(*(db.transact(lambda s: (time.sleep(0.05), bind_and_autocommit(s))[1])
-                                      for _ in range(3)))
-    assert all(not autocommit for _, autocommit in asyncio.run(both()))

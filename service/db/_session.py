@@ -102,31 +102,10 @@ class Database:
         than through Starlette's thread pool (anyio's, 40 threads for every purpose, in front of
         the pool's 20 connections): in paired saturation runs of ``benchmarks/service_load.py``
         the server spent 15% less CPU per request this way."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor(), functools.partial(self._in_session, fn, *args))
-
-    async def transact_statements(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(session, *args)`` on :meth:`transact`'s threads, each of its statements a
-        transaction of its own (Postgres's autocommit; on SQLite, :meth:`transact`).
-
-        For a call whose writes are one statement: psycopg sends ``BEGIN`` and ``COMMIT`` as round
-        trips of their own, so one statement in a transaction takes three round trips, and three
-        hand-offs of the GIL on a busy server; alone, it takes one. The session is bound to
-        :attr:`engine` as :meth:`session`'s are (the engine's caches are keyed by it)."""
-        if not is_postgres(self.engine):
-            return await self.transact(fn, *args)
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor(), functools.partial(self._in_statements, fn, *args))
-
-    def _executor(self) -> ThreadPoolExecutor:
         if self._threads is None:
             self._threads = ThreadPoolExecutor(self.pool_size, thread_name_prefix="mixopt-db")
-        return self._threads
-
-    def _in_statements(self, fn: Callable[..., T], *args: Any) -> T:
-        with self.sessionmaker() as session:
-            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-            return fn(session, *args)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._threads, functools.partial(self._in_session, fn, *args))
 
     def _in_session(self, fn: Callable[..., T], *args: Any) -> T:
         with self.session() as session:

@@ -478,21 +478,11 @@ async def heartbeat_async(db: Database, lease_id: str, worker: Worker, body: Hea
     trial whose ``WHERE`` holds every check (still the trial's lease, not expired), then the lease's
     progress (on Postgres both in one statement). When that updates no row, or the lease is not
     known here, one read of the lease, its (locked) trial and its study's state says why (404,
-    403, 409), or renews it as before: no ORM objects either way.
-
-    On Postgres, a heartbeat without curve points first tries the renewal alone, without a
-    transaction around its one statement (:meth:`Database.transact_statements`: one round trip
-    instead of three); anything else, or a renewal that does not take, runs in a transaction."""
-    if db.is_postgres and not body.curve:
-        answer = await db.transact_statements(_heartbeat, lease_id, worker, body, False)
-        if answer is not None:
-            return answer
+    403, 409), or renews it as before: no ORM objects either way."""
     return await db.transact(_heartbeat, lease_id, worker, body)
 
 
-def _heartbeat(s: Session, lease_id: str, worker: Worker, body: Heartbeat,
-               checked: bool = True) -> HeartbeatAnswer | None:
-    """``checked=False``: the renewal of a lease this process knows, or ``None`` (nothing written)."""
+def _heartbeat(s: Session, lease_id: str, worker: Worker, body: Heartbeat) -> HeartbeatAnswer:
     now = utcnow()
     progress = {**body.progress.model_dump(exclude_none=True),
                 **({"log_tail": body.log_tail} if body.log_tail else {}), "at": now.isoformat()}
@@ -501,8 +491,6 @@ def _heartbeat(s: Session, lease_id: str, worker: Worker, body: Heartbeat,
     if route is not None and route[2] == worker.id:
         renewed = _renew(s, lease_id, route, now, progress)
     if renewed is None:
-        if not checked:
-            return None
         renewed = _renew_checked(s, lease_id, worker, now, progress)
     trial_id, expires_at, study_state = renewed
     _touch(s, worker, now)
@@ -600,23 +588,14 @@ async def complete_lease_async(db: Database, lease_id: str, worker: Worker, body
     stored row; a result from an expired or replaced lease is refused (409). A lease this process
     knows is completed without reading it first (:func:`record_live_result`); otherwise, or when
     that does not take, the lease and its locked trial are read and checked. One transaction,
-    through :meth:`Database.transact`; on Postgres, a result without a curve is first tried as
-    that one statement alone, as a heartbeat's renewal is (:func:`heartbeat_async`)."""
-    if db.is_postgres and not body.curve:
-        answer = await db.transact_statements(_complete_lease, lease_id, worker, body, False)
-        if answer is not None:
-            return answer
+    through :meth:`Database.transact`."""
     return await db.transact(_complete_lease, lease_id, worker, body)
 
 
-def _complete_lease(s: Session, lease_id: str, worker: Worker, body: ResultCreate,
-                    checked: bool = True) -> LeaseOutcome | None:
-    """``checked=False``: the completion of a lease this process knows, or ``None`` (nothing written)."""
+def _complete_lease(s: Session, lease_id: str, worker: Worker, body: ResultCreate) -> LeaseOutcome:
     route = _lease_route(s, lease_id)
     if route is not None and route[2] == worker.id and record_live_result(s, route[0], route[1], lease_id, body):
         return LeaseOutcome(trial_id=route[0], study_id=route[1], state=TrialState.completed.value, duplicate=False)
-    if not checked:
-        return None
     lease, trial = _own_lease_and_trial(s, lease_id, worker)
     _remember_lease(s, lease_id, trial.id, trial.study_id, lease.worker_id)
     if lease.outcome is None and trial.lease_id == lease.id and _expired(trial, utcnow()):
