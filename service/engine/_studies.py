@@ -23,7 +23,7 @@ from ..strategies import Proposal, get_strategy_class
 from ..strategies._admission import Room, admit, room
 from ._costs import fill_costs
 from ._spec import (TrialTally, cached_space, forget_study_trials, read_study_trials, space_for,
-                    strategy_for)
+                    strategy_for, study_constants)
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ def _budget(study: Study, tally: TrialTally) -> _Budget:
 def _enqueue(s: Session, study: Study, proposals: list[Proposal], space, first_number: int) -> None:
     """Insert ``proposals`` as queued trials numbered from ``first_number``, in one statement:
     the ORM's unit of work cost more CPU than the insert itself on the runner's hot path."""
-    fidelity_ids = dict(s.execute(select(Fidelity.name, Fidelity.id).where(Fidelity.study_id == study.id)).all())
+    fidelity_ids = {ref.name: fid for fid, ref in study_constants(s, study.id).fidelities.items()}  # read once per process
     costs = {f.name: f.cost for f in space.fidelities}
     names = space.mixture.names
     dynamic = get_strategy_class(study.strategy).online
