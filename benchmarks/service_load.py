@@ -537,6 +537,7 @@ def main() -> None:
             tqdm.write(f"{system:7s} {'fleet' if fleet else 'N'}={n:4d}: {r['cycles_per_s']:8.1f} cycles/s  "
                        + "  ".join(f"{k} p50 {v['p50_ms']:.1f} p99 {v['p99_ms']:.1f} ms" for k, v in r["latency"].items())
                        + f"  server CPU {r.get('server_cpu_ms_per_request', '-')} ms/request (generator {r.get('generator_cpu_ms_per_request', '-')})  errors {r['errors']}"
+                       + f"  leases that found no work {r['empty_leases']}"
                        + f"  exactly-once {r['exactly_once']}  load avg {os.getloadavg()[0]:.1f}")
     finally:
         if private is not None:
