@@ -57,8 +57,8 @@ class EngineRunner:
         # often per study, and at most a quarter of the time: the next job waits three times the
         # last job's mean pass (one ``advance`` call), up to 2 s, so that under load one read serves
         # many completions. Per pass, not per job: a job passes again while each pass enqueues,
-        # and a job of a second (ten passes keeping the queue filled) once held the next for 2 s,
-        # while the queue ran dry and workers waited for work.
+        # and a job of a second (ten passes keeping the queue filled) once held the next one back
+        # until 2 s after it started, while the queue ran dry and workers waited for work.
         self.advance_interval_s = advance_interval_s
         self._advance_pass_s: dict[int, float] = {}
         self.strategy_slow_s = strategy_slow_s
