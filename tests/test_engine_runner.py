@@ -166,8 +166,8 @@ def test_sigterm_stops_the_server_while_a_strategy_spins(sqlite_url, server_fact
 
 def test_a_long_advance_job_does_not_hold_back_the_next(sqlite_url, monkeypatch):
     """A study's next ``advance`` job waits three times the last job's mean *pass*, not the whole
-    job: a job that kept the queue filled for many passes once held the next one back for 2 s
-    while workers found no work. The engine's ``advance`` is replaced by one that counts its
+    job: a job that kept the queue filled for many passes once held the next one back until 2 s
+    after it started, while workers found no work. The engine's ``advance`` is replaced by one that counts its
     passes (each 20 ms, enqueuing, for 20 passes): the subject is the runner's pacing."""
     from service.db import Database
     from service.engine import _runner

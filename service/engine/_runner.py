@@ -167,9 +167,8 @@ class EngineRunner:
     def _run_job(self, study_id: int, job: _Job, kind: str) -> None:
         try:
             if kind == ADVANCE:
-                t0, passes = time.monotonic(), 0
-                while passes < 100:
-                    passes += 1
+                t0 = time.monotonic()
+                for passes in range(1, 101):
                     if not advance(self.db, study_id, abandon=job.abandon):
                         break
                 self._advance_pass_s[study_id] = (time.monotonic() - t0) / passes
