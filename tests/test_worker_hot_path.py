@@ -108,8 +108,8 @@ def test_statements_per_worker_request(counted, db_url, monkeypatch):
         seen["complete_unknown" if i == 1 else "complete"].append(len(statements))
         again = client.post(f"/api/v1/leases/{lid}/complete", headers=auth, json={"losses": known_losses(mixture)})
         assert again.status_code == 200 and again.json()["duplicate"] is True, again.text
-    for key, counts in seen.items():
-        assert counts and max(counts) <= bounds[key], (key, counts, bounds[key])
+    for key, counts in seen.items():  # at least one: the counter sees the database threads' statements
+        assert counts and 1 <= min(counts) and max(counts) <= bounds[key], (key, counts, bounds[key])
     # the curve point was stored once, the progress too
     trial = client.get(f"/api/v1/trials/{g.json()['trial']['id']}").json()
     assert trial["state"] == "completed"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import threading
@@ -104,8 +105,9 @@ class Database:
         the server spent 15% less CPU per request this way."""
         if self._threads is None:
             self._threads = ThreadPoolExecutor(self.pool_size, thread_name_prefix="mixopt-db")
+        context = contextvars.copy_context()  # the caller's context variables hold in ``fn``, as in asyncio.to_thread
         return await asyncio.get_running_loop().run_in_executor(
-            self._threads, functools.partial(self._in_session, fn, *args))
+            self._threads, functools.partial(context.run, self._in_session, fn, *args))
 
     def _in_session(self, fn: Callable[..., T], *args: Any) -> T:
         with self.session() as session:
