@@ -25,6 +25,12 @@ BOUNDS = {
     "postgres": {"lease": 2, "heartbeat": 1, "heartbeat_curve": 2, "complete": 1, "heartbeat_unknown": 3,
                  "complete_unknown": 4},
 }
+SEGMENT_BOUNDS = {"sqlite": 7, "postgres": 6}
+"""A segment report of an online trial: the lease with its locked trial, the study, the attempt's
+segments, the reported one's UPDATE, the trial's fidelity, the next segment's INSERT (SQLite: and
+the BEGIN IMMEDIATE). No sweep of expired leases (the lease calls' lazy one, when due) and no read
+of the study's domains and fidelities (the cached search space)."""
+AIOLI = {"n_runs": 1, "update_steps": 40, "lp_rounds": 1, "lp_steps": 2, "eta": 1.0, "one_hot_factor": 0.6}
 """lease: the worker's lease count, the oldest fitting queued trial (locked), the lease INSERT,
 the trial UPDATE; on Postgres the worker's row locked, then one statement for all four.
 heartbeat: one ``UPDATE trials ... RETURNING`` and the lease's UPDATE (on Postgres one statement,
@@ -46,7 +52,7 @@ def counted(settings):
 
 
 def _setup(client, **overrides):
-    r = client.post("/api/v1/studies", json={**study_body(parallelism=4, budget={"max_trials": 100}, **overrides),
+    r = client.post("/api/v1/studies", json={**study_body(**{"parallelism": 4, "budget": {"max_trials": 100}, **overrides}),
                                              "start": True})
     assert r.status_code == 201, r.text
     sid = r.json()["id"]
@@ -142,3 +148,27 @@ def test_fast_heartbeat_keeps_every_refusal(counted):
     hb = client.post(f"/api/v1/leases/{g['lease_id']}/heartbeat", headers=a, json={})
     assert hb.status_code == 200 and hb.json()["action"] == "stop" and "cancelled" in hb.json()["reason"]
     assert hb.json()["expires_at"].startswith(g["expires_at"][:19])  # a stopped lease is not renewed
+
+
+def test_statements_per_segment_report(counted, db_url, monkeypatch):
+    client, counter = counted
+    backend = "postgres" if db_url.startswith("postgresql") else "sqlite"
+    _, auth = _setup(client, strategy={"name": "aioli", "params": AIOLI}, parallelism=1, budget={"max_trials": 1},
+                     fidelities=[{"name": "big", "cost": 1.0, "target": True, "tokens": 4 * 64 * 120}])
+    g = client.post("/api/v1/leases", json={"wait_s": 5}, headers=auth)
+    assert g.status_code == 200 and g.json()["trial"]["dynamic"], g.text
+    lid = g.json()["lease_id"]
+    monkeypatch.setattr(_workers, "LAZY_SWEEP_INTERVAL_S", 1e9)
+    monkeypatch.setattr(_workers, "WORKER_CACHE_S", 1e9)
+    seg = client.post(f"/api/v1/leases/{lid}/segment", json={}, headers=auth).json()
+    counts = []
+    while not seg["done"]:
+        report = {"completed_index": seg["segment"]["index"], "step": 1}
+        if seg["segment"]["evaluate_after"]:
+            report["losses"] = known_losses(seg["segment"]["mixture"])
+        counter.clear()
+        r = client.post(f"/api/v1/leases/{lid}/segment", json=report, headers=auth)
+        assert r.status_code == 200, r.text
+        counts.append(len(_statements(counter, "POST /api/v1/leases/{id}/segment")))
+        seg = r.json()
+    assert counts and 1 <= min(counts) and max(counts) <= SEGMENT_BOUNDS[backend], counts

@@ -44,7 +44,7 @@ from ._trials import (
     sweep_expired,
     trial_counts,
 )
-from ._segments import list_segments, report_segment
+from ._segments import list_segments, report_segment_async
 from ._workers import (
     authenticate_worker,
     known_worker,
@@ -52,6 +52,7 @@ from ._workers import (
     complete_lease_async,
     extend_held_leases,
     fail_lease,
+    fail_lease_async,
     forget_worker,
     hash_token,
     heartbeat_async,
@@ -60,6 +61,7 @@ from ._workers import (
     list_workers,
     register_worker,
     release_lease,
+    release_lease_async,
     token_state,
 )
 from ._views import list_trials, recommendation_public, study_public, trial_public
@@ -78,12 +80,13 @@ __all__ = [
     "read_workers",
     "extend_held_leases",
     "list_segments",
-    "report_segment",
+    "report_segment_async",
     "authenticate_worker",
     "known_worker",
     "join_fingerprint",
     "complete_lease_async",
     "fail_lease",
+    "fail_lease_async",
     "forget_worker",
     "hash_token",
     "heartbeat_async",
@@ -92,6 +95,7 @@ __all__ = [
     "list_workers",
     "register_worker",
     "release_lease",
+    "release_lease_async",
     "token_state",
     "EngineRunner",
     "cost_sums",

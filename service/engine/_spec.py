@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import ARRAY, Integer, any_, bindparam, func, or_, select
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session, joinedload, lazyload
 
 from ..db import Study, Trial, TrialSegment, TrialState
 from ..errors import NotFound
@@ -31,6 +31,10 @@ def space_for(study: Study) -> SearchSpace:
     fidelities = [Fidelity(f.name, f.cost, f.is_target, f.tokens, f.model, dict(f.params)) for f in study.fidelities]
     return make_space(domains, fidelities, max_epochs=study.max_epochs)
 
+
+STUDY_ONLY = (lazyload(Study.domains), lazyload(Study.fidelities))
+"""Options of a read of a study whose domains and fidelities come from :func:`cached_space`
+(loaded only if used, rather than with every read of the study)."""
 
 _spaces: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 """Per database engine: study id -> its :class:`SearchSpace` (domains and fidelities never change)."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import ValidationError
 from sqlalchemy import func, insert, select
-from sqlalchemy.orm import Session, lazyload
+from sqlalchemy.orm import Session
 
 from ..db import FINAL, Database, announce_work, Fidelity, Recommendation, Study, StudyDomain, StudyState, Trial, TrialState, utcnow
 from ..errors import Conflict, InputError, NotFound
@@ -22,7 +22,7 @@ from ..schemas.studies import StudyCreate
 from ..strategies import Proposal, get_strategy_class
 from ..strategies._admission import Room, admit, room
 from ._costs import fill_costs
-from ._spec import (TrialTally, cached_space, forget_study_trials, read_study_trials, space_for,
+from ._spec import (STUDY_ONLY, TrialTally, cached_space, forget_study_trials, read_study_trials, space_for,
                     strategy_for, study_constants)
 
 log = logging.getLogger(__name__)
@@ -33,10 +33,6 @@ _TRANSITIONS = {
     "resume": ({StudyState.paused}, StudyState.running),
     "cancel": ({StudyState.draft, StudyState.running, StudyState.paused}, StudyState.cancelled),
 }
-
-
-_NO_RELATIONSHIPS = (lazyload(Study.domains), lazyload(Study.fidelities))
-"""Loaded when used rather than with every read of the study (``advance`` reads the cached space)."""
 
 
 def get_study(session: Session, study_id: int, *, lock: bool = False, options: tuple = ()) -> Study:
@@ -215,7 +211,7 @@ def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threadin
     """
     for _ in range(attempts):
         with db.session() as s:
-            study = s.get(Study, study_id, options=_NO_RELATIONSHIPS)
+            study = s.get(Study, study_id, options=STUDY_ONLY)
             if study is None or study.state != StudyState.running:
                 return False
             space = cached_space(s, study)
@@ -240,7 +236,7 @@ def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threadin
         if abandon is not None and abandon.is_set():
             return False
         with db.session() as s:
-            study = get_study(s, study_id, lock=True, options=_NO_RELATIONSHIPS)
+            study = get_study(s, study_id, lock=True, options=STUDY_ONLY)
             if study.state != StudyState.running:
                 return False
             history_now, tally_now = read_study_trials(s, study_id, space)

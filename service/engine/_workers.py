@@ -25,7 +25,7 @@ from ..schemas.workers import WorkerCreate
 from ._costs import model_params
 from ._spec import study_constants
 from ._trials import (
-    _add_curve, _end_lease, get_trial, grant_lease, record_failure, record_live_result, record_result, requeue,
+    _add_curve, _end_lease, grant_lease, record_failure, record_live_result, record_result, requeue,
     sweep_expired, sweep_expired_in,
 )
 
@@ -194,7 +194,7 @@ def _touch_statement() -> Update:
             .values(last_seen_at=bindparam("p_now", type_=workers.c.last_seen_at.type)))
 
 
-def _lazy_sweep_due(db: Database) -> bool:
+def lazy_sweep_due(db: Database) -> bool:
     """Expired leases are requeued before work is handed out, unless this process did so a moment
     ago: ``True`` when the caller should sweep now (and the moment is taken)."""
     now = time.monotonic()
@@ -216,7 +216,7 @@ def lease_next(db: Database, worker: Worker, max_trials: int = 1, model: str | N
     (of any study), so that a batched worker can train them together. Empty when there is no work.
     With ``max_held``, the worker holds at most that many live leases in all (409 when it holds
     them already; fewer trials than asked when it holds some)."""
-    if _lazy_sweep_due(db):
+    if lazy_sweep_due(db):
         sweep_expired(db)
     with db.session() as s:
         return _lease_next(s, worker, max_trials, model, max_held)
@@ -225,7 +225,7 @@ def lease_next(db: Database, worker: Worker, max_trials: int = 1, model: str | N
 async def lease_next_async(db: Database, worker: Worker, max_trials: int = 1, model: str | None = None,
                            max_held: int | None = None) -> list[LeaseItem]:
     """:func:`lease_next` from a coroutine, its transactions through :meth:`Database.transact`."""
-    if _lazy_sweep_due(db):
+    if lazy_sweep_due(db):
         await db.transact(sweep_expired_in, utcnow())
     return await db.transact(_lease_next, worker, max_trials, model, max_held)
 
@@ -429,15 +429,6 @@ def _lease_item(const, lease_id: str, expires_at: datetime, trial) -> LeaseItem:
     )
 
 
-def _own_lease(s: Session, lease_id: str, worker: Worker) -> Lease:
-    lease = s.get(Lease, lease_id)
-    if lease is None:
-        raise NotFound("lease", lease_id)
-    if lease.worker_id != worker.id:
-        raise Forbidden(f"lease {lease_id} belongs to another worker")
-    return lease
-
-
 def _own_lease_and_trial(s: Session, lease_id: str, worker: Worker) -> tuple[Lease, Trial]:
     """The worker's lease and its trial (locked, its relationships not loaded) in one read; 404
     for an unknown lease, 403 for another worker's."""
@@ -455,10 +446,9 @@ def _own_lease_and_trial(s: Session, lease_id: str, worker: Worker) -> tuple[Lea
 
 
 def own_live_lease(s: Session, lease_id: str, worker: Worker) -> tuple[Lease, Trial]:
-    """The worker's lease and its (locked) trial; 403 for another's lease, 409 for one that is over
-    (ended, replaced, or past its expiry: the sweeper requeues it)."""
-    lease = _own_lease(s, lease_id, worker)
-    trial = get_trial(s, lease.trial_id, lock=True, light=True)
+    """The worker's lease and its (locked) trial, in one read; 403 for another's lease, 409 for one
+    that is over (ended, replaced, or past its expiry: the sweeper requeues it)."""
+    lease, trial = _own_lease_and_trial(s, lease_id, worker)
     if lease.outcome is not None or trial.lease_id != lease.id:
         raise Conflict(f"lease {lease_id} is over ({lease.outcome or 'replaced'}): abandon the run")
     if _expired(trial, utcnow()):
@@ -608,34 +598,51 @@ def _complete_lease(s: Session, lease_id: str, worker: Worker, body: ResultCreat
 
 
 def fail_lease(db: Database, lease_id: str, worker: Worker, body: LeaseFail) -> LeaseOutcome:
+    """The run failed: requeued when ``body.retryable`` and attempts remain, else the trial fails."""
     with db.session() as s:
-        lease = _own_lease(s, lease_id, worker)
-        trial = get_trial(s, lease.trial_id, lock=True, light=True)
-        live = lease.outcome is None and trial.lease_id == lease.id
-        if lease.outcome == "expired" or (live and _expired(trial, utcnow())):
-            raise Conflict(f"lease {lease_id} expired")
-        created = record_failure(s, trial, FailCreate(reason=body.reason, retryable=body.retryable), lease_id)
-        return LeaseOutcome(trial_id=trial.id, study_id=trial.study_id, state=trial.state.value,
-                            duplicate=not created)
+        return _fail_lease(s, lease_id, worker, body)
+
+
+async def fail_lease_async(db: Database, lease_id: str, worker: Worker, body: LeaseFail) -> LeaseOutcome:
+    """:func:`fail_lease` from a coroutine, through :meth:`Database.transact`."""
+    return await db.transact(_fail_lease, lease_id, worker, body)
+
+
+def _fail_lease(s: Session, lease_id: str, worker: Worker, body: LeaseFail) -> LeaseOutcome:
+    lease, trial = _own_lease_and_trial(s, lease_id, worker)
+    live = lease.outcome is None and trial.lease_id == lease.id
+    if lease.outcome == "expired" or (live and _expired(trial, utcnow())):
+        raise Conflict(f"lease {lease_id} expired")
+    created = record_failure(s, trial, FailCreate(reason=body.reason, retryable=body.retryable), lease_id)
+    return LeaseOutcome(trial_id=trial.id, study_id=trial.study_id, state=trial.state.value,
+                        duplicate=not created)
 
 
 def release_lease(db: Database, lease_id: str, worker: Worker) -> LeaseOutcome:
     """Give the trial back untouched (e.g. the worker is shutting down): queued again, and the
     attempt is not counted."""
     with db.session() as s:
-        lease = _own_lease(s, lease_id, worker)
-        trial = get_trial(s, lease.trial_id, lock=True, light=True)
-        if lease.outcome == "released":
-            return LeaseOutcome(trial_id=trial.id, study_id=trial.study_id, state=trial.state.value, duplicate=True)
-        if lease.outcome is not None or trial.lease_id != lease.id or trial.state not in HELD:
-            raise Conflict(f"lease {lease_id} is over ({lease.outcome or 'replaced'})")
-        study = s.get(Study, trial.study_id, with_for_update=True, populate_existing=True)
-        now = utcnow()
-        _end_lease(s, trial, "released", now)
-        requeue(s, study, trial, now)
-        trial.attempts -= 1
-        study.revision += 1
-        return LeaseOutcome(trial_id=trial.id, study_id=trial.study_id, state=trial.state.value)
+        return _release_lease(s, lease_id, worker)
+
+
+async def release_lease_async(db: Database, lease_id: str, worker: Worker) -> LeaseOutcome:
+    """:func:`release_lease` from a coroutine, through :meth:`Database.transact`."""
+    return await db.transact(_release_lease, lease_id, worker)
+
+
+def _release_lease(s: Session, lease_id: str, worker: Worker) -> LeaseOutcome:
+    lease, trial = _own_lease_and_trial(s, lease_id, worker)
+    if lease.outcome == "released":
+        return LeaseOutcome(trial_id=trial.id, study_id=trial.study_id, state=trial.state.value, duplicate=True)
+    if lease.outcome is not None or trial.lease_id != lease.id or trial.state not in HELD:
+        raise Conflict(f"lease {lease_id} is over ({lease.outcome or 'replaced'})")
+    study = s.get(Study, trial.study_id, with_for_update=True, populate_existing=True)
+    now = utcnow()
+    _end_lease(s, trial, "released", now)
+    requeue(s, study, trial, now)
+    trial.attempts -= 1
+    study.revision += 1
+    return LeaseOutcome(trial_id=trial.id, study_id=trial.study_id, state=trial.state.value)
 
 
 def extend_held_leases(db: Database) -> int:

@@ -13,7 +13,6 @@ import json
 import time
 
 from fastapi import APIRouter, Request, Response, status
-from starlette.concurrency import run_in_threadpool
 
 from ... import engine
 from ...schemas.segments import SegmentAnswer, SegmentReport
@@ -114,7 +113,7 @@ async def heartbeat(request: Request, lease_id: LeaseId, worker: WorkerDep,
              responses={409: {"description": "the report does not fit the recorded segments, or the lease is over"}})
 async def segment(lease_id: LeaseId, body: SegmentReport, worker: WorkerDep, db: DbDep) -> SegmentAnswer:
     """Online trials: report the losses at a segment's end, get the next segment (or `done`)."""
-    return await run_in_threadpool(engine.report_segment, db, lease_id, worker, body)
+    return await engine.report_segment_async(db, lease_id, worker, body)
 
 
 @router.post("/{lease_id}/complete", response_model=LeaseOutcome,
@@ -127,7 +126,7 @@ async def complete(request: Request, lease_id: LeaseId, body: ResultCreate, work
 @router.post("/{lease_id}/fail", response_model=LeaseOutcome)
 async def fail(lease_id: LeaseId, body: LeaseFail, worker: WorkerDep, db: DbDep, runner: RunnerDep) -> LeaseOutcome:
     """The run failed: requeued when `retryable` and attempts remain, else the trial fails."""
-    out = await run_in_threadpool(engine.fail_lease, db, lease_id, worker, body)
+    out = await engine.fail_lease_async(db, lease_id, worker, body)
     runner.notify(out.study_id)
     return out
 
@@ -135,6 +134,6 @@ async def fail(lease_id: LeaseId, body: LeaseFail, worker: WorkerDep, db: DbDep,
 @router.post("/{lease_id}/release", response_model=LeaseOutcome)
 async def release(lease_id: LeaseId, worker: WorkerDep, db: DbDep, runner: RunnerDep) -> LeaseOutcome:
     """Give the trial back without counting an attempt (e.g. the worker is shutting down)."""
-    out = await run_in_threadpool(engine.release_lease, db, lease_id, worker)
+    out = await engine.release_lease_async(db, lease_id, worker)
     runner.notify(out.study_id, results_changed=False)
     return out
