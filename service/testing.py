@@ -85,8 +85,9 @@ class ServerProcess:
 
 class StatementCounter:
     """Counts the SQL statements each HTTP request sends to the database (a SQLAlchemy
-    ``before_cursor_execute`` listener on every engine), for the statements-per-request benchmark
-    and the hot-path test.
+    ``before_cursor_execute`` listener on every engine, and one for the statements run on a driver
+    connection, :class:`~service.db.RawStatement`), for the statements-per-request benchmark and
+    the hot-path test.
 
     Wrap the app with :meth:`wrap`: each request's statements (those of its dependencies, such as
     the worker-token lookup, included; the engine's background threads excluded) are recorded
@@ -102,6 +103,9 @@ class StatementCounter:
         self.requests: list[tuple[str, int, list[str]]] = []
 
     def _on_execute(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        self._on_statement(statement)
+
+    def _on_statement(self, statement: str) -> None:
         out = self._current.get()
         if out is not None:
             out.append(statement)
@@ -110,14 +114,20 @@ class StatementCounter:
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
 
+        from .db._raw import STATEMENT_LISTENERS
+
         event.listen(Engine, "before_cursor_execute", self._on_execute)
+        STATEMENT_LISTENERS.append(self._on_statement)
         return self
 
     def __exit__(self, *exc) -> None:
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
 
+        from .db._raw import STATEMENT_LISTENERS
+
         event.remove(Engine, "before_cursor_execute", self._on_execute)
+        STATEMENT_LISTENERS.remove(self._on_statement)
 
     def wrap(self, app):
         """An ASGI app that counts the statements of each of ``app``'s HTTP requests."""

@@ -65,3 +65,61 @@ def test_usable_again_after_dispose(db: Database) -> None:
     db.dispose()
     asyncio.run(db.transact(_insert, 2))
     assert _notes(db) == [1, 2]
+
+
+def test_the_callers_context_variables_hold_in_the_transaction(db: Database) -> None:
+    import contextvars
+
+    seen: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="unset")
+
+    async def run() -> str:
+        seen.set("the caller's")
+        return await db.transact(lambda s: seen.get())
+
+    assert asyncio.run(run()) == "the caller's"
+
+
+@pytest.fixture
+def pg(postgres_url: str):
+    database = Database(postgres_url, pool_size=1)  # one connection: every call gets the same one back
+    with database.session() as s:
+        s.execute(text("CREATE TABLE notes (x INTEGER)"))
+    yield database
+    database.dispose()
+
+
+def _alone_insert(connection, x: int):
+    connection.execute("INSERT INTO notes (x) VALUES (%s)", (x,))
+    return connection.autocommit, connection.info.transaction_status.name
+
+
+def test_run_alone_runs_each_statement_as_its_own_transaction(pg: Database) -> None:
+    assert asyncio.run(pg.run_alone(_alone_insert, 1)) == (True, "IDLE")  # committed, nothing left open
+    assert _notes(pg) == [1]
+    with pg.engine.raw_connection() as pooled:  # the pool's connection is back as its other users expect
+        assert pooled.driver_connection.autocommit is False
+
+    def fail_after_insert(connection) -> None:
+        _alone_insert(connection, 2)
+        raise ValueError("not a database error")
+
+    with pytest.raises(ValueError):
+        asyncio.run(pg.run_alone(fail_after_insert))
+    assert _notes(pg) == [1, 2]  # the statement was its own transaction
+    with pg.engine.raw_connection() as pooled:
+        assert pooled.driver_connection.autocommit is False
+
+
+def test_run_alone_answers_a_lost_connection_as_sqlalchemy_does(pg: Database) -> None:
+    """A driver error comes out as SQLAlchemy's (the app answers its OperationalError with 503),
+    and a connection the server dropped is not handed out again."""
+    from sqlalchemy.exc import OperationalError
+
+    def terminated(connection) -> None:
+        connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+    with pytest.raises(OperationalError) as caught:
+        asyncio.run(pg.run_alone(terminated))
+    assert caught.value.connection_invalidated
+    assert asyncio.run(pg.run_alone(_alone_insert, 3)) == (True, "IDLE")  # a fresh connection
+    assert _notes(pg) == [3]

@@ -1,5 +1,6 @@
 """Persistence: the ORM model, engines/sessions for SQLite and Postgres, Alembic migrations."""
 
+from ._raw import RawStatement
 from ._scratch import scratch_database
 from ._session import Database, alembic_config, announce_work, current_revision, make_engine, upgrade
 from ._types import utcnow
@@ -35,6 +36,7 @@ __all__ = [
     "Fidelity",
     "Lease",
     "LossCurvePoint",
+    "RawStatement",
     "Recommendation",
     "Result",
     "Study",

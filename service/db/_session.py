@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 T = TypeVar("T")
@@ -108,6 +109,40 @@ class Database:
         context = contextvars.copy_context()  # the caller's context variables hold in ``fn``, as in asyncio.to_thread
         return await asyncio.get_running_loop().run_in_executor(
             self._threads, functools.partial(context.run, self._in_session, fn, *args))
+
+    async def run_alone(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(connection, *args)`` on :meth:`transact`'s threads, ``connection`` a pooled
+        connection's driver (psycopg) connection in autocommit mode: each statement its own
+        transaction (see :class:`~service.db._raw.RawStatement`). Postgres only."""
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(self.pool_size, thread_name_prefix="mixopt-db")
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(
+            self._threads, functools.partial(context.run, self._alone, fn, *args))
+
+    def _alone(self, fn: Callable[..., T], *args: Any) -> T:
+        dialect = self.engine.dialect
+        try:
+            pooled = self.engine.raw_connection()
+        except dialect.loaded_dbapi.Error as e:  # no connection to be had (Engine.connect wraps it so)
+            raise DBAPIError.instance(None, None, e, dialect.loaded_dbapi.Error, dialect=dialect) from e
+        connection = pooled.driver_connection
+        try:
+            connection.autocommit = True
+            return fn(connection, *args)
+        except dialect.loaded_dbapi.Error as e:  # as SQLAlchemy's own execution treats a driver error
+            lost = dialect.is_disconnect(e, connection, None)
+            if lost:
+                pooled.invalidate(e)  # the pool opens a new connection rather than hand this one out
+            raise DBAPIError.instance(None, None, e, dialect.loaded_dbapi.Error, connection_invalidated=lost,
+                                      dialect=dialect) from e
+        finally:
+            try:
+                if not connection.closed:
+                    connection.autocommit = False  # as the pool's other users expect it
+            except dialect.loaded_dbapi.Error as e:
+                pooled.invalidate(e)
+            pooled.close()  # back to the pool
 
     def _in_session(self, fn: Callable[..., T], *args: Any) -> T:
         with self.session() as session:
