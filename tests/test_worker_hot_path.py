@@ -172,3 +172,41 @@ def test_statements_per_segment_report(counted, db_url, monkeypatch):
         counts.append(len(_statements(counter, "POST /api/v1/leases/{id}/segment")))
         seg = r.json()
     assert counts and 1 <= min(counts) and max(counts) <= SEGMENT_BOUNDS[backend], counts
+
+
+def test_postgres_worker_calls_run_alone_in_the_steady_state(counted, db_url, monkeypatch):
+    """On Postgres a lease, a heartbeat without curve points and a result of a lease this process
+    granted run on a driver connection (``Database.run_alone``), without a session."""
+    from service.db import Database
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite runs every call in a session")
+    client, _ = counted
+    calls: list[str] = []
+    transact, run_alone = Database.transact, Database.run_alone
+
+    async def counting_transact(self, fn, *args):
+        calls.append(f"transact {fn.__name__}")
+        return await transact(self, fn, *args)
+
+    async def counting_run_alone(self, fn, *args):
+        calls.append(f"alone {fn.__name__}")
+        return await run_alone(self, fn, *args)
+
+    _, auth = _setup(client)
+    client.post("/api/v1/leases", json={"wait_s": 5}, headers=auth)  # the first sweep, token lookup, last seen
+    monkeypatch.setattr(_workers, "LAZY_SWEEP_INTERVAL_S", 1e9)
+    monkeypatch.setattr(_workers, "LAST_SEEN_RESOLUTION_S", 1e9)
+    monkeypatch.setattr(_workers, "WORKER_CACHE_S", 1e9)
+    monkeypatch.setattr(Database, "transact", counting_transact)
+    monkeypatch.setattr(Database, "run_alone", counting_run_alone)
+    g = client.post("/api/v1/leases", json={"wait_s": 5}, headers=auth)
+    lid, mixture = g.json()["lease_id"], g.json()["trial"]["mixture"]
+    assert client.post(f"/api/v1/leases/{lid}/heartbeat", headers=auth, json={"progress": {"step": 5}}).json()[
+        "action"] == "continue"
+    done = client.post(f"/api/v1/leases/{lid}/complete", headers=auth, json={"losses": known_losses(mixture)})
+    assert done.status_code == 200 and done.json()["duplicate"] is False, done.text
+    assert calls == ["alone _lease_alone", "alone _heartbeat_alone", "alone _complete_alone"]
+    again = client.post(f"/api/v1/leases/{lid}/complete", headers=auth, json={"losses": known_losses(mixture)})
+    assert again.json()["duplicate"] is True  # the repeat: nothing written alone, the session path answers
+    assert calls[-2:] == ["alone _complete_alone", "transact _complete_lease"]

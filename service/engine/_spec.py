@@ -253,6 +253,11 @@ _constants: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 """Per database engine: study id -> :class:`StudyConstants`."""
 
 
+def cached_study_constants(engine, study_id: int) -> StudyConstants | None:
+    """The study's constants if this process has read them from ``engine``'s database, else ``None``."""
+    return _constants.get(engine, {}).get(study_id)
+
+
 def study_constants(session: Session, study_id: int) -> StudyConstants:
     """The study's constants, read once per process and database (ids are never reused)."""
     cache = _constants.setdefault(session.get_bind(), {})

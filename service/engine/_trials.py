@@ -189,18 +189,13 @@ def record_live_result(s: Session, trial_id: int, study_id: int, lease_id: str, 
     ``INSERT`` are parts of the same statement. ``False``, with nothing written, when the checks do
     not hold or the result does not validate: the caller then reads the trial and answers as
     :func:`record_result` does (a duplicate, 409, 422)."""
-    const = study_constants(s, study_id)
-    try:
-        check_result(const.objective, list(const.domain_names), body.losses, body.metrics)
-    except InputError:
+    result = live_result_row(study_constants(s, study_id), trial_id, lease_id, body)
+    if result is None:
         return False
-    objective = objective_value(const.objective, body.losses, body.metrics)
-    now = utcnow()
-    result = dict(trial_id=trial_id, lease_id=lease_id, losses=body.losses, metrics=body.metrics, objective=objective,
-                  tokens=body.tokens, wall_s=body.wall_s, payload_hash=payload_hash(body), created_at=now)
+    objective, now = result["objective"], result["created_at"]
     if s.get_bind().dialect.name == "postgresql":
         params = {f"p_{k}": v for k, v in result.items()}
-        if s.connection().execute(_complete_postgres(), params).first() is None:
+        if s.connection().execute(complete_live_postgres(), params).first() is None:
             return False
     else:
         raw = {"synchronize_session": False}
@@ -212,6 +207,18 @@ def record_live_result(s: Session, trial_id: int, study_id: int, lease_id: str, 
         s.execute(insert(Result).values(**result))
     _add_curve(s, trial_id, body)
     return True
+
+
+def live_result_row(const, trial_id: int, lease_id: str, body: ResultCreate) -> dict | None:
+    """The result's row for :func:`record_live_result` (``const``: the study's constants), or
+    ``None`` when the result does not validate."""
+    try:
+        check_result(const.objective, list(const.domain_names), body.losses, body.metrics)
+    except InputError:
+        return None
+    return dict(trial_id=trial_id, lease_id=lease_id, losses=body.losses, metrics=body.metrics,
+                objective=objective_value(const.objective, body.losses, body.metrics), tokens=body.tokens,
+                wall_s=body.wall_s, payload_hash=payload_hash(body), created_at=utcnow())
 
 
 @functools.cache
@@ -232,7 +239,7 @@ def _complete_trial():
 
 
 @functools.cache
-def _complete_postgres():
+def complete_live_postgres():
     """:func:`record_live_result` on Postgres in one statement, built once: the trial's update
     (:func:`_complete_trial`), the lease's and the result's insert as CTEs. Parameters: ``p_`` and
     each column of the result row."""

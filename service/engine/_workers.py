@@ -11,21 +11,24 @@ import secrets
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 
-from sqlalchemy import (Select, Update, and_, bindparam, case, func, insert, literal_column, or_, select, true,
+from sqlalchemy import (Engine, Select, Update, and_, bindparam, case, func, insert, literal_column, or_, select, true,
                         type_coerce, update)
 from sqlalchemy.orm import Session, lazyload
 
-from ..db import HELD, Database, Fidelity, Lease, Study, StudyState, Trial, TrialState, Worker, one_of, utcnow
+from ..db import HELD, Database, RawStatement, Fidelity, Lease, Study, StudyState, Trial, TrialState, Worker, one_of, utcnow
 from ..errors import Conflict, Forbidden, NotFound, Unauthorized
 from ..schemas.leases import Heartbeat, HeartbeatAnswer, LeaseFail, LeasedTrial, LeaseItem, LeaseOutcome
 from ..schemas.trials import FailCreate, ResultCreate
 from ..schemas.workers import WorkerCreate
 from ._costs import model_params
-from ._spec import study_constants
+from ._spec import cached_study_constants, study_constants
 from ._trials import (
-    _add_curve, _end_lease, grant_lease, record_failure, record_live_result, record_result, requeue,
+    _add_curve, _end_lease, complete_live_postgres, grant_lease, live_result_row, record_failure, record_live_result,
+    record_result, requeue,
     sweep_expired, sweep_expired_in,
 )
 
@@ -44,8 +47,8 @@ lease exists; remembered when granted (or first looked up), so that a heartbeat 
 in one statement without reading it first."""
 
 
-def _remember_lease(s: Session, lease_id: str, trial_id: int, study_id: int, worker_id: int | None) -> None:
-    cache = _lease_routes.setdefault(s.get_bind(), {})
+def _remember_lease(s: Session | Engine, lease_id: str, trial_id: int, study_id: int, worker_id: int | None) -> None:
+    cache = _lease_routes.setdefault(s if isinstance(s, Engine) else s.get_bind(), {})
     if len(cache) > 100_000:  # bounded: forget everything rather than grow
         cache.clear()
     cache[lease_id] = (trial_id, study_id, worker_id)
@@ -181,8 +184,12 @@ def _fits(worker: Worker, model: str | None) -> bool:
     return True
 
 
+def _touch_due(worker: Worker, now: datetime) -> bool:
+    return worker.last_seen_at is None or (now - worker.last_seen_at).total_seconds() >= LAST_SEEN_RESOLUTION_S
+
+
 def _touch(s: Session, worker: Worker, now: datetime) -> None:
-    if worker.last_seen_at is None or (now - worker.last_seen_at).total_seconds() >= LAST_SEEN_RESOLUTION_S:
+    if _touch_due(worker, now):
         s.connection().execute(_touch_statement(), {"p_worker": worker.id, "p_now": now})
         worker.last_seen_at = now  # the cached worker: the next calls within the resolution write nothing
 
@@ -224,10 +231,67 @@ def lease_next(db: Database, worker: Worker, max_trials: int = 1, model: str | N
 
 async def lease_next_async(db: Database, worker: Worker, max_trials: int = 1, model: str | None = None,
                            max_held: int | None = None) -> list[LeaseItem]:
-    """:func:`lease_next` from a coroutine, its transactions through :meth:`Database.transact`."""
+    """:func:`lease_next` from a coroutine, its transactions through :meth:`Database.transact`; on
+    Postgres the common case (one trial, capabilities that name no models or sizes) on a driver
+    connection (:func:`_lease_alone`)."""
     if lazy_sweep_due(db):
         await db.transact(sweep_expired_in, utcnow())
+    caps = worker.capabilities or {}
+    if db.is_postgres and max_trials == 1 and caps.get("max_params") is None and caps.get("models") is None:
+        grants = await db.run_alone(_lease_alone, db, worker, model, max_held)
+        if grants is not None:
+            return grants
     return await db.transact(_lease_next, worker, max_trials, model, max_held)
+
+
+class _NotHere(Exception):
+    """Rolls back :func:`_lease_alone`'s transaction: the caller leases through a session instead."""
+
+
+def _lease_alone(connection, db: Database, worker: Worker, model: str | None, max_held: int | None) -> list[LeaseItem] | None:
+    """Postgres, the common case of a lease (one trial, capabilities that name no models or sizes):
+    :func:`_lease_one`'s statements in a transaction on the driver connection. ``None`` (nothing
+    written) when the worker's last-seen time is due or the leased trial's study constants are not
+    known here: the caller then runs :func:`_lease_next`."""
+    now = utcnow()
+    if _touch_due(worker, now):
+        return None
+    lease_id = str(uuid.uuid4())
+    shape = _queued_shape(worker, model)
+    params = {"p_worker": worker.id, "p_now": now, "p_lease": lease_id, "p_owner": f"worker:{worker.id}",
+              "p_max_held": max_held, **_queued_params(worker, model)}
+    try:
+        with connection.transaction():
+            if max_held is not None:
+                _raw(db, _lock_worker).run(connection, {"p_worker": worker.id})
+            statement = _raw(db, _lease_one_postgres, max_held is not None, *shape)
+            (held, trial_id, study_id, number, fidelity_id, mixture, dynamic, meta, attempts, expires_at), = \
+                statement.run(connection, params)
+            if trial_id is None:
+                if max_held is not None and held >= max_held:
+                    raise Conflict(f"worker {worker.id} holds {held} leases, the most one worker may hold "
+                                   f"(MIXOPT_MAX_LEASES_PER_WORKER={max_held}): finish or release some first")
+                return []
+            const = cached_study_constants(db.engine, study_id)
+            if const is None:
+                raise _NotHere
+    except _NotHere:
+        return None
+    _remember_lease(db.engine, lease_id, trial_id, study_id, worker.id)
+    trial = _LeasedRow(trial_id, study_id, number, fidelity_id, mixture, dynamic, meta, attempts)
+    return [_lease_item(const, lease_id, expires_at, trial)]
+
+
+class _LeasedRow(NamedTuple):
+    """The columns of a leased trial that :func:`_lease_item` reads."""
+    id: int
+    study_id: int
+    number: int
+    fidelity_id: int
+    mixture: dict
+    dynamic: bool
+    strategy_meta: dict | None
+    attempts: int
 
 
 def _lease_next(s: Session, worker: Worker, max_trials: int, model: str | None,
@@ -468,8 +532,54 @@ async def heartbeat_async(db: Database, lease_id: str, worker: Worker, body: Hea
     trial whose ``WHERE`` holds every check (still the trial's lease, not expired), then the lease's
     progress (on Postgres both in one statement). When that updates no row, or the lease is not
     known here, one read of the lease, its (locked) trial and its study's state says why (404,
-    403, 409), or renews it as before: no ORM objects either way."""
+    403, 409), or renews it as before: no ORM objects either way.
+
+    On Postgres, the common case (a known lease, no curve points) runs that one statement alone on
+    a driver connection (:func:`_heartbeat_alone`, :meth:`Database.run_alone`): no session, no
+    ``BEGIN``/``COMMIT`` round trips; anything else, or a statement that renews nothing, takes
+    the transaction above."""
+    if db.is_postgres and not body.curve:
+        answer = await db.run_alone(_heartbeat_alone, db, lease_id, worker, body)
+        if answer is not None:
+            return answer
     return await db.transact(_heartbeat, lease_id, worker, body)
+
+
+def _heartbeat_alone(connection, db: Database, lease_id: str, worker: Worker, body: Heartbeat) -> HeartbeatAnswer | None:
+    """Postgres, the common case of a heartbeat: :func:`_renew_postgres` as a transaction of its
+    own, for a lease this process knows. ``None`` (nothing written) when the lease or its study's
+    constants are not known here, the worker's last-seen time is due, or the statement renews
+    nothing: the caller then runs :func:`_heartbeat`, which says why or renews it."""
+    now = utcnow()
+    route = _lease_routes.get(db.engine, {}).get(lease_id)
+    if route is None or route[2] != worker.id or _touch_due(worker, now):
+        return None
+    const = cached_study_constants(db.engine, route[1])
+    if const is None:
+        return None
+    progress = {**body.progress.model_dump(exclude_none=True),
+                **({"log_tail": body.log_tail} if body.log_tail else {}), "at": now.isoformat()}
+    rows = _raw(db, _renew_postgres).run(connection, dict(
+        p_trial=route[0], p_study=route[1], p_lease=lease_id, p_now=now,
+        p_expires=now + timedelta(seconds=const.lease_seconds), p_progress=progress))
+    if not rows:
+        return None
+    expires_at, study_state = rows[0]
+    if StudyState(study_state) in _STOP:
+        return HeartbeatAnswer(action="stop", expires_at=expires_at, reason=f"study {StudyState(study_state).value}")
+    return HeartbeatAnswer(action="continue", expires_at=expires_at)
+
+
+_raws: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _raw(db: Database, build: Callable[..., Any], *args: Any) -> RawStatement:
+    """``build(*args)``'s statement compiled once per database engine."""
+    per_engine = _raws.setdefault(db.engine, {})
+    raw = per_engine.get((build, args))
+    if raw is None:
+        raw = per_engine[(build, args)] = RawStatement(build(*args), db.engine)
+    return raw
 
 
 def _heartbeat(s: Session, lease_id: str, worker: Worker, body: Heartbeat) -> HeartbeatAnswer:
@@ -578,8 +688,28 @@ async def complete_lease_async(db: Database, lease_id: str, worker: Worker, body
     stored row; a result from an expired or replaced lease is refused (409). A lease this process
     knows is completed without reading it first (:func:`record_live_result`); otherwise, or when
     that does not take, the lease and its locked trial are read and checked. One transaction,
-    through :meth:`Database.transact`."""
+    through :meth:`Database.transact`; on Postgres the common case (a known lease, no curve
+    points) first as its one statement alone (:func:`_complete_alone`)."""
+    if db.is_postgres and not body.curve:
+        outcome = await db.run_alone(_complete_alone, db, lease_id, worker, body)
+        if outcome is not None:
+            return outcome
     return await db.transact(_complete_lease, lease_id, worker, body)
+
+
+def _complete_alone(connection, db: Database, lease_id: str, worker: Worker, body: ResultCreate) -> LeaseOutcome | None:
+    """Postgres, the common case of a completion: :func:`complete_live_postgres` as a transaction of
+    its own, for a lease this process knows. ``None`` (nothing written) when the lease or its
+    study's constants are not known here, the result does not validate, or the statement records
+    nothing: the caller then runs :func:`_complete_lease`, which says why or records it."""
+    route = _lease_routes.get(db.engine, {}).get(lease_id)
+    if route is None or route[2] != worker.id:
+        return None
+    const = cached_study_constants(db.engine, route[1])
+    result = None if const is None else live_result_row(const, route[0], lease_id, body)
+    if result is None or not _raw(db, complete_live_postgres).run(connection, {f"p_{k}": v for k, v in result.items()}):
+        return None
+    return LeaseOutcome(trial_id=route[0], study_id=route[1], state=TrialState.completed.value, duplicate=False)
 
 
 def _complete_lease(s: Session, lease_id: str, worker: Worker, body: ResultCreate) -> LeaseOutcome:
