@@ -210,3 +210,12 @@ def test_postgres_worker_calls_run_alone_in_the_steady_state(counted, db_url, mo
     again = client.post(f"/api/v1/leases/{lid}/complete", headers=auth, json={"losses": known_losses(mixture)})
     assert again.json()["duplicate"] is True  # the repeat: nothing written alone, the session path answers
     assert calls[-2:] == ["alone _complete_alone", "transact _complete_lease"]
+
+    # a fleet's calls come seconds apart: each writes the worker's last-seen time, alone too
+    monkeypatch.setattr(_workers, "LAST_SEEN_RESOLUTION_S", 0.0)
+    seen = client.get("/api/v1/workers").json()["items"][0]["last_seen_at"]
+    calls.clear()
+    g = client.post("/api/v1/leases", json={"wait_s": 5}, headers=auth)
+    hb = client.post(f"/api/v1/leases/{g.json()['lease_id']}/heartbeat", headers=auth, json={})
+    assert hb.status_code == 200 and calls == ["alone _lease_alone", "alone _heartbeat_alone"]
+    assert client.get("/api/v1/workers").json()["items"][0]["last_seen_at"] > seen

@@ -194,6 +194,13 @@ def _touch(s: Session, worker: Worker, now: datetime) -> None:
         worker.last_seen_at = now  # the cached worker: the next calls within the resolution write nothing
 
 
+def _touch_alone(connection, db: Database, worker: Worker, now: datetime) -> None:
+    """:func:`_touch` on a driver connection (:meth:`Database.run_alone`)."""
+    if _touch_due(worker, now):
+        _raw(db, _touch_statement).run(connection, {"p_worker": worker.id, "p_now": now})
+        worker.last_seen_at = now
+
+
 @functools.cache
 def _touch_statement() -> Update:
     workers = Worker.__table__
@@ -250,18 +257,18 @@ class _NotHere(Exception):
 
 def _lease_alone(connection, db: Database, worker: Worker, model: str | None, max_held: int | None) -> list[LeaseItem] | None:
     """Postgres, the common case of a lease (one trial, capabilities that name no models or sizes):
-    :func:`_lease_one`'s statements in a transaction on the driver connection. ``None`` (nothing
-    written) when the worker's last-seen time is due or the leased trial's study constants are not
+    :func:`_lease_next`'s statements (:func:`_touch`, :func:`_lease_one`) in a transaction on the
+    driver connection. ``None`` (nothing written) when the leased trial's study constants are not
     known here: the caller then runs :func:`_lease_next`."""
     now = utcnow()
-    if _touch_due(worker, now):
-        return None
+    seen = worker.last_seen_at
     lease_id = str(uuid.uuid4())
     shape = _queued_shape(worker, model)
     params = {"p_worker": worker.id, "p_now": now, "p_lease": lease_id, "p_owner": f"worker:{worker.id}",
               "p_max_held": max_held, **_queued_params(worker, model)}
     try:
         with connection.transaction():
+            _touch_alone(connection, db, worker, now)
             if max_held is not None:
                 _raw(db, _lock_worker).run(connection, {"p_worker": worker.id})
             statement = _raw(db, _lease_one_postgres, max_held is not None, *shape)
@@ -276,6 +283,7 @@ def _lease_alone(connection, db: Database, worker: Worker, model: str | None, ma
             if const is None:
                 raise _NotHere
     except _NotHere:
+        worker.last_seen_at = seen  # rolled back with the rest
         return None
     _remember_lease(db.engine, lease_id, trial_id, study_id, worker.id)
     trial = _LeasedRow(trial_id, study_id, number, fidelity_id, mixture, dynamic, meta, attempts)
@@ -547,12 +555,12 @@ async def heartbeat_async(db: Database, lease_id: str, worker: Worker, body: Hea
 
 def _heartbeat_alone(connection, db: Database, lease_id: str, worker: Worker, body: Heartbeat) -> HeartbeatAnswer | None:
     """Postgres, the common case of a heartbeat: :func:`_renew_postgres` as a transaction of its
-    own, for a lease this process knows. ``None`` (nothing written) when the lease or its study's
-    constants are not known here, the worker's last-seen time is due, or the statement renews
-    nothing: the caller then runs :func:`_heartbeat`, which says why or renews it."""
+    own, for a lease this process knows, then the worker's last-seen time when due. ``None``
+    (nothing written) when the lease or its study's constants are not known here, or the
+    statement renews nothing: the caller then runs :func:`_heartbeat`, which says why or renews it."""
     now = utcnow()
     route = _lease_routes.get(db.engine, {}).get(lease_id)
-    if route is None or route[2] != worker.id or _touch_due(worker, now):
+    if route is None or route[2] != worker.id:
         return None
     const = cached_study_constants(db.engine, route[1])
     if const is None:
@@ -564,6 +572,7 @@ def _heartbeat_alone(connection, db: Database, lease_id: str, worker: Worker, bo
         p_expires=now + timedelta(seconds=const.lease_seconds), p_progress=progress))
     if not rows:
         return None
+    _touch_alone(connection, db, worker, now)  # a statement of its own: the renewal stands either way
     expires_at, study_state = rows[0]
     if StudyState(study_state) in _STOP:
         return HeartbeatAnswer(action="stop", expires_at=expires_at, reason=f"study {StudyState(study_state).value}")
