@@ -1,12 +1,12 @@
 """One SQLAlchemy statement, compiled once, run on a pooled connection's driver (psycopg)
-connection as a transaction of its own: the worker protocol's one-statement calls on Postgres.
+connection (:meth:`~service.db.Database.run_alone`): the worker protocol's common calls on Postgres.
 
 A call through a session costs ~600 us of CPU where its statement costs ~50 (``benchmarks/
 engine_calls.py``): the session and the Core execution context, the pool's checkout, and the
 ``BEGIN`` and ``COMMIT`` that psycopg sends as round trips of their own. Here the statement is the
 same SQLAlchemy construct (one source of its SQL), its parameters and returned columns go through
-the same column types' processors, and it runs alone (autocommit: Postgres makes the statement its
-own transaction, as atomic as one inside ``BEGIN``/``COMMIT``)."""
+the same column types' processors, and a call of one statement runs it alone (autocommit: Postgres
+makes the statement its own transaction, as atomic as one inside ``BEGIN``/``COMMIT``)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ class RawStatement:
             column.type.dialect_impl(dialect).result_processor(dialect, None) for column in statement.exported_columns]
 
     def run(self, connection, params: dict[str, Any]) -> list[tuple]:
-        """Rows of the statement on ``connection`` (a DBAPI connection in autocommit mode)."""
+        """Rows of the statement on ``connection`` (a driver connection), values through their
+        column types' result processors."""
         values = self._compiled.construct_params(params)
         for name, processor in self._bind.items():
             values[name] = processor(values[name])

@@ -104,21 +104,21 @@ class Database:
         than through Starlette's thread pool (anyio's, 40 threads for every purpose, in front of
         the pool's 20 connections): in paired saturation runs of ``benchmarks/service_load.py``
         the server spent 15% less CPU per request this way."""
-        if self._threads is None:
-            self._threads = ThreadPoolExecutor(self.pool_size, thread_name_prefix="mixopt-db")
-        context = contextvars.copy_context()  # the caller's context variables hold in ``fn``, as in asyncio.to_thread
-        return await asyncio.get_running_loop().run_in_executor(
-            self._threads, functools.partial(context.run, self._in_session, fn, *args))
+        return await self._on_threads(self._in_session, fn, *args)
 
     async def run_alone(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(connection, *args)`` on :meth:`transact`'s threads, ``connection`` a pooled
         connection's driver (psycopg) connection in autocommit mode: each statement its own
-        transaction (see :class:`~service.db._raw.RawStatement`). Postgres only."""
+        transaction unless ``fn`` opens one (``connection.transaction()``); see
+        :class:`~service.db._raw.RawStatement`. Postgres only."""
+        return await self._on_threads(self._alone, fn, *args)
+
+    async def _on_threads(self, fn: Callable[..., T], *args: Any) -> T:
         if self._threads is None:
             self._threads = ThreadPoolExecutor(self.pool_size, thread_name_prefix="mixopt-db")
-        context = contextvars.copy_context()
+        context = contextvars.copy_context()  # the caller's context variables hold in ``fn``, as in asyncio.to_thread
         return await asyncio.get_running_loop().run_in_executor(
-            self._threads, functools.partial(context.run, self._alone, fn, *args))
+            self._threads, functools.partial(context.run, fn, *args))
 
     def _alone(self, fn: Callable[..., T], *args: Any) -> T:
         dialect = self.engine.dialect
