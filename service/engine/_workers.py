@@ -555,7 +555,8 @@ async def heartbeat_async(db: Database, lease_id: str, worker: Worker, body: Hea
 
 def _heartbeat_alone(connection, db: Database, lease_id: str, worker: Worker, body: Heartbeat) -> HeartbeatAnswer | None:
     """Postgres, the common case of a heartbeat: :func:`_renew_postgres` as a transaction of its
-    own, for a lease this process knows, then the worker's last-seen time when due. ``None``
+    own, for a lease this process knows (with the worker's last-seen time, when due, in one
+    transaction). ``None``
     (nothing written) when the lease or its study's constants are not known here, or the
     statement renews nothing: the caller then runs :func:`_heartbeat`, which says why or renews it."""
     now = utcnow()
@@ -567,12 +568,18 @@ def _heartbeat_alone(connection, db: Database, lease_id: str, worker: Worker, bo
         return None
     progress = {**body.progress.model_dump(exclude_none=True),
                 **({"log_tail": body.log_tail} if body.log_tail else {}), "at": now.isoformat()}
-    rows = _raw(db, _renew_postgres).run(connection, dict(
-        p_trial=route[0], p_study=route[1], p_lease=lease_id, p_now=now,
-        p_expires=now + timedelta(seconds=const.lease_seconds), p_progress=progress))
+    renew = _raw(db, _renew_postgres)
+    params = dict(p_trial=route[0], p_study=route[1], p_lease=lease_id, p_now=now,
+                  p_expires=now + timedelta(seconds=const.lease_seconds), p_progress=progress)
+    if _touch_due(worker, now):  # both writes in one transaction: one commit (a WAL flush), not two
+        with connection.transaction():
+            rows = renew.run(connection, params)
+            if rows:
+                _touch_alone(connection, db, worker, now)
+    else:
+        rows = renew.run(connection, params)
     if not rows:
         return None
-    _touch_alone(connection, db, worker, now)  # a statement of its own: the renewal stands either way
     expires_at, study_state = rows[0]
     if StudyState(study_state) in _STOP:
         return HeartbeatAnswer(action="stop", expires_at=expires_at, reason=f"study {StudyState(study_state).value}")
