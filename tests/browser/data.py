@@ -147,7 +147,7 @@ def _recommendations_like_regmix(http, database_url: str, sid: int) -> None:
 def aioli_trial(http, *, steps: int = 400, name: str = "pile-4 aioli") -> dict:
     """An Aioli study whose one online trial a worker runs segment by segment to the end, with
     synthetic losses that fall faster for the domains it trains on more, a heartbeat curve, and
-    the final result. Returns ``{"study_id", "trial_id", "worker_id", "segments"}``."""
+    the final result; returned once the study has completed. Returns ``{"study_id", "trial_id", "worker_id", "segments"}``."""
     body = study_body(name=name, domains=[{"name": d} for d in DOMAINS],
                       fidelities=[{"name": "proxy", "model": "llama-1m", "tokens": 1e7, "cost": 1.0, "target": True,
                                    "params": {"steps": steps}}],
@@ -181,4 +181,8 @@ def aioli_trial(http, *, steps: int = 400, name: str = "pile-4 aioli") -> dict:
         answer = _ok(http.post(f"/api/v1/leases/{lease}/segment", headers=headers, json=report))
     _ok(http.post(f"/api/v1/leases/{lease}/complete", headers=headers, json={"losses": losses(), "tokens": step * 4096,
                                                                               "wall_s": 240.0}))
+    deadline = time.monotonic() + 60  # the engine completes the study in the background, after the result
+    while _ok(http.get(f"/api/v1/studies/{sid}"))["state"] != "completed":
+        assert time.monotonic() < deadline, "the Aioli study did not complete after its one trial"
+        time.sleep(0.05)
     return {"study_id": sid, "trial_id": trial_id, "worker_id": worker_id, "segments": n}
