@@ -47,15 +47,16 @@ lease exists; remembered when granted (or first looked up), so that a heartbeat 
 in one statement without reading it first."""
 
 
-def _remember_lease(s: Session | Engine, lease_id: str, trial_id: int, study_id: int, worker_id: int | None) -> None:
-    cache = _lease_routes.setdefault(s if isinstance(s, Engine) else s.get_bind(), {})
+def _remember_lease(bind: Engine, lease_id: str, trial_id: int, study_id: int, worker_id: int | None) -> None:
+    """``bind``: the database's engine (a session's ``get_bind()``, or :attr:`Database.engine`)."""
+    cache = _lease_routes.setdefault(bind, {})
     if len(cache) > 100_000:  # bounded: forget everything rather than grow
         cache.clear()
     cache[lease_id] = (trial_id, study_id, worker_id)
 
 
-def _lease_route(s: Session, lease_id: str) -> tuple[int, int, int | None] | None:
-    return _lease_routes.get(s.get_bind(), {}).get(lease_id)
+def _lease_route(bind: Engine, lease_id: str) -> tuple[int, int, int | None] | None:
+    return _lease_routes.get(bind, {}).get(lease_id)
 
 
 def hash_token(token: str) -> str:
@@ -263,21 +264,17 @@ def _lease_alone(connection, db: Database, worker: Worker, model: str | None, ma
     now = utcnow()
     seen = worker.last_seen_at
     lease_id = str(uuid.uuid4())
-    shape = _queued_shape(worker, model)
-    params = {"p_worker": worker.id, "p_now": now, "p_lease": lease_id, "p_owner": f"worker:{worker.id}",
-              "p_max_held": max_held, **_queued_params(worker, model)}
     try:
         with connection.transaction():
             _touch_alone(connection, db, worker, now)
             if max_held is not None:
                 _raw(db, _lock_worker).run(connection, {"p_worker": worker.id})
-            statement = _raw(db, _lease_one_postgres, max_held is not None, *shape)
+            statement = _raw(db, _lease_one_postgres, max_held is not None, *_queued_shape(worker, model))
             (held, trial_id, study_id, number, fidelity_id, mixture, dynamic, meta, attempts, expires_at), = \
-                statement.run(connection, params)
+                statement.run(connection, _lease_one_params(worker, model, max_held, now, lease_id))
             if trial_id is None:
                 if max_held is not None and held >= max_held:
-                    raise Conflict(f"worker {worker.id} holds {held} leases, the most one worker may hold "
-                                   f"(MIXOPT_MAX_LEASES_PER_WORKER={max_held}): finish or release some first")
+                    raise _at_cap(worker, held, max_held)
                 return []
             const = cached_study_constants(db.engine, study_id)
             if const is None:
@@ -383,17 +380,20 @@ def _lease_one(s: Session, worker: Worker, model: str | None, max_held: int | No
         conn.execute(_lock_worker(), {"p_worker": worker.id})
     lease_id = str(uuid.uuid4())
     statement = _lease_one_postgres(max_held is not None, *_queued_shape(worker, model))
-    params = {"p_worker": worker.id, "p_now": now, "p_lease": lease_id, "p_owner": f"worker:{worker.id}",
-              "p_max_held": max_held, **_queued_params(worker, model)}
-    trial = conn.execute(statement, params).one()
+    trial = conn.execute(statement, _lease_one_params(worker, model, max_held, now, lease_id)).one()
     if trial.id is None:
         if max_held is not None and trial.held >= max_held:
-            raise Conflict(f"worker {worker.id} holds {trial.held} leases, the most one worker may hold "
-                           f"(MIXOPT_MAX_LEASES_PER_WORKER={max_held}): finish or release some first")
+            raise _at_cap(worker, trial.held, max_held)
         return []
     const = study_constants(s, trial.study_id)
-    _remember_lease(s, lease_id, trial.id, trial.study_id, worker.id)
+    _remember_lease(s.get_bind(), lease_id, trial.id, trial.study_id, worker.id)
     return [_lease_item(const, lease_id, trial.lease_expires_at, trial)]
+
+
+def _lease_one_params(worker: Worker, model: str | None, max_held: int | None, now: datetime, lease_id: str) -> dict:
+    """The parameters of :func:`_lease_one_postgres`'s statement."""
+    return {"p_worker": worker.id, "p_now": now, "p_lease": lease_id, "p_owner": f"worker:{worker.id}",
+            "p_max_held": max_held, **_queued_params(worker, model)}
 
 
 @functools.cache
@@ -469,9 +469,13 @@ def _room(s: Session, worker: Worker, max_held: int, now: datetime) -> int:
         conn.execute(_lock_worker(), {"p_worker": worker.id})
     held = conn.execute(_held_leases(), {"p_worker": worker.id, "p_now": now}).scalar_one()
     if held >= max_held:
-        raise Conflict(f"worker {worker.id} holds {held} leases, the most one worker may hold "
-                       f"(MIXOPT_MAX_LEASES_PER_WORKER={max_held}): finish or release some first")
+        raise _at_cap(worker, held, max_held)
     return max_held - held
+
+
+def _at_cap(worker: Worker, held: int, max_held: int) -> Conflict:
+    return Conflict(f"worker {worker.id} holds {held} leases, the most one worker may hold "
+                    f"(MIXOPT_MAX_LEASES_PER_WORKER={max_held}): finish or release some first")
 
 
 def _same_run(a: Fidelity, b: Fidelity) -> bool:
@@ -482,7 +486,7 @@ def _same_run(a: Fidelity, b: Fidelity) -> bool:
 def _grant(s: Session, trial: Trial, worker: Worker) -> LeaseItem:
     const = study_constants(s, trial.study_id)
     lease = grant_lease(s, trial, const.lease_seconds, worker_id=worker.id)
-    _remember_lease(s, lease.id, trial.id, trial.study_id, worker.id)
+    _remember_lease(s.get_bind(), lease.id, trial.id, trial.study_id, worker.id)
     return _lease_item(const, lease.id, lease.expires_at, trial)
 
 
@@ -556,18 +560,17 @@ async def heartbeat_async(db: Database, lease_id: str, worker: Worker, body: Hea
 def _heartbeat_alone(connection, db: Database, lease_id: str, worker: Worker, body: Heartbeat) -> HeartbeatAnswer | None:
     """Postgres, the common case of a heartbeat: :func:`_renew_postgres` as a transaction of its
     own, for a lease this process knows (with the worker's last-seen time, when due, in one
-    transaction). ``None``
-    (nothing written) when the lease or its study's constants are not known here, or the
-    statement renews nothing: the caller then runs :func:`_heartbeat`, which says why or renews it."""
+    transaction). ``None`` (nothing written) when the lease or its study's constants are not known
+    here, or the statement renews nothing: the caller then runs :func:`_heartbeat`, which says why
+    or renews it."""
     now = utcnow()
-    route = _lease_routes.get(db.engine, {}).get(lease_id)
+    route = _lease_route(db.engine, lease_id)
     if route is None or route[2] != worker.id:
         return None
     const = cached_study_constants(db.engine, route[1])
     if const is None:
         return None
-    progress = {**body.progress.model_dump(exclude_none=True),
-                **({"log_tail": body.log_tail} if body.log_tail else {}), "at": now.isoformat()}
+    progress = _progress(body, now)
     renew = _raw(db, _renew_postgres)
     params = dict(p_trial=route[0], p_study=route[1], p_lease=lease_id, p_now=now,
                   p_expires=now + timedelta(seconds=const.lease_seconds), p_progress=progress)
@@ -598,11 +601,16 @@ def _raw(db: Database, build: Callable[..., Any], *args: Any) -> RawStatement:
     return raw
 
 
+def _progress(body: Heartbeat, now: datetime) -> dict:
+    """The lease's ``progress`` record of a heartbeat."""
+    return {**body.progress.model_dump(exclude_none=True),
+            **({"log_tail": body.log_tail} if body.log_tail else {}), "at": now.isoformat()}
+
+
 def _heartbeat(s: Session, lease_id: str, worker: Worker, body: Heartbeat) -> HeartbeatAnswer:
     now = utcnow()
-    progress = {**body.progress.model_dump(exclude_none=True),
-                **({"log_tail": body.log_tail} if body.log_tail else {}), "at": now.isoformat()}
-    route = _lease_route(s, lease_id)
+    progress = _progress(body, now)
+    route = _lease_route(s.get_bind(), lease_id)
     renewed = None
     if route is not None and route[2] == worker.id:
         renewed = _renew(s, lease_id, route, now, progress)
@@ -683,7 +691,7 @@ def _renew_checked(s: Session, lease_id: str, worker: Worker, now: datetime,
     if row is None:
         raise NotFound("lease", lease_id)
     owner, outcome, expires_at, trial_id, current, trial_expiry, trial_state, study_id, study_state = row
-    _remember_lease(s, lease_id, trial_id, study_id, owner)
+    _remember_lease(s.get_bind(), lease_id, trial_id, study_id, owner)
     if owner != worker.id:
         raise Forbidden(f"lease {lease_id} belongs to another worker")
     if outcome is not None or current != lease_id:
@@ -718,7 +726,7 @@ def _complete_alone(connection, db: Database, lease_id: str, worker: Worker, bod
     its own, for a lease this process knows. ``None`` (nothing written) when the lease or its
     study's constants are not known here, the result does not validate, or the statement records
     nothing: the caller then runs :func:`_complete_lease`, which says why or records it."""
-    route = _lease_routes.get(db.engine, {}).get(lease_id)
+    route = _lease_route(db.engine, lease_id)
     if route is None or route[2] != worker.id:
         return None
     const = cached_study_constants(db.engine, route[1])
@@ -729,11 +737,11 @@ def _complete_alone(connection, db: Database, lease_id: str, worker: Worker, bod
 
 
 def _complete_lease(s: Session, lease_id: str, worker: Worker, body: ResultCreate) -> LeaseOutcome:
-    route = _lease_route(s, lease_id)
+    route = _lease_route(s.get_bind(), lease_id)
     if route is not None and route[2] == worker.id and record_live_result(s, route[0], route[1], lease_id, body):
         return LeaseOutcome(trial_id=route[0], study_id=route[1], state=TrialState.completed.value, duplicate=False)
     lease, trial = _own_lease_and_trial(s, lease_id, worker)
-    _remember_lease(s, lease_id, trial.id, trial.study_id, lease.worker_id)
+    _remember_lease(s.get_bind(), lease_id, trial.id, trial.study_id, lease.worker_id)
     if lease.outcome is None and trial.lease_id == lease.id and _expired(trial, utcnow()):
         raise Conflict(f"lease {lease_id} is over (expired): its result is not accepted")
     if lease.outcome not in (None, "completed"):
