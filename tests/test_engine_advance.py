@@ -171,3 +171,75 @@ def test_a_recommendation_refreshed_beside_the_study_completing_does_not_land_af
     refreshing.join(10)
     with db.session() as s:
         assert latest_recommendation(s, sid).final
+
+
+def test_advance_says_whether_it_filled_every_free_slot(migrated_url):
+    """The runner's job stops after a pass that filled the study's free slots (another pass would
+    find none) and passes again after one that left slots free (here: the cost budget's end)."""
+    from service.engine import Advanced
+    from service.engine._runner import advance_job
+
+    db = Database(migrated_url)
+    one_fidelity = [{"name": "big", "cost": 1.0, "target": True}]
+    with db.session() as s:
+        filled = create_study(s, StudyCreate.model_validate(study_body(fidelities=one_fidelity, parallelism=4))).id
+        short = create_study(s, StudyCreate.model_validate(
+            study_body(fidelities=one_fidelity, parallelism=4, budget={"cost": 2.5}))).id
+    for sid in (filled, short):
+        change_state(db, sid, "start")
+    assert advance(db, filled) == Advanced.FILLED
+    assert advance(db, filled) == Advanced.NOTHING
+    assert advance_job(db, filled) == 1
+    with db.session() as s:
+        first = [t.id for t in load_trials(s, filled)]
+    assert len(first) == 4
+    for trial_id in first[:2]:
+        _report(db, filled, trial_id)
+    assert advance_job(db, filled) == 1  # the two freed slots filled in one pass
+    with db.session() as s:
+        assert len(load_trials(s, filled)) == 6
+
+    assert advance(db, short) == Advanced.CHANGED  # two trials of cost 1 fit the budget of 2.5, not four
+    assert advance(db, short) == Advanced.NOTHING
+    with db.session() as s:
+        assert len(load_trials(s, short)) == 2
+    db.dispose()
+
+
+def test_an_incremental_read_is_one_statement_from_the_oldest_open_trial_on(migrated_url):
+    """Once a study is known, ``read_study_trials`` sends one statement, bounded below by the
+    oldest open trial's number: what it reads does not grow with the study's ended trials."""
+    from sqlalchemy import event
+
+    from service.engine import space_for
+    from service.engine._spec import read_study_trials
+
+    db = Database(migrated_url)
+    with db.session() as s:
+        sid = create_study(s, StudyCreate.model_validate(study_body(parallelism=3, budget={"max_trials": 30}))).id
+    change_state(db, sid, "start")
+    for _ in range(4):  # 12 trials, 9 of them ended
+        advance(db, sid)
+        with db.session() as s:
+            open_ = [t.id for t in load_trials(s, sid) if t.state == TrialState.queued]
+        for trial_id in open_:
+            _report(db, sid, trial_id)
+    advance(db, sid)
+    sent: list[tuple[str, dict]] = []
+    with db.session() as s:
+        space = space_for(s.get(Study, sid))
+        read_study_trials(s, sid, space)
+        oldest_open = min(t.number for t in load_trials(s, sid) if t.state == TrialState.queued)
+
+        def record(conn, cursor, statement, parameters, context, executemany):
+            sent.append((statement, parameters))
+
+        event.listen(db.engine, "before_cursor_execute", record)
+        history, tally = read_study_trials(s, sid, space)
+        event.remove(db.engine, "before_cursor_execute", record)
+    db.dispose()
+    assert len(sent) == 1, [st for st, _ in sent]
+    statement, parameters = sent[0]
+    assert oldest_open in (parameters.values() if isinstance(parameters, dict) else parameters)
+    assert "trials.number >=" in statement
+    assert len(history.trials) == 15 and tally.in_flight == 3

@@ -23,6 +23,7 @@ from ._reads import (
 from ._runner import EngineRunner
 from ._spec import history_for, load_trials, space_for, strategy_for
 from ._studies import (
+    Advanced,
     advance,
     change_state,
     create_study,
@@ -99,6 +100,7 @@ __all__ = [
     "token_state",
     "EngineRunner",
     "cost_sums",
+    "Advanced",
     "advance",
     "ask",
     "change_state",

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..db import Database
-from ._studies import _fail, advance, refresh_recommendation, running_study_fingerprints
+from ._studies import Advanced, _fail, advance, refresh_recommendation, running_study_fingerprints
 from ._trials import sweep_expired
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,16 @@ class _Job:
     warned: bool = False
 
 
+def advance_job(db: Database, study_id: int, abandon: threading.Event | None = None, max_passes: int = 100) -> int:
+    """One advance job of the runner: :func:`advance` passes until one fills every free slot or
+    changes nothing (a pass that filled the slots needs no second one to find that out). Returns
+    the number of passes."""
+    for passes in range(1, max_passes + 1):
+        if advance(db, study_id, abandon=abandon) != Advanced.CHANGED:
+            break
+    return passes
+
+
 class EngineRunner:
     """One per server process. Several processes on one database are safe: every step locks
     what it changes and re-checks it.
@@ -56,9 +66,10 @@ class EngineRunner:
         # Completions arriving together are answered by one ``advance`` job, started at most this
         # often per study, and at most a quarter of the time: the next job waits three times the
         # last job's mean pass (one ``advance`` call), up to 2 s, so that under load one read serves
-        # many completions. Per pass, not per job: a job passes again while each pass enqueues,
-        # and a job of a second (ten passes keeping the queue filled) once held the next one back
-        # until 2 s after it started, while the queue ran dry and workers waited for work.
+        # many completions. Per pass, not per job: a job passes again while each pass enqueues
+        # with slots to spare (:func:`advance_job`), and a job of a second (ten passes keeping the
+        # queue filled) once held the next one back until 2 s after it started, while the queue
+        # ran dry and workers waited for work.
         self.advance_interval_s = advance_interval_s
         self._advance_pass_s: dict[int, float] = {}
         self.strategy_slow_s = strategy_slow_s
@@ -168,9 +179,7 @@ class EngineRunner:
         try:
             if kind == ADVANCE:
                 t0 = time.monotonic()
-                for passes in range(1, 101):
-                    if not advance(self.db, study_id, abandon=job.abandon):
-                        break
+                passes = advance_job(self.db, study_id, job.abandon)
                 self._advance_pass_s[study_id] = (time.monotonic() - t0) / passes
             elif not job.abandon.is_set():
                 refresh_recommendation(self.db, study_id)

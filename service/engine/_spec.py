@@ -8,7 +8,7 @@ from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import ARRAY, Integer, any_, bindparam, func, or_, select
+from sqlalchemy import ARRAY, Integer, any_, bindparam, or_, select
 from sqlalchemy.orm import Session, joinedload, lazyload
 
 from ..db import Study, Trial, TrialSegment, TrialState
@@ -97,8 +97,8 @@ class _Known:
 
     records: tuple[TrialRecord | None, ...]
     """In trial-number order; None for a cancelled trial (not in the history)."""
-    open: dict[int, tuple[float, bool, int]]
-    """Open trial id -> (cost, dynamic, index in ``records``): only open trials change."""
+    open: dict[int, tuple[float, bool, int, int]]
+    """Open trial id -> (cost, dynamic, index in ``records``, number): only open trials change."""
     done_live: int
     done_cost: float
     """Count and cost of the terminal trials that use budget."""
@@ -122,8 +122,11 @@ def read_study_trials(session: Session, study_id: int, space: SearchSpace) -> tu
     the study (thousands of rows per completion in a long study), and re-reading every open one
     with its parallelism (2,000 rows ten times a second for a 1,000-GPU fleet). Only new trials,
     open ones that ended, and open dynamic ones (their segments) are read, and the work per call
-    is that of those rows plus copying the list of records; a trial count checks the cache, and
-    any mismatch (a trial deleted, say) reads everything.
+    is that of those rows plus copying the list of records. Trials are numbered one after the
+    other under the study's lock and never deleted, so a read sees every trial up to the largest
+    number it read; the read asks only for trials numbered from the oldest open one on, so that
+    the database's work does not grow with the study either (a plan that visited every ended trial
+    cost 5 ms at 10,000 trials, twice per ``advance``).
     """
     with _known_lock:
         cache = _known.setdefault(session.get_bind(), OrderedDict())
@@ -131,13 +134,14 @@ def read_study_trials(session: Session, study_id: int, space: SearchSpace) -> tu
     if known is not None and len(known.open) > SQLITE_MAX_OPEN and session.get_bind().dialect.name == "sqlite":
         known = None  # each id is one SQL variable there (an old SQLite allows 999): read everything
     q = select(Trial).where(Trial.study_id == study_id).options(joinedload(Trial.result))
-    incremental = known is not None
     if known is None:
         known = _Known((), {}, 0, 0.0, -1, 0)
     else:
-        recheck = [i for i, (_, dynamic, _) in known.open.items() if not dynamic]
-        dynamic = [i for i, (_, d, _) in known.open.items() if d]
-        q = q.where(or_(Trial.number > known.max_number, _id_in(session, dynamic),
+        recheck = [i for i, (_, dynamic, _, _) in known.open.items() if not dynamic]
+        dynamic = [i for i, (_, d, _, _) in known.open.items() if d]
+        oldest_open = min((number for *_, number in known.open.values()), default=known.max_number + 1)
+        q = q.where(Trial.number >= oldest_open,
+                    or_(Trial.number > known.max_number, _id_in(session, dynamic),
                         _id_in(session, recheck) & Trial.state.in_(_TERMINAL)))
     fresh = sorted(session.scalars(q).unique(), key=lambda t: t.number)
     segments = load_segments(session, fresh, space.mixture.names)
@@ -159,20 +163,14 @@ def read_study_trials(session: Session, study_id: int, space: SearchSpace) -> tu
                 done_live += 1
                 done_cost += t.cost
         else:
-            open_[t.id] = (t.cost, t.dynamic, index)
+            open_[t.id] = (t.cost, t.dynamic, index, t.number)
     records = tuple(records)
-    total = session.scalar(select(func.count()).select_from(Trial).where(Trial.study_id == study_id))
-    if total != len(records) and incremental:
-        with _known_lock:
-            cache.pop(study_id, None)
-        return read_study_trials(session, study_id, space)
-    if total == len(records):  # else trials were created between the two reads: keep nothing
-        with _known_lock:
-            cache[study_id] = _Known(records, open_, done_live, done_cost, max_number, cancelled)
-            cache.move_to_end(study_id)
-            while len(cache) > KNOWN_STUDIES:
-                cache.popitem(last=False)
-    tally = TrialTally(len(open_), done_live + len(open_), done_cost + sum(c for c, _, _ in open_.values()), max_number)
+    with _known_lock:
+        cache[study_id] = _Known(records, open_, done_live, done_cost, max_number, cancelled)
+        cache.move_to_end(study_id)
+        while len(cache) > KNOWN_STUDIES:
+            cache.popitem(last=False)
+    tally = TrialTally(len(open_), done_live + len(open_), done_cost + sum(c for c, *_ in open_.values()), max_number)
     kept = records if not cancelled else tuple(r for r in records if r is not None)
     return History(kept), tally
 

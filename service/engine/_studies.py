@@ -4,6 +4,7 @@ the budget is spent and nothing is in flight."""
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 import threading
@@ -198,7 +199,17 @@ class _Budget:
     last_number: int
 
 
-def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threading.Event | None = None) -> bool:
+class Advanced(enum.IntEnum):
+    """What one :func:`advance` did; true when the study changed."""
+
+    NOTHING = 0
+    CHANGED = 1
+    """Trials enqueued with slots to spare, or the study completed or failed: another pass may do more."""
+    FILLED = 2
+    """Trials enqueued into every free slot: nothing more to do until trials end."""
+
+
+def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threading.Event | None = None) -> Advanced:
     """Enqueue the strategy's proposals for a running study, or complete it.
 
     The strategy runs outside any transaction (it may take seconds). Its proposals are committed
@@ -207,13 +218,13 @@ def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threadin
     the strategy proposed nothing: it may have been waiting for exactly those results, so the
     study completes only if nothing was in flight when the strategy read the history. Once
     ``abandon`` is set (the compute ran past its time limit, or the server stops), nothing is
-    committed. Returns whether the study changed.
+    committed. Returns what it did (true when the study changed).
     """
     for _ in range(attempts):
         with db.session() as s:
             study = s.get(Study, study_id, options=STUDY_ONLY)
             if study is None or study.state != StudyState.running:
-                return False
+                return Advanced.NOTHING
             space = cached_space(s, study)
             history, tally = read_study_trials(s, study_id, space)
             before = _budget(study, tally)
@@ -227,18 +238,18 @@ def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threadin
                     observe_proposal(study.strategy, time.perf_counter() - t0)
             except Exception as e:  # a strategy bug must not take the server down, but must be seen
                 if abandon is not None and abandon.is_set():
-                    return False
+                    return Advanced.NOTHING
                 log.exception("strategy %s failed on study %s", study.strategy, study_id)
                 _fail(db, study_id, f"strategy {study.strategy} raised {type(e).__name__}: {e}")
-                return True
+                return Advanced.CHANGED
         elif before.in_flight:
-            return False
+            return Advanced.NOTHING
         if abandon is not None and abandon.is_set():
-            return False
+            return Advanced.NOTHING
         with db.session() as s:
             study = get_study(s, study_id, lock=True, options=STUDY_ONLY)
             if study.state != StudyState.running:
-                return False
+                return Advanced.NOTHING
             history_now, tally_now = read_study_trials(s, study_id, space)
             now = _budget(study, tally_now)
             if now.last_number != before.last_number:
@@ -246,14 +257,14 @@ def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threadin
             admitted = admit(proposals, {f.name: f.cost for f in space.fidelities}, now.room)
             if admitted:
                 _enqueue(s, study, admitted, space, first_number=now.last_number + 1)
-                return True
+                return Advanced.FILLED if len(admitted) == now.room.free else Advanced.CHANGED
             if now.in_flight == 0:
                 if before.in_flight:  # results arrived while the strategy computed: ask it again
                     continue
                 _complete(s, study, strategy, space, history_now)
-                return True
-            return False
-    return False
+                return Advanced.CHANGED
+            return Advanced.NOTHING
+    return Advanced.NOTHING
 
 
 def _budget(study: Study, tally: TrialTally) -> _Budget:
