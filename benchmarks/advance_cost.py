@@ -22,7 +22,6 @@ import json
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,11 +32,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from service import engine  # noqa: E402
-from service.db import Database, scratch_database, upgrade  # noqa: E402
+from service.db import Database, upgrade  # noqa: E402
 from service.engine._runner import advance_job  # noqa: E402
 from service.schemas.studies import StudyCreate  # noqa: E402
 from service.schemas.trials import ResultCreate  # noqa: E402
 from service.schemas.workers import WorkerCreate  # noqa: E402
+from engine_calls import bench_database  # noqa: E402
 from service_load import study_body, synthetic_losses  # noqa: E402
 
 JOIN_SECRET = "advance-cost-join-secret"
@@ -99,12 +99,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
-    drop = None
-    if args.sqlite:
-        url = f"sqlite:///{Path(tempfile.mkdtemp(prefix='mixopt-advance-cost-')) / 'mixopt.db'}"
-    else:
-        url, drop = scratch_database(args.postgres, "mixopt_advance_cost")
-    backend = "postgres" if url.startswith("postgresql") else "sqlite"
+    url, drop, backend = bench_database(args.sqlite, args.postgres, "mixopt_advance_cost")
     runs = []
     try:
         upgrade(url)

@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import text
@@ -91,6 +92,16 @@ def one_repeat(db: Database, cycles: int, warmup: int, max_held: int | None) -> 
     return cpu
 
 
+def bench_database(sqlite: bool, admin_url: str, name: str) -> tuple[str, Callable[[], None] | None, str]:
+    """A fresh database for one benchmark run: a temporary SQLite file, or a scratch database on
+    the Postgres server of ``admin_url``. Its URL, the function that drops it (``None``: nothing
+    to drop), and the backend's name."""
+    if sqlite:
+        return f"sqlite:///{Path(tempfile.mkdtemp(prefix=name.replace('_', '-') + '-')) / 'mixopt.db'}", None, "sqlite"
+    url, drop = scratch_database(admin_url, name)
+    return url, drop, "postgres"
+
+
 def _select_1(session) -> None:
     session.execute(text("SELECT 1")).scalar_one()
 
@@ -109,12 +120,7 @@ def main() -> None:
     from service.settings import Settings
 
     max_held = Settings(join_secret=JOIN_SECRET).max_leases_per_worker  # the server's default
-    drop = None
-    if args.sqlite:
-        url = f"sqlite:///{Path(tempfile.mkdtemp(prefix='mixopt-engine-calls-')) / 'mixopt.db'}"
-    else:
-        url, drop = scratch_database(args.postgres, "mixopt_engine_calls")
-    backend = "postgres" if url.startswith("postgresql") else "sqlite"
+    url, drop, backend = bench_database(args.sqlite, args.postgres, "mixopt_engine_calls")
     means: dict[str, list[float]] = {k: [] for k in (*CALLS, FLOOR)}
     medians: dict[str, list[float]] = {k: [] for k in (*CALLS, FLOOR)}
     try:
