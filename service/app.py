@@ -31,6 +31,13 @@ from .api.routes import metrics as metrics_route
 
 log = logging.getLogger(__name__)
 
+GC_YOUNG_THRESHOLD = 10_000
+"""The server's first garbage-collector threshold (Python's default: 700 allocations). A request
+allocates and frees hundreds of objects, so at 700 a saturated server collected ~30 times a
+second: 1.3 s of CPU per 33 s and ~20 pauses over 10 ms (up to 39 ms). At 10,000, 5 collections
+in the same window (``benchmarks/service_load.py``; docs/benchmarks.md). Cyclic garbage still
+goes at most 10,000 objects later."""
+
 __all__ = ["create_app"]
 
 
@@ -62,12 +69,15 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         db.listen_work(wakeup.fire, stop_listening)
         # The imports (torch, botorch, ...) leave ~300k long-lived objects, and a full garbage
         # collection walked them all: a ~250 ms pause in whichever request triggered it. Frozen,
-        # collections skip them; unfrozen at shutdown, so that apps made and dropped in one
-        # process (tests) leak nothing.
+        # collections skip them; collections are rarer too (GC_YOUNG_THRESHOLD). Both undone at
+        # shutdown, so that apps made and dropped in one process (tests) leak nothing.
         gc.freeze()
+        thresholds = gc.get_threshold()
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *thresholds[1:])
         try:
             yield
         finally:
+            gc.set_threshold(*thresholds)
             gc.unfreeze()
             stop_listening.set()
             runner.stop()
