@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -120,15 +121,9 @@ def main() -> None:
         print(f"{window['trials_done']:>11} {cpu:>28} {wall:>28} {window['passes']:>7.2f}")
     if args.out:
         args.out.write_text(json.dumps({"backend": backend, "args": {k: str(v) for k, v in vars(args).items()},
-                                        "machine": {"python": platform.python_version(), "cpus": _cpus()},
+                                        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
                                         "runs": runs}, indent=2))
         print(f"wrote {args.out}")
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))
 
 
 if __name__ == "__main__":
