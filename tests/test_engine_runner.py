@@ -196,3 +196,47 @@ def test_a_long_advance_job_does_not_hold_back_the_next(sqlite_url, monkeypatch)
     finally:
         runner.stop()
         db.dispose()
+
+
+def test_notifications_wake_the_runner_once_per_job_and_every_one_is_answered(sqlite_url, monkeypatch):
+    """A completion notifies the runner (hundreds a second at saturation). The runner's loop is
+    woken only when a study becomes due for a job, not on every notification: a wake per
+    notification cost its thread futex calls and GIL hand-offs for nothing. Every notification is
+    still answered by a job that started after it. The engine's ``advance`` is replaced by one
+    that takes 50 ms a pass: the subject is the runner's bookkeeping."""
+    from service.db import Database
+    from service.engine import _runner
+
+    upgrade(sqlite_url)
+    passes: list[float] = []
+
+    def advance(db, study_id, abandon=None) -> bool:
+        time.sleep(0.05)
+        passes.append(time.monotonic())
+        return False
+
+    class CountingCondition(threading.Condition):
+        wakes = 0
+
+        def notify(self, n: int = 1) -> None:
+            CountingCondition.wakes += 1
+            super().notify(n)
+
+    monkeypatch.setattr(_runner, "advance", advance)
+    db = Database(sqlite_url)
+    runner = _runner.EngineRunner(db, sweep_interval_s=3600, recommend_interval_s=3600)
+    runner._cv = CountingCondition()
+    runner.start()
+    try:
+        tickets = []
+        for _ in range(300):  # 1.5 s of notifications, 200 a second, on one study
+            tickets.append(runner.notify(1, results_changed=False))
+            time.sleep(0.005)
+        wait_for(lambda: runner.settled(1, tickets[-1]), 10, 0.01, "the last notification answered")
+        jobs = len(passes)
+        # one wake when the study becomes dirty while no job runs, one when each job ends
+        assert CountingCondition.wakes <= 2 * jobs + 2, (CountingCondition.wakes, jobs)
+        assert jobs < 60, jobs  # coalesced: many notifications to a job
+    finally:
+        runner.stop()
+        db.dispose()
