@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import ARRAY, Integer, any_, bindparam, or_, select
+from sqlalchemy import ARRAY, Integer, Select, any_, bindparam, or_, select
 from sqlalchemy.orm import Session, joinedload, lazyload
 
 from ..db import Study, Trial, TrialSegment, TrialState
@@ -133,17 +134,16 @@ def read_study_trials(session: Session, study_id: int, space: SearchSpace) -> tu
         known = cache.get(study_id)
     if known is not None and len(known.open) > SQLITE_MAX_OPEN and session.get_bind().dialect.name == "sqlite":
         known = None  # each id is one SQL variable there (an old SQLite allows 999): read everything
-    q = select(Trial).where(Trial.study_id == study_id).options(joinedload(Trial.result))
     if known is None:
         known = _Known((), {}, 0, 0.0, -1, 0)
+        q, params = _every_trial(), {"p_study": study_id}
     else:
-        recheck = [i for i, (_, dynamic, _, _) in known.open.items() if not dynamic]
-        dynamic = [i for i, (_, d, _, _) in known.open.items() if d]
-        oldest_open = min((number for *_, number in known.open.values()), default=known.max_number + 1)
-        q = q.where(Trial.number >= oldest_open,
-                    or_(Trial.number > known.max_number, _id_in(session, dynamic),
-                        _id_in(session, recheck) & Trial.state.in_(_TERMINAL)))
-    fresh = sorted(session.scalars(q).unique(), key=lambda t: t.number)
+        q = _incremental_read(session.get_bind().dialect.name == "postgresql")
+        params = {"p_study": study_id, "p_max_number": known.max_number,
+                  "p_oldest_open": min((number for *_, number in known.open.values()), default=known.max_number + 1),
+                  "p_recheck": [i for i, (_, dynamic, _, _) in known.open.items() if not dynamic],
+                  "p_dynamic": [i for i, (_, dynamic, _, _) in known.open.items() if dynamic]}
+    fresh = sorted(session.scalars(q, params).unique(), key=lambda t: t.number)
     segments = load_segments(session, fresh, space.mixture.names)
     records, open_ = list(known.records), dict(known.open)
     done_live, done_cost, max_number, cancelled = known.done_live, known.done_cost, known.max_number, known.cancelled
@@ -175,12 +175,29 @@ def read_study_trials(session: Session, study_id: int, space: SearchSpace) -> tu
     return History(kept), tally
 
 
-def _id_in(session: Session, ids: list[int]):
-    """``Trial.id IN ids``; on Postgres as ``= ANY(array)``, one parameter: thousands of ids
-    rendered one by one cost more CPU to compile than the whole read."""
-    if session.get_bind().dialect.name == "postgresql":
-        return Trial.id == any_(bindparam("ids", ids, type_=ARRAY(Integer), unique=True))
-    return Trial.id.in_(ids)
+@functools.cache
+def _every_trial() -> Select:
+    """A study's trials (``p_study``) with their results: :func:`read_study_trials`' first read."""
+    return select(Trial).where(Trial.study_id == bindparam("p_study")).options(joinedload(Trial.result))
+
+
+@functools.cache
+def _incremental_read(postgres: bool) -> Select:
+    """:func:`read_study_trials`' later reads: of study ``p_study``, from number ``p_oldest_open``
+    on, the trials numbered above ``p_max_number``, those of ids ``p_dynamic``, and those of ids
+    ``p_recheck`` that have ended. Built once: a statement built on each call cost its building,
+    its cache key and the garbage of both, several times a second per busy study. On Postgres an
+    id list is ``= ANY(array)``, one parameter (thousands of ids rendered one by one cost more CPU
+    to compile than the whole read); elsewhere an expanding ``IN``."""
+    def id_in(name: str):
+        if postgres:
+            return Trial.id == any_(bindparam(name, type_=ARRAY(Integer)))
+        return Trial.id.in_(bindparam(name, expanding=True))
+
+    return _every_trial().where(
+        Trial.number >= bindparam("p_oldest_open"),
+        or_(Trial.number > bindparam("p_max_number"), id_in("p_dynamic"),
+            id_in("p_recheck") & Trial.state.in_(_TERMINAL)))
 
 
 def forget_study_trials(session: Session, study_id: int) -> None:
