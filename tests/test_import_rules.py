@@ -129,3 +129,17 @@ def test_no_import_cycle_in_service():
         top = ".".join(module.split(".")[:2])
         packages.setdefault(top, set()).update(".".join(t.split(".")[:2]) for t in targets)
     assert _cycle({p: t - {p} for p, t in packages.items()}) is None
+
+
+def test_the_server_starts_without_torch_or_scipy_stats():
+    """Importing the app (what ``mixopt server`` does at start) imports neither torch nor
+    scipy.stats: together they were 2.6 s of a 3.9 s import and 240 MB of the server's memory.
+    ADMIRE imports torch when it first computes; the Spearman figures import scipy.stats when
+    first asked for."""
+    import subprocess
+    import sys
+
+    code = "import sys, service.app; print(sorted(m for m in ('torch', 'scipy.stats') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from service.strategies import Domain, Fidelity, History, Pool, TrialRecord, create_strategy, make_space, sample_regmix
-from service.strategies._admire import DiscreteMultiFidelityKG, build_model, warp
+from service.strategies._admire import build_model, warp
+from service.strategies._admire_kg import DiscreteMultiFidelityKG
 
 OPT = np.array([0.1, 0.4, 0.2, 0.2, 0.1])
 

@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from scipy.stats import spearmanr
 from sqlalchemy import String, func, or_, select, type_coerce
 from sqlalchemy.orm import Session
 
@@ -400,6 +399,8 @@ def recommendation_history(db: Database, study_id: int, *, after_id: int | None 
 def _rho(a: list[float], b: list[float]) -> float | None:
     if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
+    from scipy.stats import spearmanr  # here, not at the top: scipy.stats adds 0.7 s to the server's start
+
     rho = float(spearmanr(a, b)[0])
     return rho if np.isfinite(rho) else None
 

@@ -32,17 +32,19 @@ result. Fitted GP hyperparameters travel in ``Proposal.meta["gp"]`` and warm-sta
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
-from scipy.stats import spearmanr
 
 from ._base import BaseStrategy, History, Proposal, Recommendation, StrategyParams, TrialRecord, register
 from ._sampling import sample_regmix
+
+if TYPE_CHECKING:  # torch is imported where it is used: the server imports the strategies at start
+    import torch
 
 _INIT_STREAM, _CAND_STREAM = 11, 12
 KG_TARGETS = 256
@@ -101,7 +103,8 @@ PROBE_RADIUS = 0.02
 def warp(w):
     """``sqrt(w + eps) - sqrt(eps)``: the GP sees weights in (nearly) Hellinger geometry, where a
     change from 0 to 1% counts for more than one from 40 to 41%; numpy or torch."""
-    if isinstance(w, torch.Tensor):
+    torch = sys.modules.get("torch")  # without torch imported, ``w`` is no tensor: numpy needs no torch
+    if torch is not None and isinstance(w, torch.Tensor):
         return (w.clamp_min(0) + WARP_EPS).sqrt() - WARP_EPS**0.5
     return np.sqrt(np.clip(w, 0, None) + WARP_EPS) - WARP_EPS**0.5
 
@@ -138,6 +141,8 @@ def build_model(X: torch.Tensor, Y: torch.Tensor, k: int, n_fidelities: int, tar
 def fidelity_correlation(model, target_index: int) -> np.ndarray:
     """``F`` learned correlations of each fidelity's latent objective with the target's (1 for the
     target itself), from the ICM task covariance ``B``: ``B_ft / sqrt(B_ff B_tt)``."""
+    import torch
+
     with torch.no_grad():
         B = model.covar_module.kernels[1].covar_matrix
         d = B.diagonal().sqrt()
@@ -264,12 +269,16 @@ class AdmireStrategy(BaseStrategy):
     def _x(self, weights: np.ndarray, fidelity: str | np.ndarray) -> torch.Tensor:
         """``n x (k + 1)`` model inputs (warped weights, fidelity index) for ``n x k`` weights at a
         fidelity (its name, or ``n`` indices)."""
+        import torch
+
         w = np.atleast_2d(weights)
         s = self.space.fidelity_index(fidelity) if isinstance(fidelity, str) else fidelity
         s = np.broadcast_to(np.asarray(s, float), (len(w),))
         return torch.as_tensor(np.hstack([warp(w), s[:, None]]), dtype=torch.double)
 
     def _train_data(self, trials: list[TrialRecord]) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         X = self._x(np.stack([t.weights for t in trials]), np.array([self.space.fidelity_index(t.fidelity) for t in trials]))
         Y = -torch.tensor([[t.objective] for t in trials], dtype=torch.double)
         return X, Y
@@ -281,6 +290,7 @@ class AdmireStrategy(BaseStrategy):
         warm start holds the joint model's hyperparameters)."""
         from botorch.fit import fit_gpytorch_mll
         from gpytorch.mlls import ExactMarginalLogLikelihood
+        import torch
 
         done = history.completed
         if target_only:
@@ -324,6 +334,9 @@ class AdmireStrategy(BaseStrategy):
         mixture was run at both, about that run's result), so the target results cannot leak into
         it the way they do into the joint posterior. Closed form on the standardised scale:
         ``m_f(X_t) + K(X_t, X_f) (K(X_f, X_f) + noise)^-1 (y_f - m_f(X_f))``."""
+        import torch
+        from scipy.stats import spearmanr
+
         X, y = model.train_inputs[0], model.train_targets
         task = X[:, self.k].round().long()
         on_target = task == self.target_index
@@ -357,6 +370,7 @@ class AdmireStrategy(BaseStrategy):
         """Utility divided by the cost of the candidate's fidelity (looked up by its index)."""
         from botorch.acquisition.cost_aware import InverseCostWeightedUtility
         from botorch.models.deterministic import GenericDeterministicModel
+        import torch
 
         costs = torch.as_tensor(self.space.costs, dtype=torch.double)
 
@@ -372,6 +386,10 @@ class AdmireStrategy(BaseStrategy):
 
     def _acquisition(self, model, targets: np.ndarray, X_pending: torch.Tensor | None):
         """The acquisition function; ``targets`` (``m x k``) discretise the target fidelity."""
+        import torch
+
+        from ._admire_kg import DiscreteMultiFidelityKG
+
         p = self.params
         target_set = torch.as_tensor(targets, dtype=torch.double)
         if p.acquisition == "mes":
@@ -397,6 +415,7 @@ class AdmireStrategy(BaseStrategy):
         Carlo q=1 version with them as ``X_pending``."""
         from botorch.acquisition.analytic import LogExpectedImprovement
         from botorch.acquisition.logei import qLogExpectedImprovement
+        import torch
 
         # a pending cheaper run is no candidate for the target's best (its input would be read at its own fidelity)
         pending = [x for x in pending if bool((x[:, self.k] == self.target_index).all())]
@@ -414,12 +433,16 @@ class AdmireStrategy(BaseStrategy):
 
     @staticmethod
     def _score(acq, X: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+        import torch
+
         with torch.no_grad():
             return torch.cat([acq(X[i : i + chunk].unsqueeze(-2)) for i in range(0, len(X), chunk)])
 
     # ---- proposals ------------------------------------------------------------------------
 
     def propose(self, history: History, n: int) -> list[Proposal]:
+        import torch
+
         if n <= 0:
             return []
         with torch.random.fork_rng():
@@ -475,6 +498,8 @@ class AdmireStrategy(BaseStrategy):
         return self._propose_continuous(history, model, pending, n, gp, budget)
 
     def _propose_pool(self, history, model, pending, n, gp, budget: ProxyBudget) -> list[Proposal]:
+        import torch
+
         pool = self.space.pool
         taken = {(t.pool_index, t.fidelity) for t in history.trials if t.state != "failed"}
         pairs = [(i, f.name) for j, f in enumerate(self.space.fidelities)
@@ -557,6 +582,8 @@ class AdmireStrategy(BaseStrategy):
     def _continuous_candidates(self, history: History, model, rng: np.random.Generator) -> np.ndarray:
         """``c x k`` feasible mixtures: RegMix-style draws, the completed mixtures and local
         perturbations of the best target posterior means among them."""
+        import torch
+
         space = self.space.mixture
         draws = sample_regmix(space, rng, self.params.num_candidates)
         seen = np.stack([t.weights for t in history.completed])
@@ -567,6 +594,8 @@ class AdmireStrategy(BaseStrategy):
         return space.project(np.vstack([draws, seen, local]))
 
     def _propose_continuous(self, history, model, pending, n, gp, budget: ProxyBudget) -> list[Proposal]:
+        import torch
+
         rng = self.rng(history, _CAND_STREAM)
         mixtures = self._continuous_candidates(history, model, rng)
         names = [f.name for f in self.space.fidelities]
@@ -605,6 +634,7 @@ class AdmireStrategy(BaseStrategy):
         """SLSQP from ``starts`` (``r x k``) at a fixed fidelity, under ``sum(w) = 1`` and the bounds."""
         from botorch.acquisition.fixed_feature import FixedFeatureAcquisitionFunction
         from botorch.optim import optimize_acqf
+        import torch
 
         space = self.space.mixture
         s = float(self.space.fidelity_index(fidelity))
@@ -626,6 +656,8 @@ class AdmireStrategy(BaseStrategy):
         return (w, v) if v > v0 else (w0, v0)
 
     def _proposal(self, model, weights, fidelity, score, gp, budget: ProxyBudget, pool_index=None, phase: str = "bo") -> Proposal:
+        import torch
+
         with torch.no_grad():
             post = model.posterior(self._x(weights, fidelity))
         return Proposal(np.asarray(weights, float), fidelity, pool_index=pool_index, predicted=-float(post.mean),
@@ -636,6 +668,8 @@ class AdmireStrategy(BaseStrategy):
     # ---- recommendation -------------------------------------------------------------------
 
     def recommend(self, history: History) -> Recommendation | None:
+        import torch
+
         done = history.completed
         if len(done) < 2:
             return super().recommend(history)
@@ -691,6 +725,8 @@ class AdmireStrategy(BaseStrategy):
     def _loo_predictions(model) -> np.ndarray:
         """``n`` leave-one-out posterior means of the training outcomes, in objective units
         (closed form for an exact GP: ``y_i - [K^-1 y]_i / [K^-1]_ii`` on the standardised scale)."""
+        import torch
+
         X = model.train_inputs[0]
         y = model.train_targets
         with torch.no_grad():
@@ -705,51 +741,9 @@ class AdmireStrategy(BaseStrategy):
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman's rho of two ``n`` vectors; NaN with fewer than two distinct values or pairs."""
+    from scipy.stats import spearmanr
+
     if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
     return float(spearmanr(a, b)[0])
 
-
-class DiscreteMultiFidelityKG(torch.nn.Module):
-    """Cost-aware multi-fidelity knowledge gradient over a finite target set.
-
-    For a candidate ``x`` (any fidelity) and target-fidelity points ``Z`` (``m x d``):
-    ``KG(x) = E[max_z mu'(z)] - max_z mu(z)``, where ``mu'`` is the posterior mean after observing
-    ``y(x)``: ``mu'(z) = mu(z) + Sigma(z, x) / sqrt(Sigma(x, x) + noise) * eps``, ``eps ~ N(0, 1)``
-    (quasi-random samples). Divided by the cost through ``cost_aware_utility``. With pending
-    points the model is conditioned on their fantasies and KG averaged over them.
-    """
-
-    def __init__(self, model, targets: torch.Tensor, cost_aware_utility, *, num_samples: int = 64,
-                 num_fantasies: int = 16, X_pending: torch.Tensor | None = None):
-        super().__init__()
-        from botorch.sampling import SobolQMCNormalSampler
-
-        if X_pending is not None and len(X_pending):
-            model = model.fantasize(X_pending, sampler=SobolQMCNormalSampler(torch.Size([num_fantasies])))
-        self.model = model
-        self.targets = targets
-        self.cost_aware_utility = cost_aware_utility
-        eps = torch.quasirandom.SobolEngine(1, scramble=True).draw(num_samples, dtype=torch.double).squeeze(-1)
-        self.eps = torch.distributions.Normal(0.0, 1.0).icdf(eps.clamp(1e-6, 1 - 1e-6))
-        with torch.no_grad():
-            self.current = model.posterior(targets).mean.squeeze(-1).max(-1).values  # (fantasies)
-
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        """``b`` values for ``b x 1 x d`` candidates."""
-        x = X.squeeze(-2)
-        b = len(x)
-        post = self.model.posterior(torch.cat([x, self.targets]), observation_noise=False)
-        cov = post.distribution.covariance_matrix  # (fantasies) x (b + m) x (b + m)
-        mean = post.mean.squeeze(-1)
-        noise = self.model.posterior(x, observation_noise=True).variance.squeeze(-1) - post.variance.squeeze(-1)[..., :b]
-        var_x = cov.diagonal(dim1=-2, dim2=-1)[..., :b] + noise.clamp_min(0)
-        cross = cov[..., :b, b:]  # (fantasies) x b x m
-        s = cross / var_x.clamp_min(1e-12).sqrt().unsqueeze(-1)
-        mu = mean[..., b:].unsqueeze(-2)  # (fantasies) x 1 x m
-        best = torch.zeros_like(s[..., 0])
-        for eps in self.eps.split(8):  # in slices: samples x (fantasies) x b x m gets large
-            best += (mu + s * eps.view(-1, *([1] * s.dim()))).max(-1).values.sum(0)
-        gain = best / len(self.eps) - self.current.unsqueeze(-1)  # (fantasies) x b
-        gain = gain.reshape(-1, b).clamp_min(0)
-        return self.cost_aware_utility(X=X, deltas=gain).mean(0)
