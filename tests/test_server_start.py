@@ -45,3 +45,40 @@ def test_the_app_collects_garbage_less_often_while_it_serves(settings):
     with TestClient(create_app(settings, migrate=True)):
         assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
     assert gc.get_threshold() == before
+
+
+
+
+_IMPORT_THEN_FREEZE = """
+import gc, sys, threading, time
+from fastapi.testclient import TestClient
+from service.app import STRATEGY_LIBRARIES, create_app
+from service.settings import Settings
+
+settings = Settings(database_url=sys.argv[1], join_secret="x" * 32, data_dir=sys.argv[2])
+assert "torch" not in sys.modules
+with TestClient(create_app(settings, migrate=True)):
+    deadline = time.monotonic() + 120
+    while any(t.name == "mixopt-import" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    imported = all(name in sys.modules for name in STRATEGY_LIBRARIES)
+    torch_dict = sys.modules["torch"].__dict__ if "torch" in sys.modules else None
+    frozen = torch_dict is not None and not any(o is torch_dict for o in gc.get_objects())
+print(imported, frozen, gc.get_freeze_count() == 0)
+"""
+
+
+def test_the_app_imports_the_strategies_libraries_after_start_and_freezes_them(sqlite_url, tmp_path):
+    """The server starts without torch (tests/test_import_rules.py); the serving app imports the
+    strategies' libraries in the background, then freezes the heap with them, so that full
+    collections skip their objects (unfrozen, torch's made each a ~100 ms pause). Nothing stays
+    frozen after shutdown. In a fresh interpreter: this one has torch imported already."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", _IMPORT_THEN_FREEZE, sqlite_url, str(tmp_path / "data")],
+                         cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "True", "True"], (out.stdout, out.stderr[-2000:])
