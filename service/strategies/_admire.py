@@ -41,6 +41,7 @@ import numpy as np
 from pydantic import Field
 
 from ._base import BaseStrategy, History, Proposal, Recommendation, StrategyParams, TrialRecord, register
+from ._regression import spearman
 from ._sampling import sample_regmix
 
 if TYPE_CHECKING:  # torch is imported where it is used: the server imports the strategies at start
@@ -335,7 +336,6 @@ class AdmireStrategy(BaseStrategy):
         it the way they do into the joint posterior. Closed form on the standardised scale:
         ``m_f(X_t) + K(X_t, X_f) (K(X_f, X_f) + noise)^-1 (y_f - m_f(X_f))``."""
         import torch
-        from scipy.stats import spearmanr
 
         X, y = model.train_inputs[0], model.train_targets
         task = X[:, self.k].round().long()
@@ -356,7 +356,7 @@ class AdmireStrategy(BaseStrategy):
                     pred = model.forward(Xq).mean + cross @ torch.linalg.solve(prior.covariance_matrix, y[rows] - prior.mean)
                 except Exception:  # a singular system: nothing measured for this fidelity
                     continue
-                rho = spearmanr(pred.numpy(), y[on_target].numpy())[0]  # both negated: the sign holds
+                rho = spearman(pred.numpy(), y[on_target].numpy())  # both negated: the sign holds
                 out[f.name] = round(float(rho), 4) if np.isfinite(rho) else 0.0
         return out
 
@@ -694,9 +694,9 @@ class AdmireStrategy(BaseStrategy):
                 std = float(post.variance.squeeze(-1)[j].clamp_min(0).sqrt())
             loo = self._loo_predictions(model)
         y = np.array([t.objective for t in done])
-        rho = _spearman(loo, y)
+        rho = spearman(loo, y)
         on_target = np.array([t.fidelity == self.space.target.name for t in done])
-        target_rho = _spearman(loo[on_target], y[on_target])
+        target_rho = spearman(loo[on_target], y[on_target])
         meta = {
             "acquisition": self.params.acquisition,
             "predictions": {int(t.trial_id): float(v) for t, v in zip(done, loo)},
@@ -737,13 +737,4 @@ class AdmireStrategy(BaseStrategy):
             tf = model.outcome_transform
             loo = loo * tf.stdvs.squeeze() + tf.means.squeeze()
         return -loo.numpy()
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rho of two ``n`` vectors; NaN with fewer than two distinct values or pairs."""
-    from scipy.stats import spearmanr
-
-    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(spearmanr(a, b)[0])
 

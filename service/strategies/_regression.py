@@ -184,6 +184,17 @@ def cross_val_predictions(kind: RegressorKind, X: np.ndarray, y: np.ndarray, *, 
     return out
 
 
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rho of two ``n`` vectors (how predictions rank what was measured); NaN with fewer
+    than two distinct values or pairs. scipy.stats is imported here, not at the top: it adds 0.7 s
+    to the server's start."""
+    from scipy.stats import spearmanr
+
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b)[0])
+
+
 class _LRU(OrderedDict):
     """A tiny least-recently-used cache: strategies are rebuilt on every call, fits are not."""
 
