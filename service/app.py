@@ -19,7 +19,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from . import dashboard, metrics
 from .db import Database, upgrade
-from .engine import EngineRunner
+from .engine import EngineRunner, forget_worker
 from .errors import InputError, MixoptError
 from .logs import configure_logging, register_secret
 from .settings import Settings, check_secrets, get_settings
@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
         metrics.instrument_pool(db)
         runner.start()
         stop_listening = threading.Event()
-        db.listen_work(wakeup.fire, stop_listening)
+        db.listen_work(wakeup.fire, stop_listening, on_worker_change=forget_worker)
         # The imports leave hundreds of thousands of long-lived objects, and a full garbage
         # collection walked them all: a pause of 100 ms or more in whichever request triggered it.
         # Frozen, collections skip them; collections are rarer too (GC_YOUNG_THRESHOLD). Both

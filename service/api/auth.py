@@ -46,7 +46,7 @@ async def worker_of(db: Database, settings: Settings, token: str | None) -> Work
     """The worker of ``token``: from this process's cache without a thread hop (every worker
     request passes here), else looked up in the database in the thread pool; 401 otherwise."""
     secret, ttl = resolve_join_secret(settings), settings.worker_token_ttl_s
-    return known_worker(token, secret, ttl) or await run_in_threadpool(authenticate_worker, db, token, secret, ttl)
+    return known_worker(db, token, secret, ttl) or await run_in_threadpool(authenticate_worker, db, token, secret, ttl)
 
 
 async def current_worker(db: DbDep, settings: SettingsDep, credentials: Credentials) -> Worker:

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
-from ..db import HELD, Database, Lease, Trial, Worker, utcnow
+from ..db import HELD, Database, Lease, Trial, Worker, announce_worker_change, utcnow
 from ..engine import forget_worker, join_fingerprint, sweep_expired, token_state
 from ..errors import NotFound
 
@@ -59,6 +59,7 @@ def revoke_worker(db: Database, worker_id: int, join_secret: str | None, ttl_s: 
         if worker is None:
             raise NotFound("worker", worker_id)
         worker.revoked, worker.revoked_at = True, worker.revoked_at or now
+        announce_worker_change(s, worker_id)  # every server process refuses the token at once
         leases = select(Lease.id).where(Lease.worker_id == worker_id, Lease.outcome.is_(None))
         for trial in s.scalars(select(Trial).where(Trial.lease_id.in_(leases), Trial.state.in_(HELD))
                                .with_for_update(of=Trial)):

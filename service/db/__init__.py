@@ -2,7 +2,7 @@
 
 from ._raw import RawStatement
 from ._scratch import scratch_database
-from ._session import Database, alembic_config, announce_work, current_revision, make_engine, upgrade
+from ._session import Database, alembic_config, announce_work, announce_worker_change, current_revision, make_engine, upgrade
 from ._types import utcnow
 from .models import (
     FINAL,
@@ -27,6 +27,7 @@ from .models import (
 
 __all__ = [
     "announce_work",
+    "announce_worker_change",
     "FINAL",
     "HELD",
     "IN_FLIGHT",

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 WORK_CHANNEL = "mixopt_work"
 """The Postgres NOTIFY channel on which trials becoming leasable are announced to every server process."""
+WORKERS_CHANNEL = "mixopt_workers"
+"""The Postgres NOTIFY channel on which a worker whose token changed (revoked, renewed) is announced,
+its id the payload: every server process forgets what it remembered of that worker."""
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -76,6 +79,13 @@ def announce_work(session: Session) -> None:
         session.execute(text(f"SELECT pg_notify('{WORK_CHANNEL}', '')"))
 
 
+def announce_worker_change(session: Session, worker_id: int) -> None:
+    """Worker ``worker_id``'s token changed in ``session``'s transaction (revoked or renewed): on
+    Postgres, NOTIFY every server process at commit (see :meth:`Database.listen_work`)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SELECT pg_notify('{WORKERS_CHANNEL}', :worker)"), {"worker": str(worker_id)})
+
+
 class Database:
     """An engine, its session factory, and the threads that run :meth:`transact`'s transactions."""
 
@@ -85,6 +95,9 @@ class Database:
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
         self.pool_size = pool_size
         self._threads: ThreadPoolExecutor | None = None  # started by the first transact()
+        self.hears_worker_changes = False
+        """Whether this process's listener (:meth:`listen_work`) is connected now: every change of
+        a worker's token announced from then on reaches it."""
 
     @property
     def is_postgres(self) -> bool:
@@ -154,9 +167,13 @@ class Database:
             self._threads = None
         self.engine.dispose()
 
-    def listen_work(self, on_work: Callable[[], None], stop: threading.Event) -> threading.Thread | None:
+    def listen_work(self, on_work: Callable[[], None], stop: threading.Event,
+                    on_worker_change: Callable[[int | None], None] = lambda _: None) -> threading.Thread | None:
         """On Postgres, a daemon thread that calls ``on_work`` on each NOTIFY of :meth:`announce_work`
-        (from any server process) until ``stop`` is set; ``None`` on SQLite."""
+        and ``on_worker_change(worker_id)`` on each of :func:`announce_worker_change` (from any
+        server process) until ``stop`` is set; ``None`` on SQLite. Whenever it (re)connects or loses
+        its connection, it calls both as if everything had changed (``on_worker_change(None)``):
+        what was announced while it did not listen is not missed."""
         if not self.is_postgres:
             return None
         import psycopg
@@ -168,13 +185,22 @@ class Database:
                 try:
                     with psycopg.connect(url, autocommit=True) as conn:
                         conn.execute(f"LISTEN {WORK_CHANNEL}")
-                        on_work()  # anything announced while not listening
+                        conn.execute(f"LISTEN {WORKERS_CHANNEL}")
+                        self.hears_worker_changes = True
+                        on_worker_change(None)
+                        on_work()
                         while not stop.is_set():
-                            for _ in conn.notifies(timeout=1.0):
-                                on_work()
+                            for notice in conn.notifies(timeout=1.0):
+                                if notice.channel == WORKERS_CHANNEL:
+                                    on_worker_change(int(notice.payload))
+                                else:
+                                    on_work()
                 except Exception as e:  # the database restarts: listen again shortly
                     log.warning("work listener reconnecting: %s", type(e).__name__)
                     stop.wait(1.0)
+                finally:
+                    self.hears_worker_changes = False
+                    on_worker_change(None)
 
         thread = threading.Thread(target=loop, name="mixopt-listen", daemon=True)
         thread.start()

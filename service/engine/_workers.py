@@ -19,7 +19,7 @@ from sqlalchemy import (Engine, Select, Update, and_, bindparam, case, func, ins
                         type_coerce, update)
 from sqlalchemy.orm import Session, lazyload
 
-from ..db import HELD, Database, RawStatement, Fidelity, Lease, Study, StudyState, Trial, TrialState, Worker, one_of, utcnow
+from ..db import HELD, Database, RawStatement, announce_worker_change, Fidelity, Lease, Study, StudyState, Trial, TrialState, Worker, one_of, utcnow
 from ..errors import Conflict, Forbidden, NotFound, Unauthorized
 from ..schemas.leases import Heartbeat, HeartbeatAnswer, LeaseFail, LeasedTrial, LeaseItem, LeaseOutcome
 from ..schemas.trials import FailCreate, ResultCreate
@@ -37,7 +37,12 @@ LAST_SEEN_RESOLUTION_S = 5.0
 """``Worker.last_seen_at`` is written at most this often: not every lease and heartbeat writes the row."""
 WORKER_CACHE_S = 5.0
 """A worker found by its token is remembered this long per process: a worker revoked in the
-database is refused within this many seconds."""
+database is refused within this many seconds (SQLite, or while the process's listener is down)."""
+WORKER_CACHE_HEARD_S = 60.0
+"""The same while the process hears every change of a worker's token (Postgres: the listener of
+:meth:`Database.listen_work` is connected), which evicts the worker at once. A fleet's worker calls
+every ~10 s, so the short bound made nearly every call look its worker up again; this one still
+bounds an entry's age should a change be missed (a token revoked by an update by hand)."""
 LAZY_SWEEP_INTERVAL_S = 0.2
 """Lease calls sweep expired leases themselves (besides the engine's sweeper), at most this often per process."""
 _last_lazy_sweep: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -94,7 +99,9 @@ def register_worker(db: Database, body: WorkerCreate, join_secret: str,
         else:
             for key, value in fields.items():
                 setattr(worker, key, value)
-            forget_worker(worker.id)  # the old token's cached entry
+            announce_worker_change(s, worker.id)  # other processes forget the old token
+    if old_token:
+        forget_worker(worker.id)  # the old token's cached entry
     return worker, token
 
 
@@ -118,25 +125,39 @@ _REFUSALS = {
 
 
 _known_workers: dict[str, tuple[float, Worker]] = {}
-"""Token hash -> (when read, worker): worker endpoints skip the lookup for ``WORKER_CACHE_S``."""
+"""Token hash -> (when read, worker): worker endpoints skip the lookup for :func:`cache_bound_s`."""
+_worker_changes = 0
+"""How many times this process forgot workers: a worker read from the database is remembered only
+if no change was heard while it was read (else the read may predate a revocation heard meanwhile)."""
 
 
-def forget_worker(worker_id: int) -> None:
-    """Drop ``worker_id`` from this process's cache (revoked, or its token renewed): this process
-    refuses the old token at once, other server processes within ``WORKER_CACHE_S``."""
+def forget_worker(worker_id: int | None) -> None:
+    """Drop ``worker_id`` (every worker when ``None``) from this process's cache: it was revoked or
+    its token renewed, here or (announced by NOTIFY) in another process."""
+    global _worker_changes
+    _worker_changes += 1
+    if worker_id is None:
+        _known_workers.clear()
+        return
     for digest, (_, w) in list(_known_workers.items()):
         if w.id == worker_id:
             _known_workers.pop(digest, None)
 
 
-def known_worker(token: str | None, join_secret: str, ttl_s: float | None = None) -> Worker | None:
+def cache_bound_s(db: Database) -> float:
+    """How long a worker read from ``db`` is remembered: :data:`WORKER_CACHE_HEARD_S` while this
+    process hears every change of a worker, :data:`WORKER_CACHE_S` otherwise."""
+    return WORKER_CACHE_HEARD_S if db.hears_worker_changes else WORKER_CACHE_S
+
+
+def known_worker(db: Database, token: str | None, join_secret: str, ttl_s: float | None = None) -> Worker | None:
     """:func:`authenticate_worker` without the database: the worker of ``token`` when this process
-    read it less than ``WORKER_CACHE_S`` ago and it is still active; ``None`` otherwise (ask
+    read it less than :func:`cache_bound_s` ago and it is still active; ``None`` otherwise (ask
     :func:`authenticate_worker`, which also says why a token is refused)."""
     if not token:
         return None
     hit = _known_workers.get(hash_token(token))
-    if hit is None or time.monotonic() - hit[0] >= WORKER_CACHE_S:
+    if hit is None or time.monotonic() - hit[0] >= cache_bound_s(db):
         return None
     if token_state(hit[1], join_fingerprint(join_secret), ttl_s, utcnow()) != "active":
         return None
@@ -144,7 +165,7 @@ def known_worker(token: str | None, join_secret: str, ttl_s: float | None = None
 
 
 def authenticate_worker(db: Database, token: str | None, join_secret: str, ttl_s: float | None = None) -> Worker:
-    """The worker of ``token`` (cached per process for ``WORKER_CACHE_S``); 401 for an unknown,
+    """The worker of ``token`` (cached per process, :func:`cache_bound_s`); 401 for an unknown,
     revoked or expired token, or one issued under another join secret than ``join_secret``."""
     if not token:
         raise Unauthorized("a worker token is required (Authorization: Bearer ...)")
@@ -152,23 +173,30 @@ def authenticate_worker(db: Database, token: str | None, join_secret: str, ttl_s
     fingerprint = join_fingerprint(join_secret)
     now = time.monotonic()
     hit = _known_workers.get(digest)
-    if hit is not None and now - hit[0] < WORKER_CACHE_S:
+    if hit is not None and now - hit[0] < cache_bound_s(db):
         worker = hit[1]
     else:
-        with db.session() as s:
-            worker = s.scalars(select(Worker).where(Worker.token_hash == digest)).one_or_none()
-            if worker is not None and worker.join_fingerprint is None and not worker.revoked:
-                worker.join_fingerprint = fingerprint  # issued before fingerprints were kept: adopted by this secret
+        changes = _worker_changes
+        worker = _read_worker(db, digest, fingerprint)
         if worker is None:
             _known_workers.pop(digest, None)
             raise Unauthorized(_REFUSALS["revoked"])
         if len(_known_workers) > 100_000:  # bounded: forget everything rather than grow
             _known_workers.clear()
-        _known_workers[digest] = (now, worker)
+        if changes == _worker_changes:
+            _known_workers[digest] = (now, worker)
     state = token_state(worker, fingerprint, ttl_s, utcnow())
     if state != "active":
         _known_workers.pop(digest, None)
         raise Unauthorized(_REFUSALS[state])
+    return worker
+
+
+def _read_worker(db: Database, digest: str, fingerprint: str) -> Worker | None:
+    with db.session() as s:
+        worker = s.scalars(select(Worker).where(Worker.token_hash == digest)).one_or_none()
+        if worker is not None and worker.join_fingerprint is None and not worker.revoked:
+            worker.join_fingerprint = fingerprint  # issued before fingerprints were kept: adopted by this secret
     return worker
 
 
