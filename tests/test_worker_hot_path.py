@@ -8,6 +8,9 @@ import time
 
 import pytest
 
+from sqlalchemy import select
+
+from service.db import Database, Worker
 from service.engine import _workers
 from service.testing import WORKER_LOOKUP, StatementCounter
 from tests.conftest import JOIN_SECRET, wait_for
@@ -20,10 +23,10 @@ COMPLETE = "POST /api/v1/leases/{id}/complete"
 # Statements per request in the steady state (worker token cached, last-seen written recently, no
 # lazy sweep due). SQLite counts the BEGIN IMMEDIATE of each transaction; Postgres begins implicitly.
 BOUNDS = {
-    "sqlite": {"lease": 5, "heartbeat": 3, "heartbeat_curve": 4, "complete": 4, "heartbeat_unknown": 4,
-               "complete_unknown": 5},
-    "postgres": {"lease": 2, "heartbeat": 1, "heartbeat_curve": 2, "complete": 1, "heartbeat_unknown": 3,
-                 "complete_unknown": 4},
+    "sqlite": {"lease": 5, "heartbeat": 3, "heartbeat_seen": 4, "heartbeat_curve": 4, "complete": 4,
+               "heartbeat_unknown": 4, "complete_unknown": 5},
+    "postgres": {"lease": 2, "heartbeat": 1, "heartbeat_seen": 1, "heartbeat_curve": 2, "complete": 1,
+                 "heartbeat_unknown": 3, "complete_unknown": 4},
 }
 SEGMENT_BOUNDS = {"sqlite": 7, "postgres": 6}
 """A segment report of an online trial: the lease with its locked trial, the study, the attempt's
@@ -34,7 +37,9 @@ AIOLI = {"n_runs": 1, "update_steps": 40, "lp_rounds": 1, "lp_steps": 2, "eta": 
 """lease: the worker's lease count, the oldest fitting queued trial (locked), the lease INSERT,
 the trial UPDATE; on Postgres the worker's row locked, then one statement for all four.
 heartbeat: one ``UPDATE trials ... RETURNING`` and the lease's UPDATE (on Postgres one statement,
-the second reading the first's RETURNING); a curve point adds one INSERT. complete: the trial's
+the second reading the first's RETURNING); a curve point adds one INSERT. heartbeat_seen: a
+heartbeat when the worker's last-seen time is due (every heartbeat of a fleet's worker): its UPDATE
+too, on Postgres in the same statement. complete: the trial's
 UPDATE (its WHERE holds the checks), the lease's UPDATE and the result's INSERT, on Postgres in
 one statement. heartbeat_unknown, complete_unknown: a lease this process did not grant (another
 server process did) is read first (complete: with its locked trial, then the three writes)."""
@@ -74,6 +79,7 @@ def test_statements_per_worker_request(counted, db_url, monkeypatch):
     backend = "postgres" if db_url.startswith("postgresql") else "sqlite"
     bounds = BOUNDS[backend]
     _, auth = _setup(client)
+    me = client.get("/api/v1/workers/me", headers=auth).json()["id"]
     client.post("/api/v1/leases", json={"wait_s": 5}, headers=auth)  # the first sweep, token lookup, last seen
     # then put the periodic extras off, so that each request's count is its steady-state one
     monkeypatch.setattr(_workers, "LAZY_SWEEP_INTERVAL_S", 1e9)
@@ -103,6 +109,19 @@ def test_statements_per_worker_request(counted, db_url, monkeypatch):
         hb = client.post(f"/api/v1/leases/{lid}/heartbeat", headers=auth, json={"progress": {"step": 8}})
         assert hb.status_code == 200 and hb.json()["action"] == "continue", hb.text
         seen["heartbeat"].append(len(_statements(counter, HEARTBEAT)))
+
+        monkeypatch.setattr(_workers, "LAST_SEEN_RESOLUTION_S", 0.0)
+        before = client.get("/api/v1/workers/me", headers=auth).json()["last_seen_at"]
+        counter.clear()
+        hb = client.post(f"/api/v1/leases/{lid}/heartbeat", headers=auth, json={"progress": {"step": 9}})
+        assert hb.status_code == 200 and hb.json()["action"] == "continue", hb.text
+        seen["heartbeat_seen"].append(len(_statements(counter, HEARTBEAT)))
+        monkeypatch.setattr(_workers, "LAST_SEEN_RESOLUTION_S", 1e9)
+        db = Database(db_url)
+        with db.session() as s:
+            seen_at = s.scalars(select(Worker.last_seen_at).where(Worker.id == me)).one()
+        db.dispose()
+        assert seen_at.isoformat() > before, (seen_at, before)
 
         if i == 1:
             _workers._lease_routes.clear()
@@ -194,6 +213,7 @@ def test_postgres_worker_calls_run_alone_in_the_steady_state(counted, db_url, mo
         return await run_alone(self, fn, *args)
 
     _, auth = _setup(client)
+    me = client.get("/api/v1/workers/me", headers=auth).json()["id"]
     client.post("/api/v1/leases", json={"wait_s": 5}, headers=auth)  # the first sweep, token lookup, last seen
     monkeypatch.setattr(_workers, "LAZY_SWEEP_INTERVAL_S", 1e9)
     monkeypatch.setattr(_workers, "LAST_SEEN_RESOLUTION_S", 1e9)

@@ -587,8 +587,8 @@ async def heartbeat_async(db: Database, lease_id: str, worker: Worker, body: Hea
 
 def _heartbeat_alone(connection, db: Database, lease_id: str, worker: Worker, body: Heartbeat) -> HeartbeatAnswer | None:
     """Postgres, the common case of a heartbeat: :func:`_renew_postgres` as a transaction of its
-    own, for a lease this process knows (with the worker's last-seen time, when due, in one
-    transaction). ``None`` (nothing written) when the lease or its study's constants are not known
+    own, for a lease this process knows (with the worker's last-seen time, when due, in the same
+    statement). ``None`` (nothing written) when the lease or its study's constants are not known
     here, or the statement renews nothing: the caller then runs :func:`_heartbeat`, which says why
     or renews it."""
     now = utcnow()
@@ -599,18 +599,14 @@ def _heartbeat_alone(connection, db: Database, lease_id: str, worker: Worker, bo
     if const is None:
         return None
     progress = _progress(body, now)
-    renew = _raw(db, _renew_postgres)
+    touch = _touch_due(worker, now)
     params = dict(p_trial=route[0], p_study=route[1], p_lease=lease_id, p_now=now,
-                  p_expires=now + timedelta(seconds=const.lease_seconds), p_progress=progress)
-    if _touch_due(worker, now):  # both writes in one transaction: one commit (a WAL flush), not two
-        with connection.transaction():
-            rows = renew.run(connection, params)
-            if rows:
-                _touch_alone(connection, db, worker, now)
-    else:
-        rows = renew.run(connection, params)
+                  p_expires=now + timedelta(seconds=const.lease_seconds), p_progress=progress, p_worker=worker.id)
+    rows = _raw(db, _renew_postgres, touch).run(connection, params)
     if not rows:
         return None
+    if touch:
+        worker.last_seen_at = now  # the cached worker: the next calls within the resolution write nothing
     expires_at, study_state = rows[0]
     if StudyState(study_state) in _STOP:
         return HeartbeatAnswer(action="stop", expires_at=expires_at, reason=f"study {StudyState(study_state).value}")
@@ -694,16 +690,26 @@ def _renew_trial() -> Update:
 
 
 @functools.cache
-def _renew_postgres() -> Update:
+def _renew_postgres(touch: bool = False) -> Update:
     """:func:`_renew`'s statement on Postgres: the trial's renewal (:func:`_renew_trial`) as a CTE
-    that the lease's update reads. Parameters: :func:`_renew_trial`'s and ``p_progress``."""
-    leases, when = Lease.__table__, Trial.lease_expires_at.type
+    that the lease's update reads. Parameters: :func:`_renew_trial`'s and ``p_progress``. With
+    ``touch``, the worker's ``last_seen_at`` is set to ``p_now`` in the same statement when the
+    trial was renewed (parameter ``p_worker``): a fleet's heartbeats come further apart than
+    :data:`LAST_SEEN_RESOLUTION_S`, so each wrote two statements in a transaction of its own
+    (four round trips) before."""
+    leases, workers, when = Lease.__table__, Worker.__table__, Trial.lease_expires_at.type
+    now = bindparam("p_now", type_=when)
     renewed = _renew_trial().cte("renewed")
-    return (update(leases).where(leases.c.id == bindparam("p_lease", type_=leases.c.id.type),
-                                 leases.c.trial_id == renewed.c.id)
-            .values(expires_at=renewed.c.lease_expires_at, last_heartbeat_at=bindparam("p_now", type_=when),
-                    progress=bindparam("p_progress", type_=leases.c.progress.type))
-            .returning(renewed.c.lease_expires_at, renewed.c.study_state))
+    statement = (update(leases).where(leases.c.id == bindparam("p_lease", type_=leases.c.id.type),
+                                      leases.c.trial_id == renewed.c.id)
+                 .values(expires_at=renewed.c.lease_expires_at, last_heartbeat_at=now,
+                         progress=bindparam("p_progress", type_=leases.c.progress.type))
+                 .returning(renewed.c.lease_expires_at, renewed.c.study_state))
+    if not touch:
+        return statement
+    touched = (update(workers).where(workers.c.id == bindparam("p_worker"), select(renewed.c.id).exists())
+               .values(last_seen_at=now).cte("touched"))
+    return statement.add_cte(touched)
 
 
 def _renew_checked(s: Session, lease_id: str, worker: Worker, now: datetime,
