@@ -213,7 +213,6 @@ def test_postgres_worker_calls_run_alone_in_the_steady_state(counted, db_url, mo
         return await run_alone(self, fn, *args)
 
     _, auth = _setup(client)
-    me = client.get("/api/v1/workers/me", headers=auth).json()["id"]
     client.post("/api/v1/leases", json={"wait_s": 5}, headers=auth)  # the first sweep, token lookup, last seen
     monkeypatch.setattr(_workers, "LAZY_SWEEP_INTERVAL_S", 1e9)
     monkeypatch.setattr(_workers, "LAST_SEEN_RESOLUTION_S", 1e9)
