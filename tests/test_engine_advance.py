@@ -243,3 +243,47 @@ def test_an_incremental_read_is_one_statement_from_the_oldest_open_trial_on(migr
     assert oldest_open in (parameters.values() if isinstance(parameters, dict) else parameters)
     assert "trials.number >=" in statement
     assert len(history.trials) == 15 and tally.in_flight == 3
+
+
+def test_the_incremental_reads_generic_plan_finds_open_ids_by_hash(postgres_url):
+    """psycopg prepares a statement on its fifth run, and Postgres may then run one generic plan
+    for every set of parameters. There, an id list compared with ``= ANY($n)`` is searched from
+    start to end for each row it filters: with 2,000 open trials (a fleet of 1,000 at parallelism
+    2,000) each read took 115 ms of the database's CPU, against 1-2 ms when planned for its values.
+    The read asks ``IN (SELECT unnest($n))`` instead, a hashed subplan whatever the plan."""
+    import re
+
+    from sqlalchemy.dialects import postgresql
+
+    from service.db import upgrade
+    from service.engine._spec import _incremental_read
+
+    upgrade(postgres_url)
+    statement = _incremental_read(True).compile(dialect=postgresql.dialect()).string
+    statement = re.sub(r"__\[POSTCOMPILE_(\w+)\]", lambda m: ", ".join(f"%({m.group(1)}_{i})s" for i in (1, 2, 3)),
+                       statement)  # the terminal states (an expanding IN)
+    names: list[str] = []
+
+    def numbered(match: re.Match) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    sql = re.sub(r"%\((\w+)\)s", numbered, statement)
+    values = {"p_study": 1, "p_oldest_open": 0, "p_max_number": 10, "p_dynamic": "{}", "p_recheck": "{1,2,3}",
+              "state_1_1": "completed", "state_1_2": "failed", "state_1_3": "cancelled"}
+    db = Database(postgres_url)
+    try:
+        with db.engine.connect() as c:
+            raw = c.connection.driver_connection
+            raw.execute("SET plan_cache_mode = force_generic_plan")
+            raw.execute(f"PREPARE incremental AS {sql}")
+            arguments = ", ".join(f"'{values[n]}'" for n in names)  # constants: EXECUTE's own are not typed
+            plan = "\n".join(row[0] for row in raw.execute(f"EXPLAIN EXECUTE incremental({arguments})"))
+            raw.execute("DEALLOCATE incremental")
+            c.rollback()
+    finally:
+        db.dispose()
+    assert "$" in plan, plan  # the generic plan: parameters, not values
+    assert not re.search(r"\bid = ANY \(\$\d+", plan), plan
+    assert "hashed SubPlan" in plan, plan
