@@ -240,3 +240,92 @@ def test_notifications_wake_the_runner_once_per_job_and_every_one_is_answered(sq
     finally:
         runner.stop()
         db.dispose()
+
+
+def test_a_study_with_trials_to_spare_is_advanced_once_a_quarter_of_them_may_be_taken(sqlite_url, monkeypatch):
+    """With 40 trials queued, single completions start no ``advance`` job (each costs a read of the
+    study's open trials) until ten have arrived, or ``batch_wait_s`` has passed; a study without
+    trials to spare is advanced at once, as before. Real engine on SQLite: completions are
+    reported through the engine, and the runner is told of each as the routes tell it."""
+    from service.db import Database
+    from service.engine import _runner, change_state, create_study, load_trials, report_result
+    from service.engine._trials import grant_lease
+    from service.schemas.studies import StudyCreate
+    from service.schemas.trials import ResultCreate
+
+    upgrade(sqlite_url)
+    db = Database(sqlite_url)
+    jobs: list[float] = []
+    job = _runner.advance_job
+
+    def counted_job(*args, **kwargs):
+        jobs.append(time.monotonic())
+        return job(*args, **kwargs)
+
+    monkeypatch.setattr(_runner, "advance_job", counted_job)
+
+    def queued(study_id: int) -> list:
+        with db.session() as s:
+            return [t for t in load_trials(s, study_id) if t.state.value == "queued"]
+
+    def complete(study_id: int) -> None:
+        with db.session() as s:
+            trial = next(t for t in load_trials(s, study_id) if t.state.value == "queued")
+            lease_id = grant_lease(s, trial, 60.0).id
+            trial_id, mixture, fidelity = trial.id, dict(trial.mixture), trial.fidelity.name
+        report_result(db, trial_id, ResultCreate(losses=known_losses(mixture, fidelity), lease_id=lease_id))
+        runner.notify(study_id)
+
+    runner = _runner.EngineRunner(db, sweep_interval_s=3600, recommend_interval_s=3600, advance_interval_s=0.0,
+                                  batch_wait_s=30.0)
+    runner.start()
+    try:
+        with db.session() as s:
+            deep = create_study(s, StudyCreate.model_validate(study_body(parallelism=40, budget={"max_trials": 500}))).id
+            shallow = create_study(s, StudyCreate.model_validate(study_body(parallelism=2, budget={"max_trials": 500}))).id
+        for study_id, size in ((deep, 40), (shallow, 2)):
+            change_state(db, study_id, "start")
+            runner.notify(study_id)
+            wait_for(lambda: len(queued(study_id)) == size and not runner._jobs, 30, 0.05, "the first trials")
+        before = len(jobs)
+        for _ in range(9):  # 40 queued: a quarter is 10
+            complete(deep)
+        time.sleep(1.0)
+        assert len(jobs) == before, "an advance started with 31 trials still queued"
+        complete(deep)
+        wait_for(lambda: len(queued(deep)) == 40, 10, 0.05, "the tenth completion's refill")
+        assert len(jobs) == before + 1
+
+        complete(shallow)  # one of two taken: refilled at once
+        wait_for(lambda: len(queued(shallow)) == 2, 5, 0.05, "the shallow study's refill")
+    finally:
+        runner.stop()
+        db.dispose()
+
+
+def test_an_urgent_notification_advances_a_study_with_trials_to_spare_at_once(sqlite_url):
+    """An ``ask`` that found too few trials (or a state change) does not wait for a quarter of the
+    queue to be taken: the runner advances the study at once."""
+    from service.db import Database
+    from service.engine import _runner, change_state, create_study, load_trials
+    from service.schemas.studies import StudyCreate
+
+    upgrade(sqlite_url)
+    db = Database(sqlite_url)
+    runner = _runner.EngineRunner(db, sweep_interval_s=3600, recommend_interval_s=3600, batch_wait_s=30.0)
+    runner.start()
+    try:
+        with db.session() as s:
+            sid = create_study(s, StudyCreate.model_validate(study_body(parallelism=40, budget={"max_trials": 500}))).id
+        change_state(db, sid, "start")
+        runner.notify(sid, urgent=True)
+        wait_for(lambda: runner.settled(sid, 1) and not runner._jobs, 30, 0.05, "the first trials")
+        ticket = runner.notify(sid, results_changed=False, urgent=True)
+        t0 = time.monotonic()
+        wait_for(lambda: runner.settled(sid, ticket), 10, 0.01, "the urgent advance")
+        assert time.monotonic() - t0 < 5.0
+        with db.session() as s:
+            assert len(load_trials(s, sid)) == 40
+    finally:
+        runner.stop()
+        db.dispose()

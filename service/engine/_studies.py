@@ -393,6 +393,13 @@ def next_trial_number(s: Session, study_id: int) -> int:
     return s.scalar(select(func.coalesce(func.max(Trial.number), -1)).where(Trial.study_id == study_id)) + 1
 
 
+def queued_trials(db: Database, study_id: int) -> int:
+    """How many of the study's trials wait in the queue (one index range of ``(study_id, state)``)."""
+    with db.session() as s:
+        return s.scalar(select(func.count()).select_from(Trial)
+                        .where(Trial.study_id == study_id, Trial.state == TrialState.queued)) or 0
+
+
 def running_study_fingerprints(s: Session) -> dict[int, tuple]:
     """Per running study, a value that changes whenever a trial is created or changes state
     (counts per state, largest number): the engine need not look again at a study whose

@@ -28,7 +28,7 @@ def create_study(body: StudyCreate, db: DbDep, runner: RunnerDep) -> StudyPublic
     study_id = engine.add_study(db, body)
     if body.start:
         engine.change_state(db, study_id, "start")
-        runner.notify(study_id, results_changed=False)
+        runner.notify(study_id, results_changed=False, urgent=True)
     return engine.read_study(db, study_id)
 
 
@@ -52,7 +52,7 @@ def read_study(study_id: StudyId, db: DbDep) -> StudyPublic:
 def _state_change(action: str):
     def handler(study_id: StudyId, db: DbDep, runner: RunnerDep, body: StudyAction | None = None) -> StudyPublic:
         engine.change_state(db, study_id, action, body.reason if body else None)
-        runner.notify(study_id, results_changed=False)
+        runner.notify(study_id, results_changed=False, urgent=True)
         return engine.read_study(db, study_id)
 
     handler.__name__ = f"{action}_study"
@@ -83,7 +83,7 @@ async def ask(study_id: StudyId, body: AskRequest, db: DbDep, settings: Settings
     out = await run_in_threadpool(engine.ask, db, study_id, body, settings.ask_lease_seconds, take_fewer=False)
     if out is not None:
         return out
-    ticket = runner.notify(study_id, results_changed=False)
+    ticket = runner.notify(study_id, results_changed=False, urgent=True)
     while True:
         token = wakeup.token()
         last = runner.settled(study_id, ticket) or time.monotonic() >= deadline
