@@ -697,7 +697,7 @@ def _renew_postgres(touch: bool = False) -> Update:
     trial was renewed (parameter ``p_worker``): a fleet's heartbeats come further apart than
     :data:`LAST_SEEN_RESOLUTION_S`, so each wrote two statements in a transaction of its own
     (four round trips) before."""
-    leases, workers, when = Lease.__table__, Worker.__table__, Trial.lease_expires_at.type
+    leases, when = Lease.__table__, Trial.lease_expires_at.type
     now = bindparam("p_now", type_=when)
     renewed = _renew_trial().cte("renewed")
     statement = (update(leases).where(leases.c.id == bindparam("p_lease", type_=leases.c.id.type),
@@ -707,9 +707,7 @@ def _renew_postgres(touch: bool = False) -> Update:
                  .returning(renewed.c.lease_expires_at, renewed.c.study_state))
     if not touch:
         return statement
-    touched = (update(workers).where(workers.c.id == bindparam("p_worker"), select(renewed.c.id).exists())
-               .values(last_seen_at=now).cte("touched"))
-    return statement.add_cte(touched)
+    return statement.add_cte(_touch_statement().where(select(renewed.c.id).exists()).cte("touched"))
 
 
 def _renew_checked(s: Session, lease_id: str, worker: Worker, now: datetime,
