@@ -238,3 +238,62 @@ def test_postgres_worker_calls_run_alone_in_the_steady_state(counted, db_url, mo
     hb = client.post(f"/api/v1/leases/{g.json()['lease_id']}/heartbeat", headers=auth, json={})
     assert hb.status_code == 200 and calls == ["alone _lease_alone", "alone _heartbeat_alone"]
     assert client.get("/api/v1/workers").json()["items"][0]["last_seen_at"] > seen
+
+
+def test_postgres_worker_calls_are_one_round_trip_each(counted, db_url, monkeypatch):
+    """On Postgres a lease (with the worker's last-seen time due, its lock and the lease statement),
+    a heartbeat and a result each wait for the server once, counted in libpq's protocol trace."""
+    import tempfile
+
+    from psycopg import pq
+
+    from service.db import Database
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite runs every call in a session")
+    client, _ = counted
+    trips: dict[str, int] = {}
+    alone = Database._alone
+
+    def traced_alone(self, fn, *args):
+        def traced(connection, *rest):
+            with tempfile.TemporaryFile("w+") as trace:
+                connection.pgconn.trace(trace.fileno())
+                connection.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+                try:
+                    return fn(connection, *rest)
+                finally:
+                    connection.pgconn.untrace()
+                    trace.seek(0)
+                    sent = [line.split("\t")[2].split()[0] for line in trace if line.startswith("F\t")]
+                    trips[fn.__name__] = _round_trips(sent)
+        return alone(self, traced, *args)
+
+    _, auth = _setup(client)
+    client.post("/api/v1/leases", json={"wait_s": 5}, headers=auth)  # the first sweep, token lookup, study constants
+    monkeypatch.setattr(_workers, "LAZY_SWEEP_INTERVAL_S", 1e9)
+    monkeypatch.setattr(_workers, "LAST_SEEN_RESOLUTION_S", 0.0)  # a fleet's worker: every call writes last-seen
+    monkeypatch.setattr(Database, "_alone", traced_alone)
+    g = client.post("/api/v1/leases", json={"wait_s": 5}, headers=auth)
+    assert g.status_code == 200, g.text
+    lid, mixture = g.json()["lease_id"], g.json()["trial"]["mixture"]
+    assert client.post(f"/api/v1/leases/{lid}/heartbeat", headers=auth, json={}).json()["action"] == "continue"
+    done = client.post(f"/api/v1/leases/{lid}/complete", headers=auth, json={"losses": known_losses(mixture)})
+    assert done.status_code == 200 and done.json()["duplicate"] is False, done.text
+    assert trips == {"_lease_alone": 1, "_heartbeat_alone": 1, "_complete_alone": 1}
+
+
+def _round_trips(sent: list[str]) -> int:
+    """Round trips that run statements, of the messages a client sent (libpq's trace): each ``Query``
+    (the simple protocol, as psycopg sends ``BEGIN`` and ``COMMIT``) and each ``Sync`` after an
+    ``Execute``. A ``Sync`` after a lone ``Parse`` prepares a statement on a connection that had not
+    run it yet, once per connection."""
+    trips, executed = 0, False
+    for kind in sent:
+        if kind == "Query":
+            trips += 1
+        elif kind == "Execute":
+            executed = True
+        elif kind == "Sync":
+            trips, executed = trips + executed, False
+    return trips

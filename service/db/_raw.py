@@ -41,13 +41,25 @@ class RawStatement:
     def run(self, connection, params: dict[str, Any]) -> list[tuple]:
         """Rows of the statement on ``connection`` (a driver connection), values through their
         column types' result processors."""
+        with self.send(connection, params) as cursor:
+            return self.rows(cursor)
+
+    def send(self, connection, params: dict[str, Any]):
+        """Execute the statement on a cursor of ``connection`` and return the cursor (the caller
+        closes it). In the connection's pipeline mode, it is only queued: its rows can be read
+        (:meth:`rows`) once the pipeline has synced, so that several statements and their
+        transaction's ``BEGIN`` and ``COMMIT`` make one round trip."""
         values = self._compiled.construct_params(params)
         for name, processor in self._bind.items():
             values[name] = processor(values[name])
         for listener in STATEMENT_LISTENERS:
             listener(self.sql)
-        with connection.cursor() as cursor:
-            cursor.execute(self.sql, values, prepare=True)
-            rows = cursor.fetchall() if cursor.description is not None else []
+        cursor = connection.cursor()
+        cursor.execute(self.sql, values, prepare=True)
+        return cursor
+
+    def rows(self, cursor) -> list[tuple]:
+        """The rows of :meth:`send`'s cursor, values through their column types' result processors."""
+        rows = cursor.fetchall() if cursor.description is not None else []
         processors = self._result
         return [tuple(v if p is None else p(v) for v, p in zip(row, processors)) for row in rows]

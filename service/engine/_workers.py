@@ -223,13 +223,6 @@ def _touch(s: Session, worker: Worker, now: datetime) -> None:
         worker.last_seen_at = now  # the cached worker: the next calls within the resolution write nothing
 
 
-def _touch_alone(connection, db: Database, worker: Worker, now: datetime) -> None:
-    """:func:`_touch` on a driver connection (:meth:`Database.run_alone`)."""
-    if _touch_due(worker, now):
-        _raw(db, _touch_statement).run(connection, {"p_worker": worker.id, "p_now": now})
-        worker.last_seen_at = now
-
-
 @functools.cache
 def _touch_statement() -> Update:
     workers = Worker.__table__
@@ -269,50 +262,61 @@ async def lease_next_async(db: Database, worker: Worker, max_trials: int = 1, mo
                            max_held: int | None = None) -> list[LeaseItem]:
     """:func:`lease_next` from a coroutine, its transactions through :meth:`Database.transact`; on
     Postgres the common case (one trial, capabilities that name no models or sizes) on a driver
-    connection (:func:`_lease_alone`)."""
+    connection in one round trip (:func:`_lease_alone`)."""
     if lazy_sweep_due(db):
         await db.transact(sweep_expired_in, utcnow())
     caps = worker.capabilities or {}
     if db.is_postgres and max_trials == 1 and caps.get("max_params") is None and caps.get("models") is None:
-        grants = await db.run_alone(_lease_alone, db, worker, model, max_held)
-        if grants is not None:
-            return grants
+        granted = await db.run_alone(_lease_alone, db, worker, model, max_held)
+        if granted is None:
+            return []
+        lease_id, expires_at, trial = granted
+        const = cached_study_constants(db.engine, trial.study_id)
+        if const is None:  # the first lease of this study in this process: its constants, read once
+            const = await db.transact(study_constants, trial.study_id)
+        _remember_lease(db.engine, lease_id, trial.id, trial.study_id, worker.id)
+        return [_lease_item(const, lease_id, expires_at, trial)]
     return await db.transact(_lease_next, worker, max_trials, model, max_held)
 
 
-class _NotHere(Exception):
-    """Rolls back :func:`_lease_alone`'s transaction: the caller leases through a session instead."""
-
-
-def _lease_alone(connection, db: Database, worker: Worker, model: str | None, max_held: int | None) -> list[LeaseItem] | None:
+def _lease_alone(connection, db: Database, worker: Worker, model: str | None,
+                 max_held: int | None) -> tuple[str, datetime, _LeasedRow] | None:
     """Postgres, the common case of a lease (one trial, capabilities that name no models or sizes):
-    :func:`_lease_next`'s statements (:func:`_touch`, :func:`_lease_one`) in a transaction on the
-    driver connection. ``None`` (nothing written) when the leased trial's study constants are not
-    known here: the caller then runs :func:`_lease_next`."""
+    :func:`_lease_next`'s statements (:func:`_touch`, the worker's lock, :func:`_lease_one`) on the
+    driver connection, pipelined: sent together and synced once, one round trip. In autocommit mode
+    the statements up to a pipeline's sync run in one implicit transaction (an error rolls back all
+    of them), so the lease statement reads the worker's leases after the lock, as in ``BEGIN`` ...
+    ``COMMIT``, which would cost a round trip each (four in all made the lease the slowest call at
+    saturation: each round trip a wait for the GIL again). Nothing needs a result before the
+    commit: the lease statement grants nothing to a worker at its cap, and the answer is built
+    after. The lease's id, expiry and trial, or ``None`` when there was no work; 409 when the
+    worker is at its cap."""
     now = utcnow()
     seen = worker.last_seen_at
     lease_id = str(uuid.uuid4())
+    statement = _raw(db, _lease_one_postgres, max_held is not None, *_queued_shape(worker, model))
+    cursors = []
     try:
-        with connection.transaction():
-            _touch_alone(connection, db, worker, now)
+        with connection.pipeline():
+            if _touch_due(worker, now):
+                cursors.append(_raw(db, _touch_statement).send(connection, {"p_worker": worker.id, "p_now": now}))
+                worker.last_seen_at = now
             if max_held is not None:
-                _raw(db, _lock_worker).run(connection, {"p_worker": worker.id})
-            statement = _raw(db, _lease_one_postgres, max_held is not None, *_queued_shape(worker, model))
-            (held, trial_id, study_id, number, fidelity_id, mixture, dynamic, meta, attempts, expires_at), = \
-                statement.run(connection, _lease_one_params(worker, model, max_held, now, lease_id))
-            if trial_id is None:
-                if max_held is not None and held >= max_held:
-                    raise _at_cap(worker, held, max_held)
-                return []
-            const = cached_study_constants(db.engine, study_id)
-            if const is None:
-                raise _NotHere
-    except _NotHere:
+                cursors.append(_raw(db, _lock_worker).send(connection, {"p_worker": worker.id}))
+            cursors.append(statement.send(connection, _lease_one_params(worker, model, max_held, now, lease_id)))
+        (held, trial_id, study_id, number, fidelity_id, mixture, dynamic, meta, attempts, expires_at), = \
+            statement.rows(cursors[-1])
+    except BaseException:
         worker.last_seen_at = seen  # rolled back with the rest
+        raise
+    finally:
+        for cursor in cursors:
+            cursor.close()
+    if trial_id is None:
+        if max_held is not None and held >= max_held:
+            raise _at_cap(worker, held, max_held)
         return None
-    _remember_lease(db.engine, lease_id, trial_id, study_id, worker.id)
-    trial = _LeasedRow(trial_id, study_id, number, fidelity_id, mixture, dynamic, meta, attempts)
-    return [_lease_item(const, lease_id, expires_at, trial)]
+    return lease_id, expires_at, _LeasedRow(trial_id, study_id, number, fidelity_id, mixture, dynamic, meta, attempts)
 
 
 class _LeasedRow(NamedTuple):
