@@ -204,3 +204,27 @@ def test_multi_lease_input_is_validated(client):
         r = client.post("/api/v1/leases", json=body, headers=a)
         assert r.status_code == 422 and field in r.text, (body, r.text)
     assert client.post("/api/v1/leases", json={"wait_s": 0, "model": "llama-60m"}, headers=a).status_code == 204
+
+
+def test_a_lease_calls_first_attempt_does_not_wait_for_the_wake_up_gate(client):
+    """The lease gate bounds the attempts that wake-ups start (one wake-up, many waiting workers),
+    not a call's first attempt, which is one per request as a heartbeat is: with every permit of
+    the gate taken, a call still gets the queued work it finds at once."""
+    import asyncio
+
+    from service.api.auth import worker_of
+    from service.api.routes.leases import LeaseGate, grant
+    from service.schemas.leases import LeaseRequest
+
+    _start(client)
+    token = _register(client)["Authorization"].removeprefix("Bearer ")
+    state = client.app.state
+
+    async def with_the_gate_taken():
+        state.lease_gate = gate = LeaseGate(1)
+        await gate.attempts.acquire()
+        worker = await worker_of(state.db, state.settings, token)
+        return await asyncio.wait_for(grant(state, worker, LeaseRequest(wait_s=5.0)), timeout=3.0)
+
+    granted = client.portal.call(with_the_gate_taken)
+    assert granted is not None and granted.lease_id

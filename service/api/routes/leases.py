@@ -35,11 +35,12 @@ class LeaseGate:
     at which an attempt found no work; until the next wake-up (trials queued), other waiting
     workers with those capabilities need not look.
 
-    At most half of ``MIXOPT_DB_POOL_SIZE`` lease attempts run at once: a wake-up of a thousand
-    waiting workers must not take every thread and database connection from heartbeats and
-    completions. Fewer starve a busy fleet instead: with 4, a lease waited ~400 ms for its turn at
-    50 saturating workers. With the default pool of 20, half of it did better than all of it in
-    three paired runs (220-243 vs 215-234 cycles/s; benchmarks/service_load.py)."""
+    At most half of ``MIXOPT_DB_POOL_SIZE`` attempts after a wake-up run at once: a wake-up of a
+    thousand waiting workers must not take every thread and database connection from heartbeats
+    and completions. A call's first attempt does not wait here: it is one per request, as a
+    heartbeat is, and queues for the database's threads with them in the order they came. Gated
+    too, first attempts waited their own queue at saturation (50 workers, nothing waiting): a
+    lease took three times as long as a heartbeat, and its p99 was 2-3 times theirs."""
 
     def __init__(self, concurrency: int) -> None:
         self.attempts = asyncio.Semaphore(concurrency)
@@ -57,18 +58,25 @@ async def grant(state, worker, body: LeaseRequest) -> LeaseGrant | None:
     kind = json.dumps([worker.capabilities or {}, body.model], sort_keys=True)
     gate = getattr(state, "lease_gate", None) or LeaseGate(max(settings.db_pool_size // 2, 1))
     state.lease_gate = gate
+
+    async def attempt(generation: int) -> LeaseGrant | None:
+        grants = await engine.lease_next_async(db, worker, body.max_trials, body.model, settings.max_leases_per_worker)
+        if grants:
+            return LeaseGrant(**grants[0].model_dump(), leases=grants)
+        gate.found_nothing[kind] = generation
+        return None
+
     first = True
     while True:
         token, generation = wakeup.token(), wakeup.generation
-        if first or gate.found_nothing.get(kind) != generation:
+        if first:
+            if granted := await attempt(generation):
+                return granted
+            first = False
+        elif gate.found_nothing.get(kind) != generation:
             async with gate.attempts:
-                if first or gate.found_nothing.get(kind) != generation:
-                    grants = await engine.lease_next_async(db, worker, body.max_trials, body.model,
-                                                           settings.max_leases_per_worker)
-                    if grants:
-                        return LeaseGrant(**grants[0].model_dump(), leases=grants)
-                    gate.found_nothing[kind] = generation
-        first = False
+                if gate.found_nothing.get(kind) != generation and (granted := await attempt(generation)):
+                    return granted
         if time.monotonic() >= deadline:
             return None
         if not await wakeup.wait(token, min(recheck, deadline - time.monotonic())):
