@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     )
     auto_migrate: bool = Field(True, description="run the database migrations when the server starts")
     db_pool_size: int = Field(20, ge=2, description="database connections each server process keeps open (Postgres); "
-                              "half of them at most serve lease attempts")
+                              "half of them at most serve the lease attempts that wake-ups of waiting workers start")
     worker_fast_path: bool = Field(
         True, description="serve the workers' lease, heartbeat and complete calls without FastAPI's per-request "
         "machinery when they are the common case (known worker, valid body); the answers are the same. "
