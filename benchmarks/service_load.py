@@ -271,9 +271,10 @@ def server_cpu_s(pgid: int) -> float:
     return total
 
 
-def run_async(url: str, n: int, args, pgid: int, fleet: bool) -> tuple[list[dict], tuple[float, float]]:
+def run_async(url: str, n: int, args, pgid: int, fleet: bool) -> tuple[list[dict], tuple[float, float, int | None]]:
     """All simulated workers as coroutines of one event loop. Returns their reports, and the
-    server's and the generator's own CPU seconds in the measured window."""
+    server's and the generator's own CPU seconds and the server's lease calls that found no work at
+    once (:func:`_lease_waits`) in the measured window."""
     import asyncio
 
     async def main() -> tuple[list[dict], float]:
@@ -288,11 +289,11 @@ def run_async(url: str, n: int, args, pgid: int, fleet: bool) -> tuple[list[dict
                 for _ in range(n)]
         tasks = [asyncio.create_task(_async_worker(url, i, measure_from, end_at, pace, recs[i])) for i in range(n)]
         await asyncio.sleep(max(measure_from - time.time(), 0))
-        cpu0, own0 = server_cpu_s(pgid), time.process_time()
+        cpu0, own0, waits0 = server_cpu_s(pgid), time.process_time(), await _lease_waits(url)
         await asyncio.sleep(max(end_at - time.time(), 0))
-        cpu1, own1 = server_cpu_s(pgid), time.process_time()
+        cpu1, own1, waits1 = server_cpu_s(pgid), time.process_time(), await _lease_waits(url)
         await asyncio.gather(*tasks)
-        return recs, (cpu1 - cpu0, own1 - own0)
+        return recs, (cpu1 - cpu0, own1 - own0, None if None in (waits0, waits1) else round(waits1 - waits0))
 
     try:
         import uvloop
@@ -304,6 +305,19 @@ def run_async(url: str, n: int, args, pgid: int, fleet: bool) -> tuple[list[dict
                 "errors": len(r["errors"]), "error_samples": r["errors"][:3], "requests": r["requests"]}
                for i, r in enumerate(recs)]
     return reports, cpu
+
+
+async def _lease_waits(url: str) -> float | None:
+    """The server's ``mixopt_lease_waits_total``: lease calls that found no work at once (``None``
+    when ``/metrics`` does not answer)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        r = await client.get(f"{url}/metrics")
+    if r.status_code != 200:
+        return None
+    return sum(sample.value for family in text_string_to_metric_families(r.text) if family.name == "mixopt_lease_waits"
+               for sample in family.samples if sample.name == "mixopt_lease_waits_total")
 
 
 def study_body(n: int) -> dict:
@@ -358,10 +372,10 @@ def run_mixopt(admin_url: str, n: int, args, workdir: Path, fleet: bool = False)
             if args.profile:
                 profiler = _profile(server, args, workdir / f"mixopt-{n}", n, delay=args.ramp + args.warmup,
                                     background=True)
-            reports, (cpu, own_cpu) = run_async(server.url, n, args, server.proc.pid, fleet)
+            reports, (cpu, own_cpu, lease_waits) = run_async(server.url, n, args, server.proc.pid, fleet)
             if profiler is not None:
                 profiler.wait(60)
-            extra = {"server_cpu_s": round(cpu, 2)}
+            extra = {"server_cpu_s": round(cpu, 2), "leases_that_waited_for_work": lease_waits}
             requests = sum(r["requests"] for r in reports)
             if requests:
                 extra["server_cpu_ms_per_request"] = round(1000 * cpu / requests, 2)
@@ -538,6 +552,7 @@ def main() -> None:
                        + "  ".join(f"{k} p50 {v['p50_ms']:.1f} p99 {v['p99_ms']:.1f} ms" for k, v in r["latency"].items())
                        + f"  server CPU {r.get('server_cpu_ms_per_request', '-')} ms/request (generator {r.get('generator_cpu_ms_per_request', '-')})  errors {r['errors']}"
                        + f"  leases that found no work {r['empty_leases']}"
+                       + (f" (waited for it {r['leases_that_waited_for_work']})" if r.get("leases_that_waited_for_work") is not None else "")
                        + f"  exactly-once {r['exactly_once']}  load avg {os.getloadavg()[0]:.1f}")
     finally:
         if private is not None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from datetime import datetime
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -24,7 +24,8 @@ from sqlalchemy.orm import aliased
 
 from .db import HELD, Database, Lease, Study, StudyState, Trial, TrialState, Worker, utcnow
 
-__all__ = ["CONTENT_TYPE_LATEST", "MetricsMiddleware", "instrument_pool", "observe_proposal", "render"]
+__all__ = ["CONTENT_TYPE_LATEST", "MetricsMiddleware", "instrument_pool", "observe_lease_wait", "observe_proposal",
+           "render"]
 
 REQUEST_SECONDS = Histogram(
     "mixopt_http_request_duration_seconds", "Request latency by route template, method and status class",
@@ -35,6 +36,10 @@ PROPOSAL_SECONDS = Histogram(
     "mixopt_proposal_seconds", "Time a strategy took to propose trials", ["strategy"],
     buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
+LEASE_WAITS = Counter(
+    "mixopt_lease_waits", "Lease calls whose first look found no queued trial the worker could run: workers "
+    "idle for want of proposals (or of a running study)",
+)
 POOL_CHECKED_OUT = Gauge("mixopt_db_pool_checked_out", "Database connections in use (summed over processes)",
                          multiprocess_mode="livesum")
 POOL_SIZE = Gauge("mixopt_db_pool_size", "Database pool size (summed over processes)", multiprocess_mode="livesum")
@@ -42,6 +47,10 @@ POOL_SIZE = Gauge("mixopt_db_pool_size", "Database pool size (summed over proces
 
 def observe_proposal(strategy: str, seconds: float) -> None:
     PROPOSAL_SECONDS.labels(strategy).observe(seconds)
+
+
+def observe_lease_wait() -> None:
+    LEASE_WAITS.inc()
 
 
 def instrument_pool(db: Database) -> None:
@@ -157,7 +166,7 @@ def render(db: Database) -> bytes:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(registry)
     else:
-        for metric in (REQUEST_SECONDS, PROPOSAL_SECONDS, POOL_CHECKED_OUT, POOL_SIZE):
+        for metric in (REQUEST_SECONDS, PROPOSAL_SECONDS, LEASE_WAITS, POOL_CHECKED_OUT, POOL_SIZE):
             registry.register(metric)
     registry.register(DatabaseCollector(db))
     return generate_latest(registry)

@@ -111,3 +111,19 @@ def test_metrics_access(db_url, tmp_path):
         assert c.get("/metrics", headers={"Authorization": f"Bearer {read}"}).status_code == 200
     with TestClient(create_app(settings.model_copy(update={"public_read": True}), migrate=False)) as c:
         assert c.get("/metrics").status_code == 200
+
+
+def test_lease_waits_count_the_lease_calls_that_found_no_work(client):
+    """``mixopt_lease_waits_total`` counts the lease calls whose first look found nothing to run
+    (workers idle for want of proposals), not the ones that found work."""
+    r = client.post("/api/v1/workers", json={"name": "w", "join_secret": JOIN_SECRET, "capabilities": {}})
+    auth = {"Authorization": f"Bearer {r.json()['token']}"}
+    before = value(scrape(client), "mixopt_lease_waits_total")
+    assert client.post("/api/v1/leases", json={"wait_s": 0.2}, headers=auth).status_code == 204
+    assert client.post("/api/v1/leases", json={"wait_s": 0}, headers=auth).status_code == 204
+    assert value(scrape(client), "mixopt_lease_waits_total") == before + 2
+    sid = client.post("/api/v1/studies", json={**study_body(), "start": True}).json()["id"]
+    wait_for(lambda: client.get(f"/api/v1/studies/{sid}").json()["trial_counts"]["queued"] > 0, timeout=30,
+             what="the first trials to be queued")
+    assert client.post("/api/v1/leases", json={"wait_s": 5}, headers=auth).status_code == 200
+    assert value(scrape(client), "mixopt_lease_waits_total") == before + 2

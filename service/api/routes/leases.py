@@ -15,6 +15,7 @@ import time
 from fastapi import APIRouter, Request, Response, status
 
 from ... import engine
+from ...metrics import observe_lease_wait
 from ...schemas.segments import SegmentAnswer, SegmentReport
 from ...schemas.leases import Heartbeat, HeartbeatAnswer, LeaseFail, LeaseGrant, LeaseOutcome, LeaseRequest
 from ...schemas.trials import ResultCreate
@@ -72,6 +73,7 @@ async def grant(state, worker, body: LeaseRequest) -> LeaseGrant | None:
         if first:
             if granted := await attempt(generation):
                 return granted
+            observe_lease_wait()
             first = False
         elif gate.found_nothing.get(kind) != generation:
             async with gate.attempts:
