@@ -47,8 +47,8 @@ class RawStatement:
     def send(self, connection, params: dict[str, Any]):
         """Execute the statement on a cursor of ``connection`` and return the cursor (the caller
         closes it). In the connection's pipeline mode, it is only queued: its rows can be read
-        (:meth:`rows`) once the pipeline has synced, so that several statements and their
-        transaction's ``BEGIN`` and ``COMMIT`` make one round trip."""
+        (:meth:`rows`) once the pipeline has synced, so that several statements make one round
+        trip (in autocommit mode, one implicit transaction up to the sync)."""
         values = self._compiled.construct_params(params)
         for name, processor in self._bind.items():
             values[name] = processor(values[name])
