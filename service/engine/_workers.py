@@ -287,10 +287,10 @@ def _lease_alone(connection, db: Database, worker: Worker, model: str | None,
     the statements up to a pipeline's sync run in one implicit transaction (an error rolls back all
     of them), so the lease statement reads the worker's leases after the lock, as in ``BEGIN`` ...
     ``COMMIT``, which would cost a round trip each (five in all, with the last-seen time due, made
-    the lease the slowest call at saturation: each round trip a wait for the GIL again). Nothing needs a result before the
-    commit: the lease statement grants nothing to a worker at its cap, and the answer is built
-    after. The lease's id, expiry and trial, or ``None`` when there was no work; 409 when the
-    worker is at its cap."""
+    the lease the slowest call at saturation: each round trip a wait for the GIL again). Nothing
+    needs a result before the commit: the lease statement grants nothing to a worker at its cap,
+    and the answer is built after. The lease's id, expiry and trial, or ``None`` when there was no
+    work; 409 when the worker is at its cap."""
     now = utcnow()
     seen = worker.last_seen_at
     lease_id = str(uuid.uuid4())
