@@ -7,12 +7,13 @@ import threading
 import weakref
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from sqlalchemy import ARRAY, Integer, Select, Text, bindparam, cast, func, or_, select
 from sqlalchemy.orm import Session, joinedload, lazyload
 
-from ..db import Study, Trial, TrialSegment, TrialState
+from ..db import Result, Study, Trial, TrialSegment, TrialState
 from ..errors import NotFound
 from ..schemas.trials import FidelityRef
 from ..strategies import (BaseStrategy, Domain, Fidelity, History, SearchSpace, Segment, SegmentRecord, TrialRecord,
@@ -86,7 +87,7 @@ class TrialTally:
     """The highest trial number (-1: none); a change means trials were created."""
 
 
-def _counts(t: Trial) -> bool:
+def _counts(t: Trial | _TrialRow) -> bool:
     return t.state != TrialState.cancelled and not (t.strategy_meta or {}).get("imported")
 
 
@@ -147,12 +148,14 @@ def read_study_trials(session: Session, study_id: int, space: SearchSpace) -> tu
         q = _incremental_read(postgres)
         params = {"p_study": study_id, "p_max_number": known.max_number, "p_oldest_open": known.oldest_open,
                   "p_recheck": _id_list(known.recheck, postgres), "p_dynamic": _id_list(known.dynamic, postgres)}
-    fresh = sorted(session.scalars(q, params).unique(), key=lambda t: t.number)
+    fresh = sorted(map(_TrialRow._make, session.execute(q, params)), key=lambda t: t.number)
     segments = load_segments(session, fresh, space.mixture.names)
+    fidelity = {fid: ref.name for fid, ref in study_constants(session, study_id).fidelities.items()}
     records, open_ = list(known.records), dict(known.open)
     done_live, done_cost, max_number, cancelled = known.done_live, known.done_cost, known.max_number, known.cancelled
     for t in fresh:  # each is new or was open: terminal trials are never read again
-        record = None if t.state == TrialState.cancelled else _record(space.mixture.names, t, segments.get(t.id, ()))
+        record = None if t.state == TrialState.cancelled else \
+            _record(space.mixture.names, t, fidelity[t.fidelity_id], t.losses, segments.get(t.id, ()))
         cancelled += record is None
         if t.id in open_:
             index = open_[t.id][2]
@@ -186,10 +189,32 @@ def read_study_trials(session: Session, study_id: int, space: SearchSpace) -> tu
     return History(kept), tally
 
 
+class _TrialRow(NamedTuple):
+    """The columns of a trial (and of its result) that :func:`read_study_trials` reads: rows, not
+    ORM objects, whose loading (every column, the fidelity and the result joined, the identity
+    map) cost more CPU than the rest of the runner's read."""
+    id: int
+    number: int
+    state: TrialState
+    fidelity_id: int
+    mixture: dict
+    dynamic: bool
+    pool_index: int | None
+    strategy_meta: dict | None
+    cost: float
+    attempts: int
+    objective: float | None
+    losses: dict | None
+    """The result's losses; ``None`` without a result."""
+
+
 @functools.cache
 def _every_trial() -> Select:
-    """A study's trials (``p_study``) with their results: :func:`read_study_trials`' first read."""
-    return select(Trial).where(Trial.study_id == bindparam("p_study")).options(joinedload(Trial.result))
+    """A study's trials (``p_study``) with their results' losses, as :class:`_TrialRow`:
+    :func:`read_study_trials`' first read."""
+    columns = [getattr(Trial, name) for name in _TrialRow._fields if name != "losses"]
+    return (select(*columns, Result.losses).outerjoin(Result, Result.trial_id == Trial.id)
+            .where(Trial.study_id == bindparam("p_study")))
 
 
 @functools.cache
@@ -235,7 +260,7 @@ def segment_record(row: TrialSegment, names: tuple[str, ...]) -> SegmentRecord:
     return SegmentRecord(row.index, seg, None if row.losses is None else dict(row.losses))
 
 
-def load_segments(s: Session, trials: list[Trial], names: tuple[str, ...]) -> dict[int, tuple[SegmentRecord, ...]]:
+def load_segments(s: Session, trials: list[Trial] | list[_TrialRow], names: tuple[str, ...]) -> dict[int, tuple[SegmentRecord, ...]]:
     """The current attempt's segments of every dynamic trial in ``trials``."""
     dynamic = {t.id: t.attempts for t in trials if t.dynamic}
     if not dynamic:
@@ -253,21 +278,29 @@ def history_for(space: SearchSpace, trials: list[Trial], segments: dict | None =
     ``segments`` maps online trials' ids to their current attempt's segment records."""
     segments = segments or {}
     names = space.mixture.names
-    return History(tuple(_record(names, t, segments.get(t.id, ())) for t in trials
-                         if t.state != TrialState.cancelled))
+    return History(tuple(_record(names, t, t.fidelity.name, _losses(t), segments.get(t.id, ()))
+                         for t in trials if t.state != TrialState.cancelled))
 
 
-def _record(names: tuple[str, ...], t: Trial, segments: tuple[SegmentRecord, ...]) -> TrialRecord:
-    done = t.state == TrialState.completed and t.result is not None
+def _losses(t: Trial) -> dict | None:
+    """The losses of ``t``'s result; its result (a relationship) is read only for a completed trial."""
+    return t.result.losses if t.state == TrialState.completed and t.result is not None else None
+
+
+def _record(names: tuple[str, ...], t: Trial | _TrialRow, fidelity: str, losses: dict | None,
+            segments: tuple[SegmentRecord, ...]) -> TrialRecord:
+    """The strategy's view of trial ``t`` (an ORM trial or a row) of fidelity ``fidelity``, with
+    its result's ``losses`` (``None``: no result)."""
+    done = t.state == TrialState.completed and losses is not None
     weights = np.array([float(t.mixture.get(n, 0.0)) for n in names])
     weights.flags.writeable = False  # kept across calls (read_study_trials): no strategy may change it
     return TrialRecord(
         trial_id=t.id,
         weights=weights,
-        fidelity=t.fidelity.name,
+        fidelity=fidelity,
         state=_STATE[t.state],
         objective=t.objective if done else None,
-        losses=dict(t.result.losses) if done else {},
+        losses=dict(losses) if done else {},
         pool_index=t.pool_index,
         meta=dict(t.strategy_meta or {}),
         segments=segments,
