@@ -287,3 +287,36 @@ def test_the_incremental_reads_generic_plan_finds_open_ids_by_hash(postgres_url)
     assert "$" in plan, plan  # the generic plan: parameters, not values
     assert not re.search(r"\bid = ANY \(\$\d+", plan), plan
     assert "hashed SubPlan" in plan, plan
+
+
+def test_enqueued_trials_raise_the_revision_once_and_are_announced_to_every_process(migrated_url):
+    """Each ``advance`` that enqueues trials raises the study's revision by one (the dashboard and
+    ``ask`` read it) and, on Postgres, sends one NOTIFY on the work channel at commit: the other
+    server processes' waiting leases hear of the trials only so."""
+    from service.db._session import WORK_CHANNEL
+
+    db = Database(migrated_url)
+    body = StudyCreate.model_validate(study_body(parallelism=4, budget={"max_trials": 8}))
+    with db.session() as s:
+        sid = create_study(s, body).id
+    change_state(db, sid, "start")
+    with db.session() as s:
+        before = s.get(Study, sid).revision
+    listener = None
+    if db.is_postgres:
+        import psycopg
+
+        listener = psycopg.connect(db.driver_url, autocommit=True)
+        listener.execute(f"LISTEN {WORK_CHANNEL}")
+    try:
+        advance(db, sid)
+        with db.session() as s:
+            assert s.get(Study, sid).revision == before + 1
+            assert sum(t.state == TrialState.queued for t in load_trials(s, sid)) == 4
+        if listener is not None:
+            heard = [n.channel for n in listener.notifies(timeout=2.0, stop_after=1)]
+            assert heard == [WORK_CHANNEL]
+    finally:
+        if listener is not None:
+            listener.close()
+    db.dispose()

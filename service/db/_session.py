@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, Update, create_engine, event, func, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -72,10 +72,16 @@ def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
-def announce_work(session: Session) -> None:
+def announce_work(session: Session, riding: Update | None = None, params: dict[str, Any] | None = None) -> None:
     """Trials became leasable in ``session``'s transaction: on Postgres, NOTIFY every server
-    process at commit (see :meth:`Database.listen_work`). SQLite: nothing (in-process wake-ups)."""
-    if session.get_bind().dialect.name == "postgresql":
+    process at commit (see :meth:`Database.listen_work`). SQLite: nothing (in-process wake-ups).
+
+    ``riding``: an UPDATE of one row that the transaction makes anyway, run here (with ``params``)
+    on every backend; on Postgres its ``RETURNING`` sends the NOTIFY, one round trip for both."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    if riding is not None:
+        session.execute(riding.returning(func.pg_notify(WORK_CHANNEL, "")) if postgres else riding, params)
+    elif postgres:
         session.execute(text(f"SELECT pg_notify('{WORK_CHANNEL}', '')"))
 
 
@@ -102,6 +108,11 @@ class Database:
     @property
     def is_postgres(self) -> bool:
         return is_postgres(self.engine)
+
+    @property
+    def driver_url(self) -> str:
+        """The database's URL as psycopg itself takes it (Postgres)."""
+        return self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -178,7 +189,7 @@ class Database:
             return None
         import psycopg
 
-        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        url = self.driver_url
 
         def loop() -> None:
             while not stop.is_set():
