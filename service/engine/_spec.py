@@ -260,7 +260,8 @@ def segment_record(row: TrialSegment, names: tuple[str, ...]) -> SegmentRecord:
     return SegmentRecord(row.index, seg, None if row.losses is None else dict(row.losses))
 
 
-def load_segments(s: Session, trials: list[Trial] | list[_TrialRow], names: tuple[str, ...]) -> dict[int, tuple[SegmentRecord, ...]]:
+def load_segments(s: Session, trials: list[Trial] | list[_TrialRow],
+                  names: tuple[str, ...]) -> dict[int, tuple[SegmentRecord, ...]]:
     """The current attempt's segments of every dynamic trial in ``trials``."""
     dynamic = {t.id: t.attempts for t in trials if t.dynamic}
     if not dynamic:

@@ -298,9 +298,9 @@ def _enqueue(s: Session, study: Study, proposals: list[Proposal], space, first_n
 
 @functools.cache
 def _next_revision() -> Update:
-    """The study's (``p_study``) revision up by one, as one statement built once: the unit of
-    work's flush of ``study.revision += 1`` cost more CPU than the insert of the trials, and a
-    statement of its own, which the NOTIFY now rides on (:func:`announce_work`)."""
+    """The study's (``p_study``) revision up by one, as one statement built once, which the
+    NOTIFY rides on (:func:`announce_work`): the unit of work's flush of ``study.revision += 1``
+    and the NOTIFY were a statement and a round trip each."""
     table = Study.__table__
     return update(table).where(table.c.id == bindparam("p_study")).values(revision=table.c.revision + 1)
 
