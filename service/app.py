@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool | None = None)
     async def lifespan(app: FastAPI):
         if migrate if migrate is not None else settings.auto_migrate:
             upgrade(settings.database_url)
-        db = Database(settings.database_url, settings.db_pool_size)
+        db = Database(settings.database_url, settings.db_pool_size, settings.db_threads)
         wakeup = Wakeup(asyncio.get_running_loop())
         runner = EngineRunner(db, sweep_interval_s=settings.sweep_interval_s,
                               recommend_interval_s=settings.recommend_interval_s,

@@ -73,8 +73,15 @@ class Settings(BaseSettings):
         10.0, ge=0, description="least seconds between two recomputations of a study's recommendation"
     )
     auto_migrate: bool = Field(True, description="run the database migrations when the server starts")
-    db_pool_size: int = Field(20, ge=2, description="database connections each server process keeps open (Postgres); "
-                              "half of them at most serve the lease attempts that wake-ups of waiting workers start")
+    db_pool_size: int = Field(20, ge=2, description="database connections each server process keeps open (Postgres): "
+                              "MIXOPT_DB_THREADS of them for the workers' calls, the rest for the engine's runner "
+                              "and the other routes")
+    db_threads: int = Field(
+        8, ge=1, description="threads each server process runs the workers' database calls on (at most "
+        "MIXOPT_DB_POOL_SIZE); half of them at most serve the lease attempts that wake-ups of waiting workers start. "
+        "Few are enough: one thread at a time runs Python, the others wait on the database, and each thread more "
+        "takes the interpreter from the requests and from the runner that refills the queue"
+    )
     worker_fast_path: bool = Field(
         True, description="serve the workers' lease, heartbeat and complete calls without FastAPI's per-request "
         "machinery when they are the common case (known worker, valid body); the answers are the same. "

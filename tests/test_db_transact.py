@@ -1,5 +1,5 @@
 """``Database.transact``: one transaction awaited from a coroutine, on the database's own threads
-(as many as its pool has connections), on each backend."""
+(``threads`` of them, at most as many as its pool has connections), on each backend."""
 
 from __future__ import annotations
 
@@ -58,6 +58,38 @@ def test_never_more_threads_than_connections(db: Database) -> None:
     names = asyncio.run(many())
     assert len(set(names)) == 3
     assert _notes(db) == list(range(10))
+
+
+def test_the_threads_are_fewer_than_the_connections_when_asked(db_url: str) -> None:
+    """``threads`` bounds the calls that run at once below the pool's size: the rest of the pool
+    stays free for the engine's runner (a session, not these threads), which a thread per
+    connection left waiting for the GIL and for connections at saturation."""
+    database = Database(db_url, pool_size=6, threads=2)
+    running, most = 0, 0
+    lock = threading.Lock()
+
+    def slow(s, x: int) -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+
+    async def many() -> None:
+        await asyncio.gather(*(database.transact(slow, i) for i in range(8)))
+
+    try:
+        asyncio.run(many())
+        with database.session() as s:  # a session beside them needs no thread of theirs
+            assert s.execute(text("SELECT 1")).scalar() == 1
+    finally:
+        database.dispose()
+    assert most == 2
+    capped = Database(db_url, pool_size=3, threads=8)
+    assert capped.threads == 3  # never more than the connections
+    capped.dispose()
 
 
 def test_usable_again_after_dispose(db: Database) -> None:

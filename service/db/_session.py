@@ -95,11 +95,13 @@ def announce_worker_change(session: Session, worker_id: int) -> None:
 class Database:
     """An engine, its session factory, and the threads that run :meth:`transact`'s transactions."""
 
-    def __init__(self, url: str, pool_size: int = 20):
+    def __init__(self, url: str, pool_size: int = 20, threads: int = 8):
         self.url = url
         self.engine = make_engine(url, pool_size)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
         self.pool_size = pool_size
+        self.threads = min(threads, pool_size)
+        """How many :meth:`transact` and :meth:`run_alone` calls run at once (at most the pool's size)."""
         self._threads: ThreadPoolExecutor | None = None  # started by the first transact()
         self.hears_worker_changes = False
         """Whether this process's listener (:meth:`listen_work`) is connected now: every change of
@@ -123,11 +125,19 @@ class Database:
     async def transact(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(session, *args)`` in one transaction (:meth:`session`), awaited from a coroutine.
 
-        It runs on one of this database's own threads, as many as the pool has connections, so
-        that a thread never waits for a connection. The worker protocol's calls come here rather
+        It runs on one of this database's own threads (``threads``, no more than the pool has
+        connections, so that a thread never waits for a connection; the rest of the pool is left
+        to the engine's runner and the other routes). The worker protocol's calls come here rather
         than through Starlette's thread pool (anyio's, 40 threads for every purpose, in front of
         the pool's 20 connections): in paired saturation runs of ``benchmarks/service_load.py``
-        the server spent 15% less CPU per request this way."""
+        the server spent 15% less CPU per request this way.
+
+        Few threads are enough. One at a time runs Python (the GIL) while the others wait on the
+        database, and every thread more is one more to take the GIL from the event loop and from
+        the runner, whose passes refill the queue. With a thread per connection (20), a
+        heartbeat's 0.6 ms of CPU took ~65 ms at saturation, most of it waiting for the GIL, and
+        leases waited for the runner to refill the queue; 8 threads in paired runs gave more
+        cycles a second and a lower p99 (docs/benchmarks.md)."""
         return await self._on_threads(self._in_session, fn, *args)
 
     async def run_alone(self, fn: Callable[..., T], *args: Any) -> T:
@@ -139,7 +149,7 @@ class Database:
 
     async def _on_threads(self, fn: Callable[..., T], *args: Any) -> T:
         if self._threads is None:
-            self._threads = ThreadPoolExecutor(self.pool_size, thread_name_prefix="mixopt-db")
+            self._threads = ThreadPoolExecutor(self.threads, thread_name_prefix="mixopt-db")
         context = contextvars.copy_context()  # the caller's context variables hold in ``fn``, as in asyncio.to_thread
         return await asyncio.get_running_loop().run_in_executor(
             self._threads, functools.partial(context.run, fn, *args))

@@ -36,7 +36,7 @@ class LeaseGate:
     at which an attempt found no work; until the next wake-up (trials queued), other waiting
     workers with those capabilities need not look.
 
-    At most half of ``MIXOPT_DB_POOL_SIZE`` attempts after a wake-up run at once: a wake-up of a
+    At most half of ``MIXOPT_DB_THREADS`` attempts after a wake-up run at once: a wake-up of a
     thousand waiting workers must not take every thread and database connection from heartbeats
     and completions. A call's first attempt does not wait here: it is one per request, as a
     heartbeat is, and queues for the database's threads with them in the order they came. Gated
@@ -57,7 +57,7 @@ async def grant(state, worker, body: LeaseRequest) -> LeaseGrant | None:
     deadline = time.monotonic() + wait
     recheck = wait if db.is_postgres else RECHECK_S
     kind = json.dumps([worker.capabilities or {}, body.model], sort_keys=True)
-    gate = getattr(state, "lease_gate", None) or LeaseGate(max(settings.db_pool_size // 2, 1))
+    gate = getattr(state, "lease_gate", None) or LeaseGate(max(db.threads // 2, 1))
     state.lease_gate = gate
 
     async def attempt(generation: int) -> LeaseGrant | None:
