@@ -99,7 +99,6 @@ class Database:
         self.url = url
         self.engine = make_engine(url, pool_size)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
-        self.pool_size = pool_size
         self.threads = min(threads, pool_size)
         """How many :meth:`transact` and :meth:`run_alone` calls run at once (at most the pool's size)."""
         self._threads: ThreadPoolExecutor | None = None  # started by the first transact()

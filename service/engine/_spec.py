@@ -87,7 +87,7 @@ class TrialTally:
     """The highest trial number (-1: none); a change means trials were created."""
 
 
-def _counts(t: Trial | _TrialRow) -> bool:
+def _counts(t: _TrialRow) -> bool:
     return t.state != TrialState.cancelled and not (t.strategy_meta or {}).get("imported")
 
 
