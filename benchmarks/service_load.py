@@ -12,7 +12,9 @@ so that the clients cost little beside the server; ``processes`` forks one proce
 real ones: each leases, heartbeats every ``--heartbeat-s`` seconds while it "trains" for
 ``--trial-s`` seconds (+-25 % jitter), completes, and leases again; their starts are spread over
 the warm-up. Every run reports the server's CPU seconds per request (from /proc, summed over its
-process group) and the machine's load average.
+process group), Postgres's (every Postgres process), the share of the machine's CPU that was busy,
+and the load average; ``--pg-waits`` adds what the run's Postgres backends waited on, sampled from
+``pg_stat_activity`` every 50 ms (a commit waiting for the write-ahead log's flush, a lock).
 
 For each N and each system: a fresh database, the simulated workers, a barrier, ``--warmup`` seconds
 unmeasured, then ``--duration`` seconds measured: cycles per second (a cycle is one trial: lease,
@@ -42,6 +44,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +52,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,27 +262,107 @@ async def _async_worker(url: str, idx: int, measure_from: float, end_at: float, 
 
 def server_cpu_s(pgid: int) -> float:
     """User + system CPU seconds of every process in the server's process group (Linux /proc)."""
+    return _cpu_s(lambda name, fields: int(fields[2]) == pgid)  # fields after the name: state, ppid, pgrp, ...
+
+
+def postgres_cpu_s() -> float:
+    """User + system CPU seconds of every Postgres process on this machine (Linux /proc): the
+    database's share of the machine, other databases' work included (none, on a quiet machine)."""
+    return _cpu_s(lambda name, fields: name.startswith("postgres"))
+
+
+def _cpu_s(include) -> float:
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
-            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            stat = (d / "stat").read_text()
         except OSError:
             continue
-        if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, ..., utime (11), stime (12)
+        name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+        if include(name, fields):  # utime and stime: fields 11 and 12 after the name
             total += (int(fields[11]) + int(fields[12])) / tick
     return total
 
 
-def run_async(url: str, n: int, args, pgid: int, fleet: bool) -> tuple[list[dict], tuple[float, float, int | None]]:
-    """All simulated workers as coroutines of one event loop. Returns their reports, and the
-    server's and the generator's own CPU seconds and the server's lease calls that found no work at
-    once (:func:`_lease_waits`) in the measured window."""
+def machine_cpu_s() -> tuple[float, float]:
+    """Busy and total CPU seconds of the machine since boot, every core (Linux /proc/stat); idle
+    and I/O wait count as not busy."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - ticks[3] - ticks[4]) / tick, sum(ticks) / tick
+
+
+WAL_WAITS = frozenset({"WALWrite", "WALSync", "WALInsert", "WALBufMapping", "WALWaitLSN"})
+"""Wait events of a backend held up by writing or flushing the write-ahead log (a commit's fsync)."""
+
+
+def summarize_waits(samples: list[list[tuple[str, str]]], interval_s: float, stall_backends: int = 3) -> dict:
+    """What the run's Postgres backends waited on, from ``samples`` of ``pg_stat_activity`` taken
+    every ``interval_s`` (each sample: the ``(wait_event_type, wait_event)`` of every backend
+    running a statement). Per wait event: the share of samples with a backend waiting on it and
+    the mean number waiting. A *WAL stall* is a run of consecutive samples with at least
+    ``stall_backends`` backends waiting on the write-ahead log (:data:`WAL_WAITS`): commits held up
+    together, and with them every request whose statement was in flight."""
+    if not samples:
+        return {"samples": 0}
+    seen: dict[str, int] = {}
+    waiting: dict[str, int] = {}
+    stalls, run = [], 0
+    for sample in samples:
+        events = [f"{kind}:{event}" for kind, event in sample if kind and kind not in ("Client", "Activity")]
+        for key in set(events):
+            seen[key] = seen.get(key, 0) + 1
+        for key in events:
+            waiting[key] = waiting.get(key, 0) + 1
+        if sum(event in WAL_WAITS for _, event in sample) >= stall_backends:
+            run += 1
+        elif run:
+            stalls.append(run)
+            run = 0
+    if run:
+        stalls.append(run)
+    order = sorted(seen, key=lambda k: -seen[k])
+    return {"samples": len(samples), "interval_ms": round(interval_s * 1000, 1),
+            "share_of_samples": {k: round(seen[k] / len(samples), 3) for k in order},
+            "mean_waiting": {k: round(waiting[k] / len(samples), 2) for k in order},
+            "wal_stalls": len(stalls), "wal_stall_share": round(sum(stalls) / len(samples), 3),
+            "longest_wal_stall_ms": round(max(stalls, default=0) * interval_s * 1000)}
+
+
+def sample_waits(admin_url: str, database: str, start: float, end: float, out: dict,
+                 interval_s: float = 0.05) -> None:
+    """:func:`summarize_waits` of ``database``'s backends from ``start`` to ``end`` (epoch
+    seconds), into ``out`` (run in a thread beside the generator)."""
+    engine = create_engine(admin_url, poolclass=NullPool)
+    query = text("SELECT coalesce(wait_event_type, ''), coalesce(wait_event, '') FROM pg_stat_activity "
+                 "WHERE datname = :db AND state = 'active' AND pid <> pg_backend_pid()")
+    samples = []
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            time.sleep(max(start - time.time(), 0))
+            while time.time() < end:
+                samples.append([tuple(row) for row in conn.execute(query, {"db": database})])
+                time.sleep(interval_s)
+    finally:
+        engine.dispose()
+    out.update(summarize_waits(samples, interval_s))
+
+
+def run_async(url: str, n: int, args, pgid: int, fleet: bool,
+              waits_of: tuple[str, str] | None = None) -> tuple[list[dict], dict]:
+    """All simulated workers as coroutines of one event loop. Returns their reports, and what was
+    read over the measured window: the server's, the generator's own, Postgres's and the machine's
+    CPU seconds, the server's lease calls that found no work at once (:func:`_lease_waits`), and
+    with ``waits_of`` (the admin URL and the run's database) what its backends waited on
+    (:func:`sample_waits`)."""
     import asyncio
 
-    async def main() -> tuple[list[dict], float]:
+    waits: dict = {}
+
+    async def main() -> tuple[list[dict], dict]:
         now = time.time()
         measure_from = now + args.ramp + args.warmup
         end_at = measure_from + args.duration
@@ -288,12 +373,18 @@ def run_async(url: str, n: int, args, pgid: int, fleet: bool) -> tuple[list[dict
         recs = [{"lat": {}, "completed": [], "cycles": 0, "empty": 0, "errors": [], "requests": 0}
                 for _ in range(n)]
         tasks = [asyncio.create_task(_async_worker(url, i, measure_from, end_at, pace, recs[i])) for i in range(n)]
+        if waits_of is not None:  # the sampler's own thread: its queries never wait on this loop
+            threading.Thread(target=sample_waits, args=(*waits_of, measure_from, end_at, waits),
+                             daemon=True).start()
         await asyncio.sleep(max(measure_from - time.time(), 0))
-        cpu0, own0, waits0 = server_cpu_s(pgid), time.process_time(), await _lease_waits(url)
+        before = server_cpu_s(pgid), time.process_time(), postgres_cpu_s(), *machine_cpu_s(), await _lease_waits(url)
         await asyncio.sleep(max(end_at - time.time(), 0))
-        cpu1, own1, waits1 = server_cpu_s(pgid), time.process_time(), await _lease_waits(url)
+        after = server_cpu_s(pgid), time.process_time(), postgres_cpu_s(), *machine_cpu_s(), await _lease_waits(url)
         await asyncio.gather(*tasks)
-        return recs, (cpu1 - cpu0, own1 - own0, None if None in (waits0, waits1) else round(waits1 - waits0))
+        server, own, postgres, busy, total = (b - a for a, b in zip(before[:5], after[:5]))
+        return recs, {"server_cpu_s": server, "generator_cpu_s": own, "postgres_cpu_s": postgres,
+                      "machine_busy_share": busy / total if total else None,
+                      "lease_waits": None if None in (before[5], after[5]) else round(after[5] - before[5])}
 
     try:
         import uvloop
@@ -304,7 +395,7 @@ def run_async(url: str, n: int, args, pgid: int, fleet: bool) -> tuple[list[dict
     reports = [{"idx": i, "cycles": r["cycles"], "lat": r["lat"], "completed": r["completed"], "empty": r["empty"],
                 "errors": len(r["errors"]), "error_samples": r["errors"][:3], "requests": r["requests"]}
                for i, r in enumerate(recs)]
-    return reports, cpu
+    return reports, {**cpu, "pg_waits": waits or None}
 
 
 async def _lease_waits(url: str) -> float | None:
@@ -372,14 +463,18 @@ def run_mixopt(admin_url: str, n: int, args, workdir: Path, fleet: bool = False)
             if args.profile:
                 profiler = _profile(server, args, workdir / f"mixopt-{n}", n, delay=args.ramp + args.warmup,
                                     background=True)
-            reports, (cpu, own_cpu, lease_waits) = run_async(server.url, n, args, server.proc.pid, fleet)
+            reports, read = run_async(server.url, n, args, server.proc.pid, fleet,
+                                      waits_of=(admin_url, make_url(url).database) if args.pg_waits else None)
             if profiler is not None:
                 profiler.wait(60)
-            extra = {"server_cpu_s": round(cpu, 2), "leases_that_waited_for_work": lease_waits}
+            extra = {"server_cpu_s": round(read["server_cpu_s"], 2), "leases_that_waited_for_work": read["lease_waits"],
+                     "machine_busy_share": read["machine_busy_share"] and round(read["machine_busy_share"], 3),
+                     "pg_waits": read["pg_waits"]}
             requests = sum(r["requests"] for r in reports)
             if requests:
-                extra["server_cpu_ms_per_request"] = round(1000 * cpu / requests, 2)
-                extra["generator_cpu_ms_per_request"] = round(1000 * own_cpu / requests, 3)
+                for name, key in (("server", "server_cpu_s"), ("generator", "generator_cpu_s"),
+                                  ("postgres", "postgres_cpu_s")):
+                    extra[f"{name}_cpu_ms_per_request"] = round(1000 * read[key] / requests, 3)
                 extra["requests_per_s"] = round(requests / args.duration, 1)
             extra["error_samples"] = [e for r in reports for e in r["error_samples"]][:5]
             check = exactly_once_mixopt(url, sid, [tuple(x) for r in reports for x in r["completed"]])
@@ -503,6 +598,12 @@ def _summary(system: str, n: int, reports: list[dict], duration: float, check: d
             "errors": sum(r.get("errors", 0) for r in ok), "failed_processes": failed[:5], **check}
 
 
+def _waits_line(w: dict) -> str:
+    top = ", ".join(f"{k} {v:.0%}" for k, v in list(w["share_of_samples"].items())[:4])
+    return (f"\n    Postgres waits ({w['samples']} samples): {top or 'none'}; WAL stalls {w['wal_stalls']}"
+            f" ({w['wal_stall_share']:.0%} of samples, longest {w['longest_wal_stall_ms']} ms)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--postgres", default=os.environ.get("MIXOPT_TEST_POSTGRES_URL",
@@ -525,6 +626,9 @@ def main() -> None:
     ap.add_argument("--systems", nargs="+", default=["mixopt"], choices=["mixopt", "optuna"],
                     help="optuna: the side-by-side reference (needs the bench extra and --generator processes)")
     ap.add_argument("--profile", action="store_true", help="py-spy the server during the measured window (raw folded stacks in the run's folder)")
+    ap.add_argument("--pg-waits", action="store_true",
+                    help="sample what the run's Postgres backends wait on (pg_stat_activity, every 50 ms of the measured "
+                         "window): the share of samples per wait event, and stalls of commits waiting on the WAL together")
     ap.add_argument("--out", type=Path, default=ROOT / "artifacts" / "service_load.json")
     args = ap.parse_args()
 
@@ -550,10 +654,12 @@ def main() -> None:
             r = rows[-1]
             tqdm.write(f"{system:7s} {'fleet' if fleet else 'N'}={n:4d}: {r['cycles_per_s']:8.1f} cycles/s  "
                        + "  ".join(f"{k} p50 {v['p50_ms']:.1f} p99 {v['p99_ms']:.1f} ms" for k, v in r["latency"].items())
-                       + f"  server CPU {r.get('server_cpu_ms_per_request', '-')} ms/request (generator {r.get('generator_cpu_ms_per_request', '-')})  errors {r['errors']}"
+                       + f"  server CPU {r.get('server_cpu_ms_per_request', '-')} ms/request (generator {r.get('generator_cpu_ms_per_request', '-')},"
+                       + f" Postgres {r.get('postgres_cpu_ms_per_request', '-')}; machine busy {r.get('machine_busy_share', '-')})  errors {r['errors']}"
                        + f"  leases that found no work {r['empty_leases']}"
                        + (f" (waited for it {r['leases_that_waited_for_work']})" if r.get("leases_that_waited_for_work") is not None else "")
-                       + f"  exactly-once {r['exactly_once']}  load avg {os.getloadavg()[0]:.1f}")
+                       + f"  exactly-once {r['exactly_once']}  load avg {os.getloadavg()[0]:.1f}"
+                       + (_waits_line(r["pg_waits"]) if r.get("pg_waits") else ""))
     finally:
         if private is not None:
             private.stop()

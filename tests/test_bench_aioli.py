@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,18 +13,16 @@ import pytest
 
 from proxy_models import DEMO_CORPUS_FINGERPRINT
 
+from tests.helpers import benchmark_module
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "aioli_vs_stratified.py"
 STEPS, BATCH, SEQ = 30, 4, 64
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("aioli_vs_stratified", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with benchmark_module("aioli_vs_stratified") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")
