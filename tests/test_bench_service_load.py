@@ -56,15 +56,31 @@ def test_a_backend_waiting_on_a_row_lock_is_sampled_in_its_database(load, postgr
 
     waiter = threading.Thread(target=blocked)
     waiter.start()
-    out: dict = {}
-    start = time.time() + 0.3
+    database, out = make_url(postgres_url).database, {}
     try:
-        load.sample_waits(postgres_server, make_url(postgres_url).database, start, start + 0.5, out, interval_s=0.02)
+        _wait_for_lock_wait(postgres_server, database)
+        start = time.time()
+        load.sample_waits(postgres_server, database, start, start + 0.5, out, interval_s=0.02)
     finally:
         holder.rollback()
         holder.close()
         waiter.join(10)
         engine.dispose()
     assert out["samples"] >= 10
-    assert out["share_of_samples"].get("Lock:transactionid", 0) >= 0.9, out
-    assert out["wal_stalls"] == 0
+    assert out["share_of_samples"] == {"Lock:transactionid": 1.0}, out  # one backend, the waiter
+    assert out["mean_waiting"] == {"Lock:transactionid": 1.0} and out["wal_stalls"] == 0
+
+
+def _wait_for_lock_wait(admin_url: str, database: str, timeout_s: float = 10.0) -> None:
+    """Until a backend of ``database`` waits on a lock (the waiter thread got there)."""
+    admin = create_engine(admin_url, poolclass=NullPool)
+    try:
+        with admin.connect() as conn:
+            deadline = time.time() + timeout_s
+            while not conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = :db AND "
+                                        "wait_event_type = 'Lock'"), {"db": database}).scalar():
+                assert time.time() < deadline, "the second UPDATE never waited on the first"
+                conn.rollback()  # a new snapshot of pg_stat_activity
+                time.sleep(0.02)
+    finally:
+        admin.dispose()
