@@ -15,7 +15,7 @@ from service.engine._studies import get_study, latest_recommendation, refresh_re
 from service.engine._trials import grant_lease
 from service.schemas.studies import StudyCreate
 from service.schemas.trials import ResultCreate
-from tests.helpers import known_losses, study_body
+from tests.helpers import DOMAINS, known_losses, study_body
 
 REGMIX = {"n_initial": 4, "regressor": "linear", "n_simulated": 200, "top_k": 4, "n_verify": 2}
 
@@ -64,6 +64,8 @@ def test_a_result_that_lands_while_the_strategy_waits_for_it_does_not_end_the_st
         return strategy
 
     monkeypatch.setattr(_studies, "strategy_for", strategy_whose_wait_ends_meanwhile)
+    # the strategy computes outside a transaction (as a slow one does), so that a result can land
+    monkeypatch.setattr(_studies, "QUICK_PROPOSE_S", 0.0)
     assert advance(db, sid)
     with db.session() as s:
         state = s.get(Study, sid).state
@@ -204,6 +206,148 @@ def test_advance_says_whether_it_filled_every_free_slot(migrated_url):
     with db.session() as s:
         assert len(load_trials(s, short)) == 2
     db.dispose()
+
+
+def test_a_job_passes_again_after_filling_the_slots_only_when_trials_ended_meanwhile(migrated_url):
+    """A pass that filled every free slot ends the job unless the study was notified during it
+    (trials ended while it ran: at saturation, every pass). Otherwise the queue waited for the next
+    job's turn, at least 0.1 s, while workers emptied it."""
+    from service.engine import Advanced
+    from service.engine._runner import advance_job
+
+    db = Database(migrated_url)
+    one_fidelity = [{"name": "big", "cost": 1.0, "target": True}]
+    with db.session() as s:
+        sid = create_study(s, StudyCreate.model_validate(study_body(fidelities=one_fidelity, parallelism=4))).id
+    change_state(db, sid, "start")
+    counts = iter([0, 1])  # one notification arrives during the first pass, none after
+
+    def notified() -> int:
+        return next(counts, 1)
+
+    assert advance_job(db, sid, notified=notified) == 2  # filled, passed again, found nothing
+    with db.session() as s:
+        first = [t.id for t in load_trials(s, sid)]
+    assert len(first) == 4
+    _report(db, sid, first[0])
+    assert advance_job(db, sid, notified=lambda: 7) == 1  # filled, and nothing ended meanwhile
+    assert advance(db, sid) == Advanced.NOTHING
+    db.dispose()
+
+
+def _commits(db: Database, study_id: int, **kwargs) -> int:
+    """How many transactions one ``advance`` of ``study_id`` commits."""
+    from sqlalchemy import event
+
+    commits = []
+
+    def count(_conn) -> None:
+        commits.append(1)
+
+    event.listen(db.engine, "commit", count)
+    try:
+        advance(db, study_id, **kwargs)
+    finally:
+        event.remove(db.engine, "commit", count)
+    return len(commits)
+
+
+def test_a_quick_strategy_is_advanced_in_one_transaction_on_postgres(migrated_url):
+    """Once a study's strategy has proposed in under ``QUICK_PROPOSE_S`` of CPU, its passes read,
+    propose and commit in one transaction on Postgres (two on SQLite, whose transactions lock the
+    whole database from their start)."""
+    db = Database(migrated_url)
+    with db.session() as s:
+        sid = create_study(s, StudyCreate.model_validate(study_body(parallelism=4, budget={"max_trials": 50}))).id
+    change_state(db, sid, "start")
+    assert _commits(db, sid) == 2  # the first pass: the strategy's cost is not known yet
+    with db.session() as s:
+        first = [t.id for t in load_trials(s, sid)]
+    assert len(first) == 4
+    for trial_id in first[:2]:
+        _report(db, sid, trial_id)
+    assert _commits(db, sid) == (1 if db.is_postgres else 2)
+    with db.session() as s:
+        trials = load_trials(s, sid)
+    assert [t.number for t in trials] == list(range(6))
+    assert sum(t.state == TrialState.queued for t in trials) == 4
+    db.dispose()
+
+
+def test_a_trial_created_while_a_quick_strategy_computes_is_not_overfilled(migrated_url, monkeypatch):
+    """A trial queued by hand while the strategy computes raises the study's revision: the pass in
+    one transaction writes nothing and the usual path asks the strategy again, so trial numbers
+    stay unique and the study's parallelism is kept."""
+    from service.engine import create_trial
+    from service.schemas.trials import TrialCreate
+
+    db = Database(migrated_url)
+    with db.session() as s:
+        sid = create_study(s, StudyCreate.model_validate(study_body(parallelism=4, budget={"max_trials": 50}))).id
+    change_state(db, sid, "start")
+    advance(db, sid)
+    with db.session() as s:
+        first = [t.id for t in load_trials(s, sid)]
+    for trial_id in first[:2]:
+        _report(db, sid, trial_id)
+
+    real = _studies.strategy_for
+    asked = []
+
+    def strategy_beside_a_hand_queued_trial(study, space):
+        strategy = real(study, space)
+        propose = strategy.propose
+
+        def propose_while_a_trial_is_queued(history, n):
+            asked.append(n)
+            if len(asked) == 1:
+                create_trial(db, sid, TrialCreate(mixture={d: 1 / len(DOMAINS) for d in DOMAINS}, fidelity="big"))
+            return propose(history, n)
+
+        strategy.propose = propose_while_a_trial_is_queued
+        return strategy
+
+    monkeypatch.setattr(_studies, "strategy_for", strategy_beside_a_hand_queued_trial)
+    advance(db, sid)
+    with db.session() as s:
+        trials = load_trials(s, sid)
+    db.dispose()
+    numbers = [t.number for t in trials]
+    assert numbers == list(range(len(numbers)))
+    assert sum(t.state in (TrialState.queued, TrialState.leased, TrialState.running) for t in trials) == 4
+    assert asked == [2, 1], "the strategy was asked again for the one slot left"
+
+
+def test_a_quick_strategy_that_raises_fails_its_study(migrated_url, monkeypatch):
+    """A strategy that raises in the pass of one transaction fails its study with the reason, as it
+    does on the usual path, and leaves nothing half-written."""
+    db = Database(migrated_url)
+    with db.session() as s:
+        sid = create_study(s, StudyCreate.model_validate(study_body(parallelism=4, budget={"max_trials": 50}))).id
+    change_state(db, sid, "start")
+    advance(db, sid)
+    with db.session() as s:
+        first = [t.id for t in load_trials(s, sid)]
+    _report(db, sid, first[0])
+    real = _studies.strategy_for
+
+    def broken(study, space):
+        strategy = real(study, space)
+
+        def propose(history, n):
+            raise ValueError("no proposals today")
+
+        strategy.propose = propose
+        return strategy
+
+    monkeypatch.setattr(_studies, "strategy_for", broken)
+    assert advance(db, sid)
+    with db.session() as s:
+        study = s.get(Study, sid)
+        state, reason, trials = study.state, study.failure_reason, len(load_trials(s, sid))
+    db.dispose()
+    assert state == StudyState.failed and "no proposals today" in reason
+    assert trials == 4
 
 
 def test_an_incremental_read_is_one_statement_from_the_oldest_open_trial_on(migrated_url):

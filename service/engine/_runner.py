@@ -40,12 +40,19 @@ class _Job:
     warned: bool = False
 
 
-def advance_job(db: Database, study_id: int, abandon: threading.Event | None = None, max_passes: int = 100) -> int:
-    """One advance job of the runner: :func:`advance` passes until one fills every free slot or
-    changes nothing (a pass that filled the slots needs no second one to find that out). Returns
-    the number of passes."""
+def advance_job(db: Database, study_id: int, abandon: threading.Event | None = None, max_passes: int = 100,
+                notified: Callable[[], int] = lambda: 0) -> int:
+    """One advance job of the runner: :func:`advance` passes until one changes nothing, or fills
+    every free slot while no trial ended (``notified()``, the study's notification count, did not
+    move during the pass: another pass would find no slot). Returns the number of passes.
+
+    At saturation trials end during every pass, so passes follow each other for as long as they
+    refill the queue: a pass that filled the slots and then waited for the next job's turn (0.1 s
+    at least) left 50 workers an empty queue of 50 trials."""
     for passes in range(1, max_passes + 1):
-        if advance(db, study_id, abandon=abandon) != Advanced.CHANGED:
+        seen = notified()
+        done = advance(db, study_id, abandon=abandon)
+        if done == Advanced.NOTHING or (done == Advanced.FILLED and notified() == seen):
             break
     return passes
 
@@ -203,7 +210,7 @@ class EngineRunner:
         try:
             if kind == ADVANCE:
                 t0 = time.monotonic()
-                passes = advance_job(self.db, study_id, job.abandon)
+                passes = advance_job(self.db, study_id, job.abandon, notified=lambda: self._notified.get(study_id, 0))
                 self._advance_pass_s[study_id] = (time.monotonic() - t0) / passes
                 batch = max(1, queued_trials(self.db, study_id) // 4)
                 with self._cv:

@@ -9,6 +9,7 @@ import functools
 import logging
 import time
 import threading
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -211,6 +212,14 @@ class Advanced(enum.IntEnum):
     """Trials enqueued into every free slot: nothing more to do until trials end."""
 
 
+QUICK_PROPOSE_S = 0.01
+"""On Postgres, a study whose strategy's last proposal (in this process) took less CPU time than this
+is advanced in one transaction (:func:`_advance_in_one_transaction`) rather than two."""
+
+_propose_s: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per database engine and study: the CPU time of the strategy's last ``propose`` here (seconds)."""
+
+
 def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threading.Event | None = None) -> Advanced:
     """Enqueue the strategy's proposals for a running study, or complete it.
 
@@ -221,7 +230,17 @@ def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threadin
     study completes only if nothing was in flight when the strategy read the history. Once
     ``abandon`` is set (the compute ran past its time limit, or the server stops), nothing is
     committed. Returns what it did (true when the study changed).
+
+    On Postgres, a strategy that proposed in under :data:`QUICK_PROPOSE_S` last time is first
+    tried in one transaction (:func:`_advance_in_one_transaction`): at saturation a pass's round
+    trips, not its compute, set how often the queue is refilled (a random study's pass: 8 ms of
+    CPU in 57 ms, two transactions and ten round trips, while 50 workers drained a queue of 50
+    trials in 100 ms).
     """
+    if db.is_postgres and _propose_s.get(db.engine, {}).get(study_id, QUICK_PROPOSE_S) < QUICK_PROPOSE_S:
+        done = _advance_in_one_transaction(db, study_id, abandon)
+        if done is not None:
+            return done
     for _ in range(attempts):
         with db.session() as s:
             study = s.get(Study, study_id, options=STUDY_ONLY)
@@ -234,10 +253,7 @@ def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threadin
         proposals: list[Proposal] = []
         if before.room.free > 0:
             try:
-                if not strategy.is_finished(history):
-                    t0 = time.perf_counter()
-                    proposals = strategy.propose(history, before.room.free)
-                    observe_proposal(study.strategy, time.perf_counter() - t0)
+                proposals = _propose(db, study, strategy, history, before.room.free)
             except Exception as e:  # a strategy bug must not take the server down, but must be seen
                 if abandon is not None and abandon.is_set():
                     return Advanced.NOTHING
@@ -256,17 +272,72 @@ def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threadin
             now = _budget(study, tally_now)
             if now.last_number != before.last_number:
                 continue
-            admitted = admit(proposals, {f.name: f.cost for f in space.fidelities}, now.room)
-            if admitted:
-                _enqueue(s, study, admitted, space, first_number=now.last_number + 1)
-                return Advanced.FILLED if len(admitted) == now.room.free else Advanced.CHANGED
-            if now.in_flight == 0:
-                if before.in_flight:  # results arrived while the strategy computed: ask it again
-                    continue
-                _complete(s, study, strategy, space, history_now)
-                return Advanced.CHANGED
-            return Advanced.NOTHING
+            done = _commit(s, study, space, proposals, now)
+            if done is not None:
+                return done
+            if before.in_flight:  # results arrived while the strategy computed: ask it again
+                continue
+            _complete(s, study, strategy, space, history_now)
+            return Advanced.CHANGED
     return Advanced.NOTHING
+
+
+def _advance_in_one_transaction(db: Database, study_id: int, abandon: threading.Event | None) -> Advanced | None:
+    """:func:`advance`'s pass in one transaction: the study and its history read, the strategy
+    asked (holding no lock), then the study locked and its proposals committed if its revision did
+    not move meanwhile. Every change that could make them wrong raises the revision (trials created,
+    failed, requeued or cancelled, a state change); a completion does not, and only frees room, so
+    the room read before the strategy ran is safe to fill. ``None`` when the revision moved or the
+    strategy raised: nothing was written, and :func:`advance`'s own path runs (and fails the study
+    on a strategy's error, outside this transaction)."""
+    with db.session() as s:
+        study = s.get(Study, study_id, options=STUDY_ONLY)
+        if study is None or study.state != StudyState.running:
+            return Advanced.NOTHING
+        revision = study.revision
+        space = cached_space(s, study)
+        history, tally = read_study_trials(s, study_id, space)
+        budget = _budget(study, tally)
+        strategy = strategy_for(study, space)
+        proposals: list[Proposal] = []
+        if budget.room.free > 0:
+            try:
+                proposals = _propose(db, study, strategy, history, budget.room.free)
+            except Exception:
+                return None
+        elif budget.in_flight:
+            return Advanced.NOTHING
+        if abandon is not None and abandon.is_set():
+            return Advanced.NOTHING
+        if s.scalar(select(Study.revision).where(Study.id == study_id).with_for_update()) != revision:
+            return None
+        done = _commit(s, study, space, proposals, budget)
+        if done is None:
+            _complete(s, study, strategy, space, history)
+            return Advanced.CHANGED
+        return done
+
+
+def _propose(db: Database, study: Study, strategy, history, n: int) -> list[Proposal]:
+    """Up to ``n`` of the strategy's proposals (none once it is finished), timed."""
+    if strategy.is_finished(history):
+        return []
+    t0, cpu0 = time.perf_counter(), time.thread_time()
+    proposals = strategy.propose(history, n)
+    # its CPU, not its wall time, which under load is mostly waiting for the GIL
+    _propose_s.setdefault(db.engine, {})[study.id] = time.thread_time() - cpu0
+    observe_proposal(study.strategy, time.perf_counter() - t0)
+    return proposals
+
+
+def _commit(s: Session, study: Study, space, proposals: list[Proposal], now: _Budget) -> Advanced | None:
+    """Enqueue what of ``proposals`` the study's room (``now``, read under its lock) admits. ``None``
+    when nothing was admitted and nothing is in flight: the study may be complete."""
+    admitted = admit(proposals, {f.name: f.cost for f in space.fidelities}, now.room)
+    if admitted:
+        _enqueue(s, study, admitted, space, first_number=now.last_number + 1)
+        return Advanced.FILLED if len(admitted) == now.room.free else Advanced.CHANGED
+    return None if now.in_flight == 0 else Advanced.NOTHING
 
 
 def _budget(study: Study, tally: TrialTally) -> _Budget:
