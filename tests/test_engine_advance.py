@@ -29,6 +29,18 @@ def _report(db: Database, study_id: int, trial_id: int) -> None:
     report_result(db, trial_id, ResultCreate(losses=known_losses(mixture, fidelity), lease_id=lease_id))
 
 
+def _wrap_propose(monkeypatch, wrap) -> None:
+    """Every strategy ``advance`` builds proposes through ``wrap(propose)``."""
+    real = _studies.strategy_for
+
+    def strategy_for(study, space):
+        strategy = real(study, space)
+        strategy.propose = wrap(strategy.propose)
+        return strategy
+
+    monkeypatch.setattr(_studies, "strategy_for", strategy_for)
+
+
 def test_a_result_that_lands_while_the_strategy_waits_for_it_does_not_end_the_study(migrated_url, monkeypatch):
     db = Database(migrated_url)
     body = StudyCreate.model_validate(study_body(strategy={"name": "regmix", "params": REGMIX}, parallelism=4,
@@ -46,24 +58,18 @@ def test_a_result_that_lands_while_the_strategy_waits_for_it_does_not_end_the_st
         last = next(t for t in load_trials(s, sid) if t.id == design[3])
         grant_lease(s, last, 60.0)
 
-    real = _studies.strategy_for
     calls = []
 
-    def strategy_whose_wait_ends_meanwhile(study, space):
-        strategy = real(study, space)
-        propose = strategy.propose
-
+    def then_the_result_lands(propose):
         def propose_then_the_result_lands(history, n):
             out = propose(history, n)  # "wait": a design trial is pending
             calls.append(len(out))
             if len(calls) == 1:
                 _report(db, sid, design[3])
             return out
+        return propose_then_the_result_lands
 
-        strategy.propose = propose_then_the_result_lands
-        return strategy
-
-    monkeypatch.setattr(_studies, "strategy_for", strategy_whose_wait_ends_meanwhile)
+    _wrap_propose(monkeypatch, then_the_result_lands)
     # the strategy computes outside a transaction (as a slow one does), so that a result can land
     monkeypatch.setattr(_studies, "QUICK_PROPOSE_S", 0.0)
     assert advance(db, sid)
@@ -274,6 +280,20 @@ def test_a_quick_strategy_is_advanced_in_one_transaction_on_postgres(migrated_ur
     db.dispose()
 
 
+def _after_a_pass(db: Database, reported: int) -> int:
+    """A started random study (parallelism 4) after one ``advance``, with ``reported`` of its first
+    trials reported: its strategy is known to be quick."""
+    with db.session() as s:
+        sid = create_study(s, StudyCreate.model_validate(study_body(parallelism=4, budget={"max_trials": 50}))).id
+    change_state(db, sid, "start")
+    advance(db, sid)
+    with db.session() as s:
+        first = [t.id for t in load_trials(s, sid)]
+    for trial_id in first[:reported]:
+        _report(db, sid, trial_id)
+    return sid
+
+
 def test_a_trial_created_while_a_quick_strategy_computes_is_not_overfilled(migrated_url, monkeypatch):
     """A trial queued by hand while the strategy computes raises the study's revision: the pass in
     one transaction writes nothing and the usual path asks the strategy again, so trial numbers
@@ -282,32 +302,19 @@ def test_a_trial_created_while_a_quick_strategy_computes_is_not_overfilled(migra
     from service.schemas.trials import TrialCreate
 
     db = Database(migrated_url)
-    with db.session() as s:
-        sid = create_study(s, StudyCreate.model_validate(study_body(parallelism=4, budget={"max_trials": 50}))).id
-    change_state(db, sid, "start")
-    advance(db, sid)
-    with db.session() as s:
-        first = [t.id for t in load_trials(s, sid)]
-    for trial_id in first[:2]:
-        _report(db, sid, trial_id)
+    sid = _after_a_pass(db, reported=2)
 
-    real = _studies.strategy_for
     asked = []
 
-    def strategy_beside_a_hand_queued_trial(study, space):
-        strategy = real(study, space)
-        propose = strategy.propose
-
+    def while_a_trial_is_queued(propose):
         def propose_while_a_trial_is_queued(history, n):
             asked.append(n)
             if len(asked) == 1:
                 create_trial(db, sid, TrialCreate(mixture={d: 1 / len(DOMAINS) for d in DOMAINS}, fidelity="big"))
             return propose(history, n)
+        return propose_while_a_trial_is_queued
 
-        strategy.propose = propose_while_a_trial_is_queued
-        return strategy
-
-    monkeypatch.setattr(_studies, "strategy_for", strategy_beside_a_hand_queued_trial)
+    _wrap_propose(monkeypatch, while_a_trial_is_queued)
     advance(db, sid)
     with db.session() as s:
         trials = load_trials(s, sid)
@@ -322,25 +329,13 @@ def test_a_quick_strategy_that_raises_fails_its_study(migrated_url, monkeypatch)
     """A strategy that raises in the pass of one transaction fails its study with the reason, as it
     does on the usual path, and leaves nothing half-written."""
     db = Database(migrated_url)
-    with db.session() as s:
-        sid = create_study(s, StudyCreate.model_validate(study_body(parallelism=4, budget={"max_trials": 50}))).id
-    change_state(db, sid, "start")
-    advance(db, sid)
-    with db.session() as s:
-        first = [t.id for t in load_trials(s, sid)]
-    _report(db, sid, first[0])
-    real = _studies.strategy_for
-
-    def broken(study, space):
-        strategy = real(study, space)
-
+    sid = _after_a_pass(db, reported=1)
+    def broken(_propose):
         def propose(history, n):
             raise ValueError("no proposals today")
+        return propose
 
-        strategy.propose = propose
-        return strategy
-
-    monkeypatch.setattr(_studies, "strategy_for", broken)
+    _wrap_propose(monkeypatch, broken)
     assert advance(db, sid)
     with db.session() as s:
         study = s.get(Study, sid)

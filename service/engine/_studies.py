@@ -23,7 +23,7 @@ from ..errors import Conflict, InputError, NotFound
 from ..schemas._trainer import check_trainer_params
 from ..metrics import observe_proposal
 from ..schemas.studies import StudyCreate
-from ..strategies import Proposal, get_strategy_class
+from ..strategies import BaseStrategy, History, Proposal, SearchSpace, get_strategy_class
 from ..strategies._admission import Room, admit, room
 from ._costs import fill_costs
 from ._spec import (STUDY_ONLY, TrialTally, cached_space, forget_study_trials, read_study_trials, space_for,
@@ -243,13 +243,10 @@ def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threadin
             return done
     for _ in range(attempts):
         with db.session() as s:
-            study = s.get(Study, study_id, options=STUDY_ONLY)
-            if study is None or study.state != StudyState.running:
-                return Advanced.NOTHING
-            space = cached_space(s, study)
-            history, tally = read_study_trials(s, study_id, space)
-            before = _budget(study, tally)
-            strategy = strategy_for(study, space)
+            read = _read_running(s, study_id)
+        if read is None:
+            return Advanced.NOTHING
+        study, space, history, before, strategy = read
         proposals: list[Proposal] = []
         if before.room.free > 0:
             try:
@@ -291,14 +288,11 @@ def _advance_in_one_transaction(db: Database, study_id: int, abandon: threading.
     strategy raised: nothing was written, and :func:`advance`'s own path runs (and fails the study
     on a strategy's error, outside this transaction)."""
     with db.session() as s:
-        study = s.get(Study, study_id, options=STUDY_ONLY)
-        if study is None or study.state != StudyState.running:
+        read = _read_running(s, study_id)
+        if read is None:
             return Advanced.NOTHING
+        study, space, history, budget, strategy = read
         revision = study.revision
-        space = cached_space(s, study)
-        history, tally = read_study_trials(s, study_id, space)
-        budget = _budget(study, tally)
-        strategy = strategy_for(study, space)
         proposals: list[Proposal] = []
         if budget.room.free > 0:
             try:
@@ -316,6 +310,17 @@ def _advance_in_one_transaction(db: Database, study_id: int, abandon: threading.
             _complete(s, study, strategy, space, history)
             return Advanced.CHANGED
         return done
+
+
+def _read_running(s: Session, study_id: int) -> tuple[Study, SearchSpace, History, _Budget, BaseStrategy] | None:
+    """A pass's read: the study (``None`` unless it is running), its search space, its history, the
+    room its trials leave, and its strategy."""
+    study = s.get(Study, study_id, options=STUDY_ONLY)
+    if study is None or study.state != StudyState.running:
+        return None
+    space = cached_space(s, study)
+    history, tally = read_study_trials(s, study_id, space)
+    return study, space, history, _budget(study, tally), strategy_for(study, space)
 
 
 def _propose(db: Database, study: Study, strategy, history, n: int) -> list[Proposal]:
