@@ -15,6 +15,7 @@ from service.engine._studies import get_study, latest_recommendation, refresh_re
 from service.engine._trials import grant_lease
 from service.schemas.studies import StudyCreate
 from service.schemas.trials import ResultCreate
+from tests import _slow_strategy
 from tests.helpers import DOMAINS, known_losses, study_body
 
 REGMIX = {"n_initial": 4, "regressor": "linear", "n_simulated": 200, "top_k": 4, "n_verify": 2}
@@ -292,6 +293,26 @@ def _after_a_pass(db: Database, reported: int) -> int:
     for trial_id in first[:reported]:
         _report(db, sid, trial_id)
     return sid
+
+
+def test_a_strategy_that_waits_keeps_two_transactions(migrated_url):
+    """A strategy that used little CPU but waited (here: slept) past ``QUICK_PROPOSE_WAIT_S`` is
+    not run inside a transaction: a pooled connection would sit idle in it while it waits."""
+    db = Database(migrated_url)
+    seconds = _studies.QUICK_PROPOSE_WAIT_S * 1.2
+    body = study_body(strategy={"name": _slow_strategy.SlowStrategy.name, "params": {"seconds": seconds}}, parallelism=4,
+                      budget={"max_trials": 50})
+    with db.session() as s:
+        sid = create_study(s, StudyCreate.model_validate(body)).id
+    change_state(db, sid, "start")
+    assert _commits(db, sid) == 2
+    with db.session() as s:
+        first = [t.id for t in load_trials(s, sid)]
+    _report(db, sid, first[0])
+    assert _commits(db, sid) == 2
+    with db.session() as s:
+        assert len(load_trials(s, sid)) == 5
+    db.dispose()
 
 
 def test_a_trial_created_while_a_quick_strategy_computes_is_not_overfilled(migrated_url, monkeypatch):

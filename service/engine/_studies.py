@@ -213,11 +213,16 @@ class Advanced(enum.IntEnum):
 
 
 QUICK_PROPOSE_S = 0.01
-"""On Postgres, a study whose strategy's last proposal (in this process) took less CPU time than this
-is advanced in one transaction (:func:`_advance_in_one_transaction`) rather than two."""
+"""On Postgres, a study whose strategy's last proposal (in this process) took less CPU time than this,
+and less wall time than :data:`QUICK_PROPOSE_WAIT_S`, is advanced in one transaction
+(:func:`_advance_in_one_transaction`) rather than two. CPU time, because under load a quick
+proposal's wall time is mostly waiting for the GIL."""
+QUICK_PROPOSE_WAIT_S = 1.0
+"""A strategy that waits this long (on a remote service, another process) keeps two transactions:
+no pooled connection sits idle in a transaction while it waits."""
 
-_propose_s: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-"""Per database engine and study: the CPU time of the strategy's last ``propose`` here (seconds)."""
+_proposed_in: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per database engine and study: the CPU and wall seconds of the strategy's last ``propose`` here."""
 
 
 def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threading.Event | None = None) -> Advanced:
@@ -231,13 +236,14 @@ def advance(db: Database, study_id: int, *, attempts: int = 5, abandon: threadin
     ``abandon`` is set (the compute ran past its time limit, or the server stops), nothing is
     committed. Returns what it did (true when the study changed).
 
-    On Postgres, a strategy that proposed in under :data:`QUICK_PROPOSE_S` last time is first
+    On Postgres, a strategy that proposed in under :data:`QUICK_PROPOSE_S` of CPU last time is first
     tried in one transaction (:func:`_advance_in_one_transaction`): at saturation a pass's round
     trips, not its compute, set how often the queue is refilled (a random study's pass: 8 ms of
     CPU in 57 ms, two transactions and ten round trips, while 50 workers drained a queue of 50
     trials in 100 ms).
     """
-    if db.is_postgres and _propose_s.get(db.engine, {}).get(study_id, QUICK_PROPOSE_S) < QUICK_PROPOSE_S:
+    last = _proposed_in.get(db.engine, {}).get(study_id)  # CPU and wall seconds
+    if db.is_postgres and last is not None and last[0] < QUICK_PROPOSE_S and last[1] < QUICK_PROPOSE_WAIT_S:
         done = _advance_in_one_transaction(db, study_id, abandon)
         if done is not None:
             return done
@@ -329,9 +335,9 @@ def _propose(db: Database, study: Study, strategy, history, n: int) -> list[Prop
         return []
     t0, cpu0 = time.perf_counter(), time.thread_time()
     proposals = strategy.propose(history, n)
-    # its CPU, not its wall time, which under load is mostly waiting for the GIL
-    _propose_s.setdefault(db.engine, {})[study.id] = time.thread_time() - cpu0
-    observe_proposal(study.strategy, time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    _proposed_in.setdefault(db.engine, {})[study.id] = (time.thread_time() - cpu0, wall)
+    observe_proposal(study.strategy, wall)
     return proposals
 
 
