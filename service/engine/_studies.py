@@ -329,7 +329,7 @@ def _read_running(s: Session, study_id: int) -> tuple[Study, SearchSpace, Histor
     return study, space, history, _budget(study, tally), strategy_for(study, space)
 
 
-def _propose(db: Database, study: Study, strategy, history, n: int) -> list[Proposal]:
+def _propose(db: Database, study: Study, strategy: BaseStrategy, history: History, n: int) -> list[Proposal]:
     """Up to ``n`` of the strategy's proposals (none once it is finished), timed."""
     if strategy.is_finished(history):
         return []
@@ -341,9 +341,10 @@ def _propose(db: Database, study: Study, strategy, history, n: int) -> list[Prop
     return proposals
 
 
-def _commit(s: Session, study: Study, space, proposals: list[Proposal], now: _Budget) -> Advanced | None:
-    """Enqueue what of ``proposals`` the study's room (``now``, read under its lock) admits. ``None``
-    when nothing was admitted and nothing is in flight: the study may be complete."""
+def _commit(s: Session, study: Study, space: SearchSpace, proposals: list[Proposal], now: _Budget) -> Advanced | None:
+    """Enqueue what of ``proposals`` the study's room admits (``now``: read under the study's lock,
+    or before it with the study's revision unchanged since). ``None`` when nothing was admitted and
+    nothing is in flight: the study may be complete."""
     admitted = admit(proposals, {f.name: f.cost for f in space.fidelities}, now.room)
     if admitted:
         _enqueue(s, study, admitted, space, first_number=now.last_number + 1)
